@@ -1,0 +1,7 @@
+//! blockferry: a sidecar beside a Hiero/Hedera consensus node that stores the
+//! node's block stream durably and uploads every block to cloud buckets
+//! through storage-provider plugins (WebAssembly components).
+//!
+//! Modules are named after the stage they own; see `ARCHITECTURE.md`.
+
+pub mod plugin;

@@ -1,0 +1,143 @@
+//! The `block-body` resource: a block's bytes lent to a plugin for one call,
+//! read in bounded chunks or streamed, never copied whole into the guest.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncSeekExt;
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::DynInputStream;
+use wasmtime_wasi::p2::pipe::{AsyncReadStream, MemoryInputPipe};
+
+use super::bindings::blockferry::uploader::host::HostBlockBody;
+use super::sandbox::StoreState;
+
+/// Largest chunk a plugin may ask for in one `read`.
+pub const MAX_READ: u32 = 16 * 1024 * 1024;
+
+/// Where the bytes of a block body live.
+#[derive(Clone, Debug)]
+enum Source {
+    /// A file on disk (the block store's block file), opened once for
+    /// positioned reads; streams open it again so each has its own offset.
+    File { file: Arc<File>, path: Arc<Path> },
+    /// Bytes in memory (tests, benchmarks, small generated blocks).
+    Memory(Bytes),
+}
+
+/// A block's bytes, as lent to a plugin. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BlockBody {
+    source: Source,
+    size: u64,
+}
+
+impl BlockBody {
+    /// A body backed by the file at `path`; it is opened and its size taken now.
+    pub fn open(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let path: PathBuf = path.into();
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self { source: Source::File { file: Arc::new(file), path: path.into() }, size })
+    }
+
+    /// A body backed by bytes in memory.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self { size: bytes.len() as u64, source: Source::Memory(bytes) }
+    }
+
+    /// Size of the body in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Read up to `len` bytes at `offset` (fewer only at the end).
+    pub async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        if len > MAX_READ {
+            return Err(format!("read of {len} bytes refused: at most {MAX_READ} bytes per read; read in parts"));
+        }
+        let end = self.size.min(offset.saturating_add(u64::from(len)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let want = (end - offset) as usize;
+        match &self.source {
+            Source::Memory(bytes) => Ok(bytes[offset as usize..end as usize].to_vec()),
+            Source::File { file, .. } => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; want];
+                    let mut filled = 0;
+                    while filled < want {
+                        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(format!("reading block body at offset {offset}: {e}")),
+                        }
+                    }
+                    buf.truncate(filled);
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| format!("reading block body: {e}"))?
+            }
+        }
+    }
+
+    /// A `wasi:io` input-stream over the body from `offset` to the end.
+    pub async fn stream_from(&self, offset: u64) -> Result<DynInputStream, String> {
+        match &self.source {
+            Source::Memory(bytes) => {
+                let start = (offset.min(self.size)) as usize;
+                Ok(Box::new(MemoryInputPipe::new(bytes.slice(start..))))
+            }
+            Source::File { path, .. } => {
+                let mut file = tokio::fs::File::open(&**path)
+                    .await
+                    .map_err(|e| format!("streaming block body {}: {e}", path.display()))?;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| format!("streaming block body from offset {offset}: {e}"))?;
+                Ok(Box::new(AsyncReadStream::new(file)))
+            }
+        }
+    }
+}
+
+impl HostBlockBody for StoreState {
+    async fn size(&mut self, body: Resource<BlockBody>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&body)?.size())
+    }
+
+    async fn read(
+        &mut self,
+        body: Resource<BlockBody>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let body = self.table.get(&body)?.clone();
+        Ok(body.read_at(offset, len).await)
+    }
+
+    async fn stream(
+        &mut self,
+        body: Resource<BlockBody>,
+        offset: u64,
+    ) -> wasmtime::Result<Result<Resource<DynInputStream>, String>> {
+        let body = self.table.get(&body)?.clone();
+        match body.stream_from(offset).await {
+            Ok(stream) => Ok(Ok(self.table.push(stream)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn drop(&mut self, body: Resource<BlockBody>) -> wasmtime::Result<()> {
+        self.table.delete(body)?;
+        Ok(())
+    }
+}

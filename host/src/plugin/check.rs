@@ -1,0 +1,103 @@
+//! Checking that a file is a component implementing a compatible `provider`
+//! world, and describing what it imports and exports.
+
+use std::path::Path;
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::error::LoadError;
+
+/// The WIT package providers are built against.
+pub const PACKAGE: &str = "blockferry:uploader";
+/// The interface every provider exports.
+pub const UPLOADER_INTERFACE: &str = "bucket-uploader";
+/// The version of the WIT package this host implements.
+pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 0);
+
+/// What a component implements, as `blockferry plugin check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentReport {
+    /// Contract version the component was built against (from its export).
+    pub version: semver::Version,
+    /// Everything the component imports, by name.
+    pub imports: Vec<String>,
+    /// Everything the component exports, by name.
+    pub exports: Vec<String>,
+}
+
+impl ComponentReport {
+    /// The world the component implements, with its version.
+    pub fn world(&self) -> String {
+        format!("{PACKAGE}/provider@{}", self.version)
+    }
+}
+
+/// Whether a contract version is one this host can run: same major and, for
+/// `0.x`, same minor (semver's compatibility rule).
+pub fn compatible(version: &semver::Version) -> bool {
+    let host = CONTRACT_VERSION;
+    version.major == host.major && (host.major > 0 || version.minor == host.minor)
+}
+
+/// Tell a core module or a non-wasm file from a component, by its header.
+pub fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let not = |detail: &str| Err(LoadError::NotAComponent { path: path.to_path_buf(), detail: detail.to_string() });
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return not("the file has no WebAssembly header");
+    }
+    if bytes[6..8] == [0, 0] {
+        return not("it is a core WebAssembly module");
+    }
+    Ok(())
+}
+
+/// Describe `component` and check that it exports a compatible uploader.
+pub fn inspect(engine: &Engine, path: &Path, component: &Component) -> Result<ComponentReport, LoadError> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let incompatible = |detail: String| LoadError::Incompatible { path: path.to_path_buf(), detail };
+    let wanted = format!("{PACKAGE}/{UPLOADER_INTERFACE}");
+    let Some(export) = exports.iter().find(|e| e.split('@').next() == Some(wanted.as_str())) else {
+        return Err(incompatible(format!(
+            "it exports {exports:?} but a provider must export {wanted}@{CONTRACT_VERSION} (world `provider` of wit/uploader.wit)"
+        )));
+    };
+    let version = export
+        .split_once('@')
+        .and_then(|(_, v)| semver::Version::parse(v).ok())
+        .ok_or_else(|| incompatible(format!("its export {export} has no version; rebuild it against wit/uploader.wit")))?;
+    if !compatible(&version) {
+        return Err(incompatible(format!(
+            "it was built against {PACKAGE}@{version} but this host implements {PACKAGE}@{CONTRACT_VERSION} \
+             (compatible: {}.{}.x); rebuild the provider against this host's wit/ directory",
+            CONTRACT_VERSION.major, CONTRACT_VERSION.minor
+        )));
+    }
+    Ok(ComponentReport { version, imports, exports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_follow_semver_for_zero_major() {
+        assert!(compatible(&semver::Version::new(0, 1, 0)));
+        assert!(compatible(&semver::Version::new(0, 1, 7)));
+        assert!(!compatible(&semver::Version::new(0, 2, 0)));
+        assert!(!compatible(&semver::Version::new(1, 1, 0)));
+    }
+
+    #[test]
+    fn headers_tell_modules_from_components() {
+        let p = Path::new("x.wasm");
+        assert!(matches!(check_header(p, b"hello world"), Err(LoadError::NotAComponent { .. })));
+        let module = [0, b'a', b's', b'm', 1, 0, 0, 0];
+        let err = check_header(p, &module).unwrap_err().to_string();
+        assert!(err.contains("core WebAssembly module"), "{err}");
+        let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
+        assert!(check_header(p, &component).is_ok());
+    }
+}

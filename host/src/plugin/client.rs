@@ -1,0 +1,288 @@
+//! One bucket as seen through its plugin: the sandbox it grants, a pool of
+//! opened instances, and calls bounded by a deadline.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::Semaphore;
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{Provider, UploadError};
+use super::egress::{EgressPolicy, url_authority};
+use super::error::{CallError, PluginFailure};
+use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
+use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
+
+/// Extra time the host allows past a call's deadline for the guest to notice
+/// its epoch deadline before the host drops the call outright.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// Everything the host grants one bucket's plugin.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    /// The bucket's name in the config (used in log lines and errors).
+    pub name: String,
+    /// Settings and credentials passed to `bucket.open`, and nothing else.
+    pub settings: Vec<(String, String)>,
+    /// A host directory preopened for the plugin (filesystem providers); the
+    /// plugin gets setting `root` pointing at it.
+    pub directory: Option<PathBuf>,
+    /// Extra authorities (`host:port` or URLs) the plugin may reach, beyond
+    /// the URLs in its settings.
+    pub allow_hosts: Vec<String>,
+    /// Networks no request may go to, even to a permitted name.
+    pub denied_networks: Vec<IpNet>,
+    /// Memory cap of one instance, in bytes.
+    pub memory_limit: u64,
+    /// Deadline of one call (instantiation, HTTP waits and retries included).
+    pub call_timeout: Duration,
+    /// Calls that may run at once on this bucket.
+    pub max_concurrency: usize,
+}
+
+impl BucketSpec {
+    /// The authorities the plugin may reach: those of every http(s) URL among
+    /// its settings, and `allow_hosts`.
+    pub fn allowed_authorities(&self) -> BTreeSet<String> {
+        let from_settings = self.settings.iter().filter_map(|(_, v)| url_authority(v));
+        let extra = self.allow_hosts.iter().filter_map(|h| {
+            url_authority(h).or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
+        });
+        from_settings.chain(extra).collect()
+    }
+}
+
+/// Counters of one bucket's plugin calls.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that trapped.
+    pub traps: AtomicU64,
+    /// Calls stopped at their deadline.
+    pub timeouts: AtomicU64,
+    /// Calls that hit the memory cap.
+    pub out_of_memory: AtomicU64,
+    /// Instances created.
+    pub instantiations: AtomicU64,
+}
+
+/// An opened instance of the plugin with its bucket resource.
+struct Instance {
+    store: Store<StoreState>,
+    provider: Provider,
+    bucket: ResourceAny,
+}
+
+/// A bucket reachable through its provider plugin. Calls may run concurrently.
+pub struct BucketClient {
+    plugin: Arc<Plugin>,
+    sandbox: Sandbox,
+    settings: Vec<(String, String)>,
+    timeout: Duration,
+    permits: Semaphore,
+    idle: Mutex<Vec<Instance>>,
+    /// Counters of this bucket's calls.
+    pub stats: CallStats,
+    provider: String,
+}
+
+impl std::fmt::Debug for BucketClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketClient").field("label", &self.sandbox.label).finish_non_exhaustive()
+    }
+}
+
+impl BucketClient {
+    /// Open the bucket described by `spec` with `plugin`: the plugin checks
+    /// the settings now, so a bad setting fails here, not at the first upload.
+    pub async fn open(plugin: Arc<Plugin>, spec: BucketSpec) -> Result<Self, CallError> {
+        let plugin_name = plugin.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let label = format!("{plugin_name}/{}", spec.name);
+        let mut settings = spec.settings.clone();
+        if spec.directory.is_some() {
+            settings.retain(|(k, _)| k != "root");
+            settings.push(("root".into(), BUCKET_DIR_GUEST_PATH.into()));
+        }
+        let egress = EgressPolicy {
+            label: label.clone(),
+            allowed: spec.allowed_authorities(),
+            denied_networks: spec.denied_networks.clone(),
+            ..Default::default()
+        };
+        let sandbox = Sandbox {
+            label,
+            egress: Arc::new(egress),
+            directory: spec.directory.clone(),
+            memory_limit: spec.memory_limit,
+        };
+        let mut client = Self {
+            plugin,
+            sandbox,
+            settings,
+            timeout: spec.call_timeout,
+            permits: Semaphore::new(spec.max_concurrency.max(1)),
+            idle: Mutex::new(Vec::new()),
+            stats: CallStats::default(),
+            provider: String::new(),
+        };
+        client.provider = client
+            .call("provider", |mut i| async move {
+                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_provider(&mut i.store, i.bucket).await;
+                (i, r)
+            })
+            .await?;
+        Ok(client)
+    }
+
+    /// The provider's name, as the plugin reports it (`s3`, `fs`, ...).
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// `plugin/bucket`, as log lines name this bucket.
+    pub fn label(&self) -> &str {
+        &self.sandbox.label
+    }
+
+    /// The plugin this bucket uses.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Outbound requests refused so far for this bucket.
+    pub fn refused_requests(&self) -> u64 {
+        self.sandbox.egress.refused.load(Ordering::Relaxed)
+    }
+
+    /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
+    pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
+        let block = block.clone();
+        let body = body.clone();
+        let result = self
+            .call("put-block", |mut i| async move {
+                let r = async {
+                    let handle = i.store.data_mut().table.push(body)?;
+                    i.provider
+                        .blockferry_uploader_bucket_uploader()
+                        .bucket()
+                        .call_put_block(&mut i.store, i.bucket, &block, handle)
+                        .await
+                }
+                .await;
+                (i, r)
+            })
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// What the bucket holds under `key`.
+    pub async fn stat(&self, key: &str) -> Result<Option<RemoteObject>, CallError> {
+        let key = key.to_string();
+        let result = self
+            .call("stat", |mut i| async move {
+                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_stat(&mut i.store, i.bucket, &key).await;
+                (i, r)
+            })
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// Run one call on an idle or new instance, within the deadline. The
+    /// instance goes back to the pool only if the call returned normally.
+    async fn call<R, F, Fut>(&self, name: &'static str, f: F) -> Result<R, CallError>
+    where
+        F: FnOnce(Instance) -> Fut,
+        Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
+    {
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.timeout;
+        let run = async {
+            let mut instance = match self.idle.lock().expect("idle pool poisoned").pop() {
+                Some(instance) => instance,
+                None => self.instantiate(deadline).await?,
+            };
+            instance.store.data_mut().begin_call(deadline);
+            instance.store.set_epoch_deadline(1);
+            let (instance, result) = f(instance).await;
+            match result {
+                Ok(value) => {
+                    self.idle.lock().expect("idle pool poisoned").push(instance);
+                    Ok(value)
+                }
+                Err(e) => Err(self.classify(name, &instance, e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout + DEADLINE_GRACE, run).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out(name)),
+        }
+    }
+
+    async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
+        let state = StoreState::new(&self.sandbox).map_err(|e| fail(format!("{e:#}")))?;
+        let mut store = Store::new(&self.plugin.engine, state);
+        store.limiter(|s| s.limiter());
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline() {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.data_mut().begin_call(deadline);
+        store.set_epoch_deadline(1);
+        let provider = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        let opened = provider
+            .blockferry_uploader_bucket_uploader()
+            .bucket()
+            .call_open(&mut store, &self.settings)
+            .await;
+        match opened {
+            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket }),
+            Ok(Err(message)) => Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message })),
+            Err(e) => Err(fail(format!("{e:#}"))),
+        }
+    }
+
+    fn timed_out(&self, call: &'static str) -> CallError {
+        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        let err = CallError::Timeout { plugin: self.sandbox.label.clone(), call, timeout_ms: self.timeout.as_millis() as u64 };
+        tracing::warn!("{err}");
+        err
+    }
+
+    /// Turn a failed call into its typed error.
+    fn classify(&self, call: &'static str, instance: &Instance, e: wasmtime::Error) -> CallError {
+        let plugin = self.sandbox.label.clone();
+        let err = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return self.timed_out(call);
+        } else if instance.store.data().hit_memory_cap() {
+            self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed);
+            CallError::OutOfMemory { plugin, call, limit_bytes: self.sandbox.memory_limit }
+        } else {
+            self.stats.traps.fetch_add(1, Ordering::Relaxed);
+            CallError::Trap { plugin, call, detail: format!("{e:?}") }
+        };
+        tracing::warn!("{err}");
+        err
+    }
+}
+
+/// Map the plugin's own error to the host's.
+fn upload_failure(e: UploadError) -> CallError {
+    CallError::Plugin(match e {
+        UploadError::Transient(m) => PluginFailure::Transient(m),
+        UploadError::Permanent(m) => PluginFailure::Permanent(m),
+        UploadError::HashMismatch(remote) => PluginFailure::HashMismatch(remote),
+    })
+}

@@ -1,0 +1,140 @@
+//! The plugin runtime: loads provider components, checks them, compiles them
+//! once (with an on-disk cache), and runs their calls in a per-bucket sandbox
+//! with a memory cap, a deadline and an outbound-HTTP allow-list.
+//!
+//! ```text
+//! PluginRuntime ──load(path)──▶ Plugin ──BucketClient::open(spec)──▶ BucketClient
+//!   engine, linker, cache        compiled, checked     sandbox + pool of instances
+//! ```
+//! A trap, timeout or out-of-memory fails one call and discards the instance
+//! that failed; the next call gets a fresh instance.
+
+mod bindings;
+pub mod body;
+pub mod cache;
+pub mod check;
+mod client;
+pub mod egress;
+pub mod engine;
+pub mod error;
+pub mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub use bindings::{BlockInfo, Outcome, RemoteObject};
+pub use body::BlockBody;
+pub use cache::{ArtifactCache, Provenance};
+pub use check::{CONTRACT_VERSION, ComponentReport};
+pub use client::{BucketClient, BucketSpec, CallStats};
+pub use engine::EngineSettings;
+pub use error::{CallError, LoadError, PluginFailure};
+
+use bindings::ProviderPre;
+use engine::EpochTicker;
+use sandbox::StoreState;
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Compiles and links provider components; one per process.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Option<ArtifactCache>,
+    _ticker: EpochTicker,
+}
+
+/// A loaded, checked and linked provider component.
+pub struct Plugin {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// What it implements, imports and exports.
+    pub report: ComponentReport,
+    /// Whether it was compiled now or loaded from the cache.
+    pub provenance: Provenance,
+    pre: ProviderPre<StoreState>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.path).field("sha256", &self.sha256).finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// A runtime with the given engine settings, caching compiled components
+    /// in `cache_dir` when one is given.
+    pub fn new(settings: &EngineSettings, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(settings)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        bindings::blockferry::uploader::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        bindings::blockferry::uploader::host::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        let cache = cache_dir.map(ArtifactCache::open).transpose()?;
+        let ticker = EpochTicker::start(&engine);
+        Ok(Self { engine, linker, cache, _ticker: ticker })
+    }
+
+    /// The engine plugins run in.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load the component at `path`: verify the pinned digest if any, check it
+    /// is a compatible provider, compile it (or take it from the cache), link it.
+    pub fn load(&self, path: &Path, pinned_sha256: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let sha256 = sha256_hex(&bytes);
+        if let Some(expected) = pinned_sha256
+            && !expected.trim().eq_ignore_ascii_case(&sha256)
+        {
+            return Err(LoadError::DigestMismatch {
+                path: path.to_path_buf(),
+                expected: expected.trim().to_ascii_lowercase(),
+                actual: sha256,
+            });
+        }
+        check::check_header(path, &bytes)?;
+        let (component, provenance) = self.compile(path, &sha256, &bytes)?;
+        let report = check::inspect(&self.engine, path, &component)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible {
+            path: path.to_path_buf(),
+            detail: format!("{e}; a provider may import only `blockferry:uploader/host`, WASI 0.2 and wasi:http (imports: {:?})", report.imports),
+        })?;
+        let pre = ProviderPre::new(instance_pre).map_err(|e| LoadError::Incompatible {
+            path: path.to_path_buf(),
+            detail: format!("its exports do not match the `provider` world: {e}"),
+        })?;
+        tracing::info!(plugin = %path.display(), sha256 = %sha256, world = %report.world(), ?provenance, "plugin loaded");
+        Ok(Arc::new(Plugin { path: path.to_path_buf(), sha256, report, provenance, pre, engine: self.engine.clone() }))
+    }
+
+    fn compile(&self, path: &Path, sha256: &str, bytes: &[u8]) -> Result<(Component, Provenance), LoadError> {
+        let key = ArtifactCache::key(&self.engine, sha256);
+        if let Some(cache) = &self.cache
+            && let Some(component) = cache.load(&self.engine, &key)
+        {
+            return Ok((component, Provenance::Cached));
+        }
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") })?;
+        if let Some(cache) = &self.cache {
+            // A cache that cannot be written costs a recompile next start, not this load.
+            if let Err(e) = cache.store(&key, &component) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok((component, Provenance::Compiled))
+    }
+}
