@@ -4,4 +4,5 @@
 //!
 //! Modules are named after the stage they own; see `ARCHITECTURE.md`.
 
+pub mod config;
 pub mod plugin;

@@ -1,1 +1,56 @@
-fn main(){}
+//! The `blockferry` command: the sidecar, its demo, and the plugin tools.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// blockferry: stores a consensus node's block stream durably and uploads every
+/// block to cloud buckets through WebAssembly provider plugins.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Push generated blocks through a bucket plugin and show what landed
+    /// (runs on the embedded default: the `fs` provider into a local directory).
+    Demo(cmd::demo::DemoArgs),
+    /// Write a commented example config.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "blockferry.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Tools for provider plugins.
+    #[command(subcommand)]
+    Plugin(cmd::plugin::PluginCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cmd::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Init { path, force } => cmd::init::run(&path, force),
+            Command::Plugin(c) => cmd::plugin::run(c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 use wasmtime::component::ResourceAny;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::{Provider, UploadError};
 use super::egress::{EgressPolicy, url_authority};
@@ -134,7 +134,7 @@ impl BucketClient {
         };
         client.provider = client
             .call("provider", |mut i| async move {
-                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_provider(&mut i.store, i.bucket).await;
+                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_provider(&mut i.store).await;
                 (i, r)
             })
             .await?;
@@ -205,7 +205,8 @@ impl BucketClient {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let run = async {
-            let mut instance = match self.idle.lock().expect("idle pool poisoned").pop() {
+            let idle = self.idle.lock().expect("idle pool poisoned").pop();
+            let mut instance = match idle {
                 Some(instance) => instance,
                 None => self.instantiate(deadline).await?,
             };
@@ -229,18 +230,7 @@ impl BucketClient {
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
-        let state = StoreState::new(&self.sandbox).map_err(|e| fail(format!("{e:#}")))?;
-        let mut store = Store::new(&self.plugin.engine, state);
-        store.limiter(|s| s.limiter());
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline() {
-                Err(Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store.data_mut().begin_call(deadline);
-        store.set_epoch_deadline(1);
+        let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
         let provider = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
         let opened = provider
             .blockferry_uploader_bucket_uploader()
@@ -276,6 +266,24 @@ impl BucketClient {
         tracing::warn!("{err}");
         err
     }
+}
+
+/// A store for one instance of a plugin in `sandbox`, its first call ending
+/// at `deadline`: memory capped, interrupted at its deadline, yielding to
+/// other tasks at every epoch tick.
+pub(super) fn new_store(engine: &Engine, sandbox: &Sandbox, deadline: Instant) -> anyhow::Result<Store<StoreState>> {
+    let mut store = Store::new(engine, StoreState::new(sandbox)?);
+    store.limiter(|s| s.limiter());
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline() {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.data_mut().begin_call(deadline);
+    store.set_epoch_deadline(1);
+    Ok(store)
 }
 
 /// Map the plugin's own error to the host's.

@@ -71,6 +71,30 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+impl Plugin {
+    /// The provider's name (its static `provider` function), from a
+    /// throw-away instance with no settings, no filesystem and no network.
+    pub async fn provider_name(&self) -> Result<String, CallError> {
+        let label = format!("{}/check", self.path.display());
+        let sandbox = sandbox::Sandbox {
+            label: label.clone(),
+            egress: Default::default(),
+            directory: None,
+            memory_limit: 64 << 20,
+        };
+        let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut store = client::new_store(&self.engine, &sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
+        let provider = self.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        provider
+            .blockferry_uploader_bucket_uploader()
+            .bucket()
+            .call_provider(&mut store)
+            .await
+            .map_err(|e| CallError::Trap { plugin: label.clone(), call: "provider", detail: format!("{e:#}") })
+    }
+}
+
 impl PluginRuntime {
     /// A runtime with the given engine settings, caching compiled components
     /// in `cache_dir` when one is given.

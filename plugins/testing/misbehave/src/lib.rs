@@ -1,0 +1,205 @@
+//! `misbehave`: a blockferry provider for host tests. What `put-block` does is
+//! chosen by the block's key, so one instance can misbehave and then behave:
+//!
+//! | key | behaviour |
+//! |---|---|
+//! | `trap` | panics (a trap: the crate is built with `panic = "abort"`) |
+//! | `loop` | spins forever without calling the host |
+//! | `oom` | allocates and touches 1 MiB chunks until memory runs out |
+//! | `egress:<url>` | HTTP GET of `<url>`: `uploaded` on 2xx, `transient("status N")` otherwise, `permanent` on an error |
+//! | `print` | prints a line to stdout and one to stderr, then `uploaded` |
+//! | `sleep:<ms>` | sleeps that many milliseconds, then `uploaded` |
+//! | `stream…` | reads the body through `block-body.stream(0)`, checks its MD5, then `uploaded` |
+//! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
+//!
+//! `open` fails when the settings contain a `fail-open` key; `stat` always returns `none`.
+
+use md5::{Digest, Md5};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "provider",
+    with: {
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+    },
+});
+
+use blockferry::uploader::host::BlockBody;
+use blockferry::uploader::types::{BlockInfo, Outcome, RemoteObject, UploadError};
+use exports::blockferry::uploader::bucket_uploader::{Bucket, Guest, GuestBucket};
+
+/// Bytes read per call on the body paths.
+const CHUNK: u32 = 64 * 1024;
+
+/// The component: its only export is the `bucket` resource.
+struct Component;
+
+impl Guest for Component {
+    type Bucket = Misbehave;
+}
+
+/// A bucket that stores nothing.
+struct Misbehave;
+
+impl GuestBucket for Misbehave {
+    fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
+        if settings.iter().any(|(key, _)| key == "fail-open") {
+            return Err("fail-open requested".into());
+        }
+        Ok(Bucket::new(Misbehave))
+    }
+
+    fn provider() -> String {
+        "misbehave".into()
+    }
+
+    fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
+        let key = block.key.as_str();
+        match key {
+            "trap" => panic!("trap requested"),
+            "loop" => spin(),
+            "oom" => exhaust_memory(),
+            "print" => {
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+            }
+            _ if key.starts_with("egress:") => egress(&key["egress:".len()..])?,
+            _ if key.starts_with("sleep:") => {
+                let ms: u64 = key["sleep:".len()..]
+                    .parse()
+                    .map_err(|e| UploadError::Permanent(format!("bad key `{key}`: {e}")))?;
+                wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            }
+            _ if key.starts_with("stream") => check_md5(&block, read_stream(body)?)?,
+            _ => check_md5(&block, read_chunks(body)?)?,
+        }
+        Ok(Outcome::Uploaded)
+    }
+
+    fn stat(&self, _key: String) -> Result<Option<RemoteObject>, UploadError> {
+        Ok(None)
+    }
+}
+
+/// Loops forever without calling the host; `black_box` keeps the loop alive.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB chunks, writing every byte, until allocation fails (a trap).
+fn exhaust_memory() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        chunks.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&mut chunks);
+    }
+}
+
+/// HTTP GET of `url` through `wasi:http/outgoing-handler`.
+fn egress(url: &str) -> Result<(), UploadError> {
+    let status =
+        get(url).map_err(|e| UploadError::Permanent(format!("egress to {url} failed: {e}")))?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(UploadError::Transient(format!("status {status}")))
+    }
+}
+
+/// Sends a GET request and returns the response status; errors are rendered with `Debug`.
+fn get(url: &str) -> Result<u16, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_method(&Method::Get)
+        .map_err(|()| "set-method refused")?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| "set-scheme refused")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| format!("authority {authority:?} refused"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| format!("path {path:?} refused"))?;
+    let body = request.body().map_err(|()| "request body already taken")?;
+    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+
+    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    response.subscribe().block();
+    let result = response
+        .get()
+        .ok_or("response not ready after its pollable fired")?;
+    let response = result
+        .map_err(|()| "response already taken")?
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(response.status())
+}
+
+/// Reads the body with `block-body.read` in `CHUNK`-sized calls; returns its MD5.
+fn read_chunks(body: &BlockBody) -> Result<[u8; 16], UploadError> {
+    let mut md5 = Md5::new();
+    let mut offset = 0u64;
+    loop {
+        let chunk = body
+            .read(offset, CHUNK)
+            .map_err(|e| UploadError::Transient(format!("read at {offset}: {e}")))?;
+        if chunk.is_empty() {
+            return Ok(md5.finalize().into());
+        }
+        md5.update(&chunk);
+        offset += chunk.len() as u64;
+    }
+}
+
+/// Reads the whole body through `block-body.stream(0)`; returns its MD5.
+fn read_stream(body: &BlockBody) -> Result<[u8; 16], UploadError> {
+    let stream = body.stream(0).map_err(UploadError::Transient)?;
+    let mut md5 = Md5::new();
+    loop {
+        match stream.blocking_read(u64::from(CHUNK)) {
+            Ok(chunk) => md5.update(&chunk),
+            Err(StreamError::Closed) => return Ok(md5.finalize().into()),
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(UploadError::Transient(format!(
+                    "stream read: {}",
+                    e.to_debug_string()
+                )));
+            }
+        }
+    }
+}
+
+/// Fails with a permanent error when the body read does not hash to `block.md5`.
+fn check_md5(block: &BlockInfo, md5: [u8; 16]) -> Result<(), UploadError> {
+    if md5[..] == block.md5[..] {
+        Ok(())
+    } else {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        Err(UploadError::Permanent(format!(
+            "put-block `{}`: the host's body doesn't match its MD5 (body {}, block.md5 {})",
+            block.key,
+            hex(&md5),
+            hex(&block.md5)
+        )))
+    }
+}
+
+export!(Component);

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need,
+# builds the plugins once, checks formatting and lints, runs every test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# The wasm32-wasip2 target and every plugin component the tests load.
+scripts/build-plugins.sh
+
+cargo fmt --all --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --target wasm32-wasip2 --profile plugin \
+    -p blockferry-fs -p blockferry-misbehave -p blockferry-wrong-version \
+    -p blockferry-wrong-world -p blockferry-plugin-template -- -D warnings
+
+# The host suite, plus the fs provider's own unit tests (natively).
+cargo nextest run --no-fail-fast -p blockferry -p blockferry-fs "$@"

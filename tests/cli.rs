@@ -1,0 +1,79 @@
+//! The `blockferry` binary: `plugin check`, `demo`, `init`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn blockferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blockferry"))
+        .args(args)
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running blockferry")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn plugin_check_accepts_the_bundled_providers() {
+    for (name, provider) in [("blockferry_fs", "fs"), ("blockferry_misbehave", "misbehave"), ("blockferry_plugin_template", "template")] {
+        let path = plugin_path(name);
+        let out = blockferry(&["plugin", "check", path.to_str().unwrap()]);
+        let t = text(&out);
+        assert!(out.status.success(), "{name}: {t}");
+        assert!(t.contains("blockferry:uploader/provider@0.1.0"), "{t}");
+        assert!(t.contains(&format!("provider: {provider}")), "{t}");
+        assert!(t.contains("blockferry:uploader/host@0.1.0"), "lists imports: {t}");
+    }
+}
+
+#[test]
+fn plugin_check_refuses_bad_files_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_file = dir.path().join("readme.wasm");
+    std::fs::write(&text_file, "hello").unwrap();
+    let cases = [
+        (plugin_path("blockferry_wrong_version"), "0.2.0"),
+        (plugin_path("blockferry-wrong-world"), "wasi:cli/run"),
+        (text_file, "not a WebAssembly component"),
+    ];
+    for (path, expected) in cases {
+        let out = blockferry(&["plugin", "check", path.to_str().unwrap()]);
+        let t = text(&out);
+        assert!(!out.status.success(), "{}: {t}", path.display());
+        assert!(t.contains(expected), "{}: {t}", path.display());
+    }
+}
+
+#[test]
+fn demo_uploads_generated_blocks_then_finds_them_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = blockferry(&["demo", "--dir", d, "--blocks", "12"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("12 uploaded, 0 already present, 0 failed"), "{t}");
+    let objects = std::fs::read_dir(dir.path().join("bucket")).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+    assert_eq!(objects, 12);
+    let again = blockferry(&["demo", "--dir", d, "--blocks", "12"]);
+    assert!(text(&again).contains("0 uploaded, 12 already present, 0 failed"), "{}", text(&again));
+}
+
+#[test]
+fn init_writes_the_example_config_which_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bf.toml");
+    let out = blockferry(&["init", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config = blockferry::config::Config::load(&path).expect("the example config loads");
+    assert_eq!(config.buckets.len(), 1);
+    assert_eq!(config.buckets[0].name, "local");
+    // It refuses to overwrite.
+    let again = blockferry(&["init", path.to_str().unwrap()]);
+    assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));
+}
