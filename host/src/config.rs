@@ -72,7 +72,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { dir: default_store_dir() }
+        Self {
+            dir: default_store_dir(),
+        }
     }
 }
 
@@ -119,7 +121,10 @@ fn default_max_instances() -> u32 {
     256
 }
 fn default_denied_networks() -> Vec<String> {
-    DEFAULT_DENIED_NETWORKS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_DENIED_NETWORKS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// `[[buckets]]`: one bucket and the plugin that uploads to it.
@@ -167,7 +172,10 @@ impl Config {
     /// Load and validate the config at `path`; relative paths in it are
     /// resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
     }
@@ -175,8 +183,10 @@ impl Config {
     /// Parse and validate `text` (named `path` in errors), resolving relative
     /// paths against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.resolve_paths(base);
         config.validate(path)?;
         Ok(config)
@@ -207,38 +217,85 @@ impl Config {
         };
         for (i, net) in self.plugins.denied_networks.iter().enumerate() {
             net.parse::<IpNet>().map_err(|e| {
-                invalid(format!("plugins.denied_networks[{i}]"), format!("= {net:?} is not a network ({e})"), "write it in CIDR form, e.g. \"169.254.0.0/16\"")
+                invalid(
+                    format!("plugins.denied_networks[{i}]"),
+                    format!("= {net:?} is not a network ({e})"),
+                    "write it in CIDR form, e.g. \"169.254.0.0/16\"",
+                )
             })?;
         }
         if self.plugins.max_instances == 0 {
-            return Err(invalid("plugins.max_instances".into(), "is 0".into(), "set it to at least the sum of the buckets' `concurrency`"));
+            return Err(invalid(
+                "plugins.max_instances".into(),
+                "is 0".into(),
+                "set it to at least the sum of the buckets' `concurrency`",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, b) in self.buckets.iter().enumerate() {
             let key = |k: &str| format!("buckets[{i}].{k}");
-            if b.name.trim().is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(key("name"), format!("= {:?} is not a valid bucket name", b.name), "use letters, digits, `-` and `_` only"));
+            if b.name.trim().is_empty()
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!("= {:?} is not a valid bucket name", b.name),
+                    "use letters, digits, `-` and `_` only",
+                ));
             }
             if !names.insert(&b.name) {
-                return Err(invalid(key("name"), format!("= {:?} is used by another bucket", b.name), "give every bucket a unique name"));
+                return Err(invalid(
+                    key("name"),
+                    format!("= {:?} is used by another bucket", b.name),
+                    "give every bucket a unique name",
+                ));
             }
             if let Some(pin) = &b.sha256
                 && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
             {
-                return Err(invalid(key("sha256"), format!("= {pin:?} is not a SHA-256 digest"), "use the 64 hex digits `sha256sum PLUGIN.wasm` prints"));
+                return Err(invalid(
+                    key("sha256"),
+                    format!("= {pin:?} is not a SHA-256 digest"),
+                    "use the 64 hex digits `sha256sum PLUGIN.wasm` prints",
+                ));
             }
             if b.memory_limit_mib < 1 || b.memory_limit_mib > 4096 {
-                return Err(invalid(key("memory_limit_mib"), format!("= {} is out of range", b.memory_limit_mib), "use 1 to 4096 (MiB)"));
+                return Err(invalid(
+                    key("memory_limit_mib"),
+                    format!("= {} is out of range", b.memory_limit_mib),
+                    "use 1 to 4096 (MiB)",
+                ));
             }
             if b.call_timeout_ms < 10 {
-                return Err(invalid(key("call_timeout_ms"), format!("= {} is too short", b.call_timeout_ms), "use at least 10 ms; 30000 is the default"));
+                return Err(invalid(
+                    key("call_timeout_ms"),
+                    format!("= {} is too short", b.call_timeout_ms),
+                    "use at least 10 ms; 30000 is the default",
+                ));
             }
             if b.concurrency == 0 || b.concurrency > 1024 {
-                return Err(invalid(key("concurrency"), format!("= {} is out of range", b.concurrency), "use 1 to 1024"));
+                return Err(invalid(
+                    key("concurrency"),
+                    format!("= {} is out of range", b.concurrency),
+                    "use 1 to 1024",
+                ));
             }
             for (k, v) in &b.settings {
-                if !matches!(v, toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)) {
-                    return Err(invalid(format!("buckets[{i}].settings.{k}"), "is a table or an array".into(), "settings are plain values: strings, numbers or booleans"));
+                if !matches!(
+                    v,
+                    toml::Value::String(_)
+                        | toml::Value::Integer(_)
+                        | toml::Value::Boolean(_)
+                        | toml::Value::Float(_)
+                ) {
+                    return Err(invalid(
+                        format!("buckets[{i}].settings.{k}"),
+                        "is a table or an array".into(),
+                        "settings are plain values: strings, numbers or booleans",
+                    ));
                 }
             }
         }
@@ -247,7 +304,11 @@ impl Config {
 
     /// The parsed denied networks (validated at load).
     pub fn denied_networks(&self) -> Vec<IpNet> {
-        self.plugins.denied_networks.iter().filter_map(|n| n.parse().ok()).collect()
+        self.plugins
+            .denied_networks
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect()
     }
 }
 

@@ -38,7 +38,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cmd::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await,

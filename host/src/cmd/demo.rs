@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use blockferry::config::Config;
-use blockferry::plugin::{BlockBody, BlockInfo, BucketClient, EngineSettings, Outcome, PluginRuntime};
+use blockferry::plugin::{
+    BlockBody, BlockInfo, BucketClient, EngineSettings, Outcome, PluginRuntime,
+};
 use clap::Args;
 use futures::StreamExt;
 use md5::{Digest, Md5};
@@ -42,7 +44,8 @@ fn embedded_default(dir: &Path, fs_plugin: &Path) -> anyhow::Result<Config> {
     let text = format!(
         "[plugins]\ncache_dir = \"plugin-cache\"\n\n[[buckets]]\nname = \"local\"\nplugin = {plugin:?}\ndirectory = \"bucket\"\n"
     );
-    std::fs::create_dir_all(dir.join("bucket")).with_context(|| format!("creating {}", dir.join("bucket").display()))?;
+    std::fs::create_dir_all(dir.join("bucket"))
+        .with_context(|| format!("creating {}", dir.join("bucket").display()))?;
     Ok(Config::parse(&text, Path::new("<embedded default>"), dir)?)
 }
 
@@ -75,16 +78,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             embedded_default(&args.dir, &args.fs_plugin)?
         }
     };
-    anyhow::ensure!(!config.buckets.is_empty(), "the config has no [[buckets]]; add one (see `blockferry init`)");
-    let settings = EngineSettings { pooling: config.plugins.pooling, max_instances: config.plugins.max_instances };
+    anyhow::ensure!(
+        !config.buckets.is_empty(),
+        "the config has no [[buckets]]; add one (see `blockferry init`)"
+    );
+    let settings = EngineSettings {
+        pooling: config.plugins.pooling,
+        max_instances: config.plugins.max_instances,
+    };
     let runtime = PluginRuntime::new(&settings, Some(&config.plugins.cache_dir))?;
     let mut buckets = Vec::new();
     for b in &config.buckets {
-        let plugin = runtime.load(&b.plugin, b.sha256.as_deref()).with_context(|| format!("bucket {}", b.name))?;
+        let plugin = runtime
+            .load(&b.plugin, b.sha256.as_deref())
+            .with_context(|| format!("bucket {}", b.name))?;
         let client = BucketClient::open(plugin, b.spec(config.denied_networks()))
             .await
             .with_context(|| format!("opening bucket {}", b.name))?;
-        println!("bucket {:<12} provider {:<6} plugin {}", b.name, client.provider(), b.plugin.display());
+        println!(
+            "bucket {:<12} provider {:<6} plugin {}",
+            b.name,
+            client.provider(),
+            b.plugin.display()
+        );
         buckets.push((Arc::new(client), b.directory.clone(), b.concurrency));
     }
     let mut failures = 0;
@@ -116,12 +132,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        println!("{}: {uploaded} uploaded, {present} already present, {} failed", client.label(), args.blocks - uploaded - present);
+        println!(
+            "{}: {uploaded} uploaded, {present} already present, {} failed",
+            client.label(),
+            args.blocks - uploaded - present
+        );
         if let Some(dir) = directory {
             print_listing(dir)?;
         }
     }
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Print what a filesystem bucket holds (objects only, not its bookkeeping).
@@ -130,11 +154,20 @@ fn print_listing(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(Result::ok)
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
         .collect();
     entries.sort();
     let total: u64 = entries.iter().map(|e| e.1).sum();
-    println!("{} holds {} objects, {total} bytes:", dir.display(), entries.len());
+    println!(
+        "{} holds {} objects, {total} bytes:",
+        dir.display(),
+        entries.len()
+    );
     for (name, size) in entries.iter().take(5) {
         println!("  {name}  {size} bytes");
     }

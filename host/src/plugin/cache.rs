@@ -42,7 +42,12 @@ impl ArtifactCache {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| cache_error(&dir, format!("cannot create it: {e}; set `plugins.cache_dir` to a writable path")))?;
+            .map_err(|e| {
+                cache_error(
+                    &dir,
+                    format!("cannot create it: {e}; set `plugins.cache_dir` to a writable path"),
+                )
+            })?;
         let meta = fs::metadata(&dir).map_err(|e| cache_error(&dir, e.to_string()))?;
         check_private(&dir, &meta)?;
         Ok(Self { dir })
@@ -90,10 +95,17 @@ impl ArtifactCache {
     /// Store `component` under `key` (temporary file, then rename).
     pub fn store(&self, key: &str, component: &Component) -> Result<(), LoadError> {
         let path = self.path(key);
-        let bytes = component.serialize().map_err(|e| cache_error(&path, e.to_string()))?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| cache_error(&path, e.to_string()))?;
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
@@ -112,19 +124,28 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), LoadError> {
     if meta.uid() != me {
         return Err(cache_error(
             path,
-            format!("owned by uid {} but the host runs as uid {me}; the host loads only artifacts it wrote: use a cache directory of its own", meta.uid()),
+            format!(
+                "owned by uid {} but the host runs as uid {me}; the host loads only artifacts it wrote: use a cache directory of its own",
+                meta.uid()
+            ),
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
         return Err(cache_error(
             path,
-            format!("mode {mode:o} lets others write it; the host loads only artifacts from a directory only it writes: `chmod go-w {}`", path.display()),
+            format!(
+                "mode {mode:o} lets others write it; the host loads only artifacts from a directory only it writes: `chmod go-w {}`",
+                path.display()
+            ),
         ));
     }
     Ok(())
 }
 
 fn cache_error(path: &Path, detail: String) -> LoadError {
-    LoadError::Cache { path: path.to_path_buf(), detail }
+    LoadError::Cache {
+        path: path.to_path_buf(),
+        detail,
+    }
 }

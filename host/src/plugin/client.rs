@@ -52,7 +52,8 @@ impl BucketSpec {
     pub fn allowed_authorities(&self) -> BTreeSet<String> {
         let from_settings = self.settings.iter().filter_map(|(_, v)| url_authority(v));
         let extra = self.allow_hosts.iter().filter_map(|h| {
-            url_authority(h).or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
+            url_authority(h)
+                .or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
         });
         from_settings.chain(extra).collect()
     }
@@ -95,7 +96,9 @@ pub struct BucketClient {
 
 impl std::fmt::Debug for BucketClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BucketClient").field("label", &self.sandbox.label).finish_non_exhaustive()
+        f.debug_struct("BucketClient")
+            .field("label", &self.sandbox.label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +106,11 @@ impl BucketClient {
     /// Open the bucket described by `spec` with `plugin`: the plugin checks
     /// the settings now, so a bad setting fails here, not at the first upload.
     pub async fn open(plugin: Arc<Plugin>, spec: BucketSpec) -> Result<Self, CallError> {
-        let plugin_name = plugin.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let plugin_name = plugin
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let label = format!("{plugin_name}/{}", spec.name);
         let mut settings = spec.settings.clone();
         if spec.directory.is_some() {
@@ -134,7 +141,12 @@ impl BucketClient {
         };
         client.provider = client
             .call("provider", |mut i| async move {
-                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_provider(&mut i.store).await;
+                let r = i
+                    .provider
+                    .blockferry_uploader_bucket_uploader()
+                    .bucket()
+                    .call_provider(&mut i.store)
+                    .await;
                 (i, r)
             })
             .await?;
@@ -162,7 +174,11 @@ impl BucketClient {
     }
 
     /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
-    pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
+    pub async fn put_block(
+        &self,
+        block: &BlockInfo,
+        body: &BlockBody,
+    ) -> Result<Outcome, CallError> {
         let block = block.clone();
         let body = body.clone();
         let result = self
@@ -187,7 +203,12 @@ impl BucketClient {
         let key = key.to_string();
         let result = self
             .call("stat", |mut i| async move {
-                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_stat(&mut i.store, i.bucket, &key).await;
+                let r = i
+                    .provider
+                    .blockferry_uploader_bucket_uploader()
+                    .bucket()
+                    .call_stat(&mut i.store, i.bucket, &key)
+                    .await;
                 (i, r)
             })
             .await?;
@@ -201,7 +222,11 @@ impl BucketClient {
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let run = async {
@@ -229,24 +254,44 @@ impl BucketClient {
 
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
-        let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
-        let provider = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        let fail = |detail: String| CallError::Instantiate {
+            plugin: self.sandbox.label.clone(),
+            detail,
+        };
+        let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline)
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let provider = self
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| fail(format!("{e:#}")))?;
         let opened = provider
             .blockferry_uploader_bucket_uploader()
             .bucket()
             .call_open(&mut store, &self.settings)
             .await;
         match opened {
-            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket }),
-            Ok(Err(message)) => Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message })),
+            Ok(Ok(bucket)) => Ok(Instance {
+                store,
+                provider,
+                bucket,
+            }),
+            Ok(Err(message)) => Err(CallError::Plugin(PluginFailure::Open {
+                plugin: self.sandbox.label.clone(),
+                message,
+            })),
             Err(e) => Err(fail(format!("{e:#}"))),
         }
     }
 
     fn timed_out(&self, call: &'static str) -> CallError {
         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-        let err = CallError::Timeout { plugin: self.sandbox.label.clone(), call, timeout_ms: self.timeout.as_millis() as u64 };
+        let err = CallError::Timeout {
+            plugin: self.sandbox.label.clone(),
+            call,
+            timeout_ms: self.timeout.as_millis() as u64,
+        };
         tracing::warn!("{err}");
         err
     }
@@ -258,10 +303,18 @@ impl BucketClient {
             return self.timed_out(call);
         } else if instance.store.data().hit_memory_cap() {
             self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed);
-            CallError::OutOfMemory { plugin, call, limit_bytes: self.sandbox.memory_limit }
+            CallError::OutOfMemory {
+                plugin,
+                call,
+                limit_bytes: self.sandbox.memory_limit,
+            }
         } else {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
-            CallError::Trap { plugin, call, detail: format!("{e:?}") }
+            CallError::Trap {
+                plugin,
+                call,
+                detail: format!("{e:?}"),
+            }
         };
         tracing::warn!("{err}");
         err
@@ -271,7 +324,11 @@ impl BucketClient {
 /// A store for one instance of a plugin in `sandbox`, its first call ending
 /// at `deadline`: memory capped, interrupted at its deadline, yielding to
 /// other tasks at every epoch tick.
-pub(super) fn new_store(engine: &Engine, sandbox: &Sandbox, deadline: Instant) -> anyhow::Result<Store<StoreState>> {
+pub(super) fn new_store(
+    engine: &Engine,
+    sandbox: &Sandbox,
+    deadline: Instant,
+) -> anyhow::Result<Store<StoreState>> {
     let mut store = Store::new(engine, StoreState::new(sandbox)?);
     store.limiter(|s| s.limiter());
     store.epoch_deadline_callback(|ctx| {
