@@ -48,9 +48,25 @@ pub struct BucketSpec {
 
 impl BucketSpec {
     /// The authorities the plugin may reach: those of every http(s) URL among
-    /// its settings, and `allow_hosts`.
+    /// its settings, the same prefixed with the `bucket` setting (S3
+    /// virtual-hosted addressing: `bucket.endpoint-host`), and `allow_hosts`.
     pub fn allowed_authorities(&self) -> BTreeSet<String> {
-        let from_settings = self.settings.iter().filter_map(|(_, v)| url_authority(v));
+        let bucket = self
+            .settings
+            .iter()
+            .find(|(k, _)| k == "bucket")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        let from_settings = self
+            .settings
+            .iter()
+            .filter_map(|(_, v)| url_authority(v))
+            .flat_map(|a| {
+                let virtual_hosted = bucket
+                    .as_ref()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| format!("{b}.{a}"));
+                std::iter::once(a).chain(virtual_hosted)
+            });
         let extra = self.allow_hosts.iter().filter_map(|h| {
             url_authority(h)
                 .or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
@@ -350,4 +366,46 @@ fn upload_failure(e: UploadError) -> CallError {
         UploadError::Permanent(m) => PluginFailure::Permanent(m),
         UploadError::HashMismatch(remote) => PluginFailure::HashMismatch(remote),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(settings: &[(&str, &str)], allow_hosts: &[&str]) -> BucketSpec {
+        BucketSpec {
+            name: "b".into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            directory: None,
+            allow_hosts: allow_hosts.iter().map(|s| s.to_string()).collect(),
+            denied_networks: Vec::new(),
+            memory_limit: 1 << 20,
+            call_timeout: Duration::from_secs(1),
+            max_concurrency: 1,
+        }
+    }
+
+    #[test]
+    fn allow_list_comes_from_url_settings_and_allow_hosts_only() {
+        let s = spec(
+            &[
+                ("endpoint", "https://s3.eu-west-1.amazonaws.com"),
+                ("bucket", "Blocks"),
+                ("region", "eu-west-1"),
+            ],
+            &["proxy.internal:3128"],
+        );
+        let allowed: Vec<String> = s.allowed_authorities().into_iter().collect();
+        assert_eq!(
+            allowed,
+            [
+                "blocks.s3.eu-west-1.amazonaws.com:443",
+                "proxy.internal:3128",
+                "s3.eu-west-1.amazonaws.com:443"
+            ]
+        );
+    }
 }
