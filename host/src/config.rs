@@ -46,10 +46,46 @@ pub enum ConfigError {
     },
 }
 
+/// What the sidecar does with the blocks it receives (seed 000's writer modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriterMode {
+    /// Stream to block nodes only; nothing is kept on disk beyond the buffer.
+    Grpc,
+    /// Write blocks to local disk only.
+    File,
+    /// Write blocks to local disk and upload them to every bucket.
+    #[default]
+    FileAndBucket,
+    /// Write, upload, and stream to block nodes.
+    FileAndBucketAndGrpc,
+}
+
+impl WriterMode {
+    /// Whether blocks are uploaded to buckets in this mode.
+    pub fn uploads(self) -> bool {
+        matches!(self, WriterMode::FileAndBucket | WriterMode::FileAndBucketAndGrpc)
+    }
+
+    /// Whether blocks are streamed to block nodes in this mode.
+    pub fn streams(self) -> bool {
+        matches!(self, WriterMode::Grpc | WriterMode::FileAndBucketAndGrpc)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Writer mode.
+    #[serde(default)]
+    pub mode: WriterMode,
+    /// Path of the credentials file (secrets per bucket), kept apart from this file.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Uploading: retries and retention.
+    #[serde(default)]
+    pub upload: UploadConfig,
     /// The local block store.
     #[serde(default)]
     pub store: StoreConfig,
@@ -68,14 +104,87 @@ pub struct StoreConfig {
     /// Directory of block files and their `.meta` files.
     #[serde(default = "default_store_dir")]
     pub dir: PathBuf,
+    /// How block files are stored (and uploaded).
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
+        Self { dir: default_store_dir(), compression: Compression::None }
+    }
+}
+
+/// Block file compression. `gzip` is deterministic (fixed level, no name or
+/// time in the header), so two nodes storing the same block produce the same
+/// bytes and the same MD5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// Store the block's bytes as they arrived (`.blk`).
+    #[default]
+    None,
+    /// Store them gzip-compressed (`.blk.gz`).
+    Gzip,
+}
+
+/// `[upload]`: retries and local retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Failed attempts of one block to one bucket before it is reported as
+    /// failed (error log, metric). Retrying goes on after that, at the longest backoff.
+    #[serde(default = "default_retry_attempts")]
+    pub retry_attempts: u32,
+    /// First retry delay after a transient failure, in milliseconds (doubles each time).
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_backoff_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// How long a bucket that answered with a permanent error is held before
+    /// the host tries it again, in seconds.
+    #[serde(default = "default_hold_secs")]
+    pub hold_after_permanent_error_secs: u64,
+    /// Keep local blocks at least this long, in hours, and longer until they
+    /// are safe in every bucket.
+    #[serde(default = "default_retention_hours")]
+    pub local_retention_hours: f64,
+    /// How often retention runs, in seconds.
+    #[serde(default = "default_retention_interval_secs")]
+    pub retention_interval_secs: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
         Self {
-            dir: default_store_dir(),
+            retry_attempts: default_retry_attempts(),
+            retry_initial_backoff_ms: default_retry_initial_ms(),
+            retry_max_backoff_ms: default_retry_max_ms(),
+            hold_after_permanent_error_secs: default_hold_secs(),
+            local_retention_hours: default_retention_hours(),
+            retention_interval_secs: default_retention_interval_secs(),
         }
     }
+}
+
+fn default_retry_attempts() -> u32 {
+    3
+}
+fn default_retry_initial_ms() -> u64 {
+    1_000
+}
+fn default_retry_max_ms() -> u64 {
+    60_000
+}
+fn default_hold_secs() -> u64 {
+    300
+}
+fn default_retention_hours() -> f64 {
+    168.0
+}
+fn default_retention_interval_secs() -> u64 {
+    60
 }
 
 fn default_store_dir() -> PathBuf {
@@ -121,10 +230,7 @@ fn default_max_instances() -> u32 {
     256
 }
 fn default_denied_networks() -> Vec<String> {
-    DEFAULT_DENIED_NETWORKS
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    DEFAULT_DENIED_NETWORKS.iter().map(|s| s.to_string()).collect()
 }
 
 /// `[[buckets]]`: one bucket and the plugin that uploads to it.
@@ -153,9 +259,17 @@ pub struct BucketConfig {
     /// Uploads in flight at once to this bucket.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Object key of a block: `{number}` is the block number zero-padded to
+    /// 36 digits (`{number:N}` pads to N), `{ext}` the file extension
+    /// (`.blk` or `.blk.gz`). Keys sort numerically.
+    #[serde(default = "default_key_template")]
+    pub key_template: String,
     /// Provider-specific settings, passed to the plugin as they are.
     #[serde(default)]
     pub settings: toml::Table,
+    /// Secrets from the credentials file (never in the config file itself).
+    #[serde(skip)]
+    pub secrets: crate::credentials::Secrets,
 }
 
 fn default_memory_limit_mib() -> u64 {
@@ -167,26 +281,51 @@ fn default_call_timeout_ms() -> u64 {
 fn default_concurrency() -> usize {
     4
 }
+fn default_key_template() -> String {
+    "{number}{ext}".into()
+}
 
 impl Config {
-    /// Load and validate the config at `path`; relative paths in it are
-    /// resolved against its directory.
+    /// Load and validate the config at `path` and the credentials file it
+    /// names; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, path, base)
+        let mut config = Self::parse(&text, path, base)?;
+        if let Some(creds) = config.credentials.clone() {
+            let credentials = crate::credentials::Credentials::load(&creds)?;
+            config.apply_credentials(&creds, credentials)?;
+        }
+        Ok(config)
+    }
+
+    /// Merge each bucket's secrets into its settings (the plugin receives
+    /// both); a credentials entry for an unknown bucket is an error.
+    fn apply_credentials(
+        &mut self,
+        path: &Path,
+        credentials: crate::credentials::Credentials,
+    ) -> Result<(), ConfigError> {
+        for (bucket, secrets) in credentials.into_buckets() {
+            let Some(b) = self.buckets.iter_mut().find(|b| b.name == bucket) else {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("buckets.{bucket}"),
+                    problem: "names no bucket of the config".into(),
+                    fix: "use the `name` of a [[buckets]] table, or remove the entry".into(),
+                });
+            };
+            b.secrets = secrets;
+        }
+        Ok(())
     }
 
     /// Parse and validate `text` (named `path` in errors), resolving relative
     /// paths against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         config.resolve_paths(base);
         config.validate(path)?;
         Ok(config)
@@ -231,15 +370,42 @@ impl Config {
                 "set it to at least the sum of the buckets' `concurrency`",
             ));
         }
+        let u = &self.upload;
+        if u.retry_initial_backoff_ms == 0 || u.retry_max_backoff_ms < u.retry_initial_backoff_ms {
+            return Err(invalid(
+                "upload.retry_max_backoff_ms".into(),
+                format!(
+                    "= {} is below retry_initial_backoff_ms = {}",
+                    u.retry_max_backoff_ms, u.retry_initial_backoff_ms
+                ),
+                "use 0 < retry_initial_backoff_ms <= retry_max_backoff_ms",
+            ));
+        }
+        if !(u.local_retention_hours >= 0.0 && u.local_retention_hours.is_finite()) {
+            return Err(invalid(
+                "upload.local_retention_hours".into(),
+                format!("= {} is not a duration", u.local_retention_hours),
+                "use a number of hours >= 0, e.g. 168 for a week",
+            ));
+        }
+        if u.retention_interval_secs == 0 {
+            return Err(invalid(
+                "upload.retention_interval_secs".into(),
+                "is 0".into(),
+                "use a number of seconds >= 1",
+            ));
+        }
+        if self.mode.uploads() && self.buckets.is_empty() {
+            return Err(invalid(
+                "buckets".into(),
+                format!("is empty but mode {:?} uploads to buckets", self.mode),
+                "add a [[buckets]] table, or set mode = \"file\"",
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, b) in self.buckets.iter().enumerate() {
             let key = |k: &str| format!("buckets[{i}].{k}");
-            if b.name.trim().is_empty()
-                || !b
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if b.name.trim().is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(invalid(
                     key("name"),
                     format!("= {:?} is not a valid bucket name", b.name),
@@ -283,13 +449,17 @@ impl Config {
                     "use 1 to 1024",
                 ));
             }
+            if let Err(problem) = check_key_template(&b.key_template) {
+                return Err(invalid(
+                    key("key_template"),
+                    problem,
+                    "use `{number}` (or `{number:N}`) and optionally `{ext}`, e.g. \"blocks/{number}{ext}\"",
+                ));
+            }
             for (k, v) in &b.settings {
                 if !matches!(
                     v,
-                    toml::Value::String(_)
-                        | toml::Value::Integer(_)
-                        | toml::Value::Boolean(_)
-                        | toml::Value::Float(_)
+                    toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)
                 ) {
                     return Err(invalid(
                         format!("buckets[{i}].settings.{k}"),
@@ -304,27 +474,26 @@ impl Config {
 
     /// The parsed denied networks (validated at load).
     pub fn denied_networks(&self) -> Vec<IpNet> {
-        self.plugins
-            .denied_networks
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect()
+        self.plugins.denied_networks.iter().filter_map(|n| n.parse().ok()).collect()
     }
 }
 
 impl BucketConfig {
     /// The settings as the plugin receives them: strings, in key order.
     pub fn settings_list(&self) -> Vec<(String, String)> {
-        self.settings
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), v)
-            })
-            .collect()
+        let plain = self.settings.iter().map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        });
+        plain.chain(self.secrets.pairs()).collect()
+    }
+
+    /// The object key of block `number` stored with extension `ext`.
+    pub fn key(&self, number: u64, ext: &str) -> String {
+        render_key(&self.key_template, number, ext)
     }
 
     /// What the host grants this bucket's plugin.
@@ -339,5 +508,60 @@ impl BucketConfig {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             max_concurrency: self.concurrency,
         }
+    }
+}
+
+/// Check a key template: `{number}` or `{number:N}` must appear, and only
+/// known placeholders.
+fn check_key_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut has_number = false;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or_else(|| format!("= {template:?} has an unclosed `{{`"))? + open;
+        let name = &rest[open + 1..close];
+        match name.split_once(':') {
+            None if name == "number" => has_number = true,
+            None if name == "ext" => {}
+            Some(("number", width)) if width.parse::<usize>().is_ok_and(|w| (1..=40).contains(&w)) => has_number = true,
+            _ => return Err(format!("= {template:?} has an unknown placeholder `{{{name}}}`")),
+        }
+        rest = &rest[close + 1..];
+    }
+    if has_number {
+        Ok(())
+    } else {
+        Err(format!("= {template:?} does not contain `{{number}}`, so every block would get the same key"))
+    }
+}
+
+/// Render a (validated) key template.
+pub fn render_key(template: &str, number: u64, ext: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 40);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}').map(|c| c + open) else { break };
+        match rest[open + 1..close].split_once(':') {
+            None if &rest[open + 1..close] == "ext" => out.push_str(ext),
+            None => out.push_str(&format!("{number:036}")),
+            Some((_, width)) => out.push_str(&format!("{number:0width$}", width = width.parse().unwrap_or(36))),
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_templates_render_zero_padded_numbers() {
+        assert_eq!(render_key("{number}{ext}", 42, ".blk"), format!("{:036}.blk", 42));
+        assert_eq!(render_key("blocks/{number:19}.blk", 7, ".blk.gz"), "blocks/0000000000000000007.blk");
+        assert!(check_key_template("static.blk").is_err());
+        assert!(check_key_template("{number}{nope}").is_err());
+        assert!(check_key_template("{number:19}{ext}").is_ok());
     }
 }

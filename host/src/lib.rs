@@ -5,4 +5,7 @@
 //! Modules are named after the stage they own; see `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod credentials;
 pub mod plugin;
+pub mod store;
+pub mod upload;

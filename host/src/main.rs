@@ -18,9 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Push generated blocks through a bucket plugin and show what landed
-    /// (runs on the embedded default: the `fs` provider into a local directory).
-    Demo(cmd::demo::DemoArgs),
+    /// Run the sidecar: store blocks, upload them to every bucket, resume
+    /// unfinished uploads, apply retention (without --config: the embedded
+    /// default, the `fs` provider into a local directory).
+    Run(cmd::run::RunArgs),
     /// Write a commented example config.
     Init {
         /// Where to write it.
@@ -38,13 +39,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cmd::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Run(args) => cmd::run::run(args).await,
             Command::Init { path, force } => cmd::init::run(&path, force),
             Command::Plugin(c) => cmd::plugin::run(c).await,
         }

@@ -51,9 +51,7 @@ impl GuestBucket for MemoryBucket {
         // A real provider reads its keys here, e.g.:
         //   let endpoint = setting(&settings, "endpoint")
         //       .ok_or("setting `endpoint` is missing: set it to the service's URL")?;
-        Ok(Bucket::new(MemoryBucket {
-            objects: RefCell::default(),
-        }))
+        Ok(Bucket::new(MemoryBucket { objects: RefCell::default() }))
     }
 
     fn provider() -> String {
@@ -77,26 +75,17 @@ impl GuestBucket for MemoryBucket {
                 block.key
             )));
         }
-        self.objects
-            .borrow_mut()
-            .insert(block.key.clone(), (size, md5));
-        host::log(
-            Level::Debug,
-            &format!("put-block `{}`: stored {size} bytes in memory", block.key),
-        );
+        self.objects.borrow_mut().insert(block.key.clone(), (size, md5));
+        host::log(Level::Debug, &format!("put-block `{}`: stored {size} bytes in memory", block.key));
         Ok(Outcome::Uploaded)
     }
 
     fn stat(&self, key: String) -> Result<Option<RemoteObject>, UploadError> {
-        Ok(self
-            .objects
-            .borrow()
-            .get(&key)
-            .map(|(size, md5)| RemoteObject {
-                size: *size,
-                md5: Some(md5.clone()),
-                etag: None,
-            }))
+        Ok(self.objects.borrow().get(&key).map(|(size, md5)| RemoteObject {
+            size: *size,
+            md5: Some(md5.clone()),
+            etag: None,
+        }))
     }
 }
 
@@ -105,11 +94,9 @@ fn hash_body(body: &BlockBody, key: &str) -> Result<(u64, Vec<u8>), UploadError>
     let mut md5 = Md5::new();
     let mut offset = 0u64;
     loop {
-        let chunk = body.read(offset, CHUNK).map_err(|e| {
-            UploadError::Transient(format!(
-                "put-block `{key}`: reading the body at {offset}: {e}"
-            ))
-        })?;
+        let chunk = body
+            .read(offset, CHUNK)
+            .map_err(|e| UploadError::Transient(format!("put-block `{key}`: reading the body at {offset}: {e}")))?;
         if chunk.is_empty() {
             return Ok((offset, md5.finalize().to_vec()));
         }

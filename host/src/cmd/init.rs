@@ -11,10 +11,7 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/blockferry.toml
 /// Write [`EXAMPLE_CONFIG`] to `path`.
 pub fn run(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     if path.exists() && !force {
-        bail!(
-            "{} already exists; pass --force to overwrite it",
-            path.display()
-        );
+        bail!("{} already exists; pass --force to overwrite it", path.display());
     }
     std::fs::write(path, EXAMPLE_CONFIG).with_context(|| format!("writing {}", path.display()))?;
     println!(

@@ -1,17 +1,14 @@
 //! The subcommands of the `blockferry` binary.
 
-pub mod demo;
 pub mod init;
 pub mod plugin;
+pub mod run;
 
 /// Log to stderr; level from `RUST_LOG` (default `info`), JSON when
 /// `BLOCKFERRY_LOG_FORMAT=json`.
 pub fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("BLOCKFERRY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -25,13 +25,7 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
-    let runtime = PluginRuntime::new(
-        &EngineSettings {
-            pooling: false,
-            ..Default::default()
-        },
-        None,
-    )?;
+    let runtime = PluginRuntime::new(&EngineSettings { pooling: false, ..Default::default() }, None)?;
     let plugin = match runtime.load(&file, None) {
         Ok(p) => p,
         Err(e) => {
@@ -42,19 +36,13 @@ async fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let provider = match plugin.provider_name().await {
         Ok(name) => name,
         Err(e) => {
-            eprintln!(
-                "error: {} loads but its `provider` function failed: {e}",
-                file.display()
-            );
+            eprintln!("error: {} loads but its `provider` function failed: {e}", file.display());
             return Ok(ExitCode::FAILURE);
         }
     };
     println!("file:     {}", file.display());
     println!("sha256:   {}", plugin.sha256);
-    println!(
-        "world:    {} (this host implements {CONTRACT_VERSION})",
-        plugin.report.world()
-    );
+    println!("world:    {} (this host implements {CONTRACT_VERSION})", plugin.report.world());
     println!("provider: {provider}");
     println!("imports:");
     for i in &plugin.report.imports {

@@ -41,22 +41,13 @@ impl BlockBody {
         let path: PathBuf = path.into();
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self {
-            source: Source::File {
-                file: Arc::new(file),
-                path: path.into(),
-            },
-            size,
-        })
+        Ok(Self { source: Source::File { file: Arc::new(file), path: path.into() }, size })
     }
 
     /// A body backed by bytes in memory.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self {
-            size: bytes.len() as u64,
-            source: Source::Memory(bytes),
-        }
+        Self { size: bytes.len() as u64, source: Source::Memory(bytes) }
     }
 
     /// Size of the body in bytes.
@@ -67,9 +58,7 @@ impl BlockBody {
     /// Read up to `len` bytes at `offset` (fewer only at the end).
     pub async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
         if len > MAX_READ {
-            return Err(format!(
-                "read of {len} bytes refused: at most {MAX_READ} bytes per read; read in parts"
-            ));
+            return Err(format!("read of {len} bytes refused: at most {MAX_READ} bytes per read; read in parts"));
         }
         let end = self.size.min(offset.saturating_add(u64::from(len)));
         if offset >= end {

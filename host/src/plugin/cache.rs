@@ -38,16 +38,9 @@ impl ArtifactCache {
     /// directory that someone else could write into.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, LoadError> {
         let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| {
-                cache_error(
-                    &dir,
-                    format!("cannot create it: {e}; set `plugins.cache_dir` to a writable path"),
-                )
-            })?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| {
+            cache_error(&dir, format!("cannot create it: {e}; set `plugins.cache_dir` to a writable path"))
+        })?;
         let meta = fs::metadata(&dir).map_err(|e| cache_error(&dir, e.to_string()))?;
         check_private(&dir, &meta)?;
         Ok(Self { dir })
@@ -95,17 +88,10 @@ impl ArtifactCache {
     /// Store `component` under `key` (temporary file, then rename).
     pub fn store(&self, key: &str, component: &Component) -> Result<(), LoadError> {
         let path = self.path(key);
-        let bytes = component
-            .serialize()
-            .map_err(|e| cache_error(&path, e.to_string()))?;
+        let bytes = component.serialize().map_err(|e| cache_error(&path, e.to_string()))?;
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
@@ -144,8 +130,5 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), LoadError> {
 }
 
 fn cache_error(path: &Path, detail: String) -> LoadError {
-    LoadError::Cache {
-        path: path.to_path_buf(),
-        detail,
-    }
+    LoadError::Cache { path: path.to_path_buf(), detail }
 }

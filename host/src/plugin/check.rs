@@ -42,12 +42,7 @@ pub fn compatible(version: &semver::Version) -> bool {
 
 /// Tell a core module or a non-wasm file from a component, by its header.
 pub fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    let not = |detail: &str| {
-        Err(LoadError::NotAComponent {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        })
-    };
+    let not = |detail: &str| Err(LoadError::NotAComponent { path: path.to_path_buf(), detail: detail.to_string() });
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return not("the file has no WebAssembly header");
     }
@@ -58,41 +53,20 @@ pub fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// Describe `component` and check that it exports a compatible uploader.
-pub fn inspect(
-    engine: &Engine,
-    path: &Path,
-    component: &Component,
-) -> Result<ComponentReport, LoadError> {
+pub fn inspect(engine: &Engine, path: &Path, component: &Component) -> Result<ComponentReport, LoadError> {
     let ty = component.component_type();
-    let imports: Vec<String> = ty
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let exports: Vec<String> = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let incompatible = |detail: String| LoadError::Incompatible {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let incompatible = |detail: String| LoadError::Incompatible { path: path.to_path_buf(), detail };
     let wanted = format!("{PACKAGE}/{UPLOADER_INTERFACE}");
-    let Some(export) = exports
-        .iter()
-        .find(|e| e.split('@').next() == Some(wanted.as_str()))
-    else {
+    let Some(export) = exports.iter().find(|e| e.split('@').next() == Some(wanted.as_str())) else {
         return Err(incompatible(format!(
             "it exports {exports:?} but a provider must export {wanted}@{CONTRACT_VERSION} (world `provider` of wit/uploader.wit)"
         )));
     };
-    let version = export
-        .split_once('@')
-        .and_then(|(_, v)| semver::Version::parse(v).ok())
-        .ok_or_else(|| {
-            incompatible(format!(
-                "its export {export} has no version; rebuild it against wit/uploader.wit"
-            ))
-        })?;
+    let version = export.split_once('@').and_then(|(_, v)| semver::Version::parse(v).ok()).ok_or_else(|| {
+        incompatible(format!("its export {export} has no version; rebuild it against wit/uploader.wit"))
+    })?;
     if !compatible(&version) {
         return Err(incompatible(format!(
             "it was built against {PACKAGE}@{version} but this host implements {PACKAGE}@{CONTRACT_VERSION} \
@@ -100,11 +74,7 @@ pub fn inspect(
             CONTRACT_VERSION.major, CONTRACT_VERSION.minor
         )));
     }
-    Ok(ComponentReport {
-        version,
-        imports,
-        exports,
-    })
+    Ok(ComponentReport { version, imports, exports })
 }
 
 #[cfg(test)]
@@ -122,10 +92,7 @@ mod tests {
     #[test]
     fn headers_tell_modules_from_components() {
         let p = Path::new("x.wasm");
-        assert!(matches!(
-            check_header(p, b"hello world"),
-            Err(LoadError::NotAComponent { .. })
-        ));
+        assert!(matches!(check_header(p, b"hello world"), Err(LoadError::NotAComponent { .. })));
         let module = [0, b'a', b's', b'm', 1, 0, 0, 0];
         let err = check_header(p, &module).unwrap_err().to_string();
         assert!(err.contains("core WebAssembly module"), "{err}");

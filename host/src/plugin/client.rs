@@ -51,25 +51,13 @@ impl BucketSpec {
     /// its settings, the same prefixed with the `bucket` setting (S3
     /// virtual-hosted addressing: `bucket.endpoint-host`), and `allow_hosts`.
     pub fn allowed_authorities(&self) -> BTreeSet<String> {
-        let bucket = self
-            .settings
-            .iter()
-            .find(|(k, _)| k == "bucket")
-            .map(|(_, v)| v.to_ascii_lowercase());
-        let from_settings = self
-            .settings
-            .iter()
-            .filter_map(|(_, v)| url_authority(v))
-            .flat_map(|a| {
-                let virtual_hosted = bucket
-                    .as_ref()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| format!("{b}.{a}"));
-                std::iter::once(a).chain(virtual_hosted)
-            });
+        let bucket = self.settings.iter().find(|(k, _)| k == "bucket").map(|(_, v)| v.to_ascii_lowercase());
+        let from_settings = self.settings.iter().filter_map(|(_, v)| url_authority(v)).flat_map(|a| {
+            let virtual_hosted = bucket.as_ref().filter(|b| !b.is_empty()).map(|b| format!("{b}.{a}"));
+            std::iter::once(a).chain(virtual_hosted)
+        });
         let extra = self.allow_hosts.iter().filter_map(|h| {
-            url_authority(h)
-                .or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
+            url_authority(h).or_else(|| url_authority(&format!("https://{h}")).filter(|_| h.contains(':')))
         });
         from_settings.chain(extra).collect()
     }
@@ -112,9 +100,7 @@ pub struct BucketClient {
 
 impl std::fmt::Debug for BucketClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BucketClient")
-            .field("label", &self.sandbox.label)
-            .finish_non_exhaustive()
+        f.debug_struct("BucketClient").field("label", &self.sandbox.label).finish_non_exhaustive()
     }
 }
 
@@ -122,11 +108,7 @@ impl BucketClient {
     /// Open the bucket described by `spec` with `plugin`: the plugin checks
     /// the settings now, so a bad setting fails here, not at the first upload.
     pub async fn open(plugin: Arc<Plugin>, spec: BucketSpec) -> Result<Self, CallError> {
-        let plugin_name = plugin
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let plugin_name = plugin.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let label = format!("{plugin_name}/{}", spec.name);
         let mut settings = spec.settings.clone();
         if spec.directory.is_some() {
@@ -157,12 +139,7 @@ impl BucketClient {
         };
         client.provider = client
             .call("provider", |mut i| async move {
-                let r = i
-                    .provider
-                    .blockferry_uploader_bucket_uploader()
-                    .bucket()
-                    .call_provider(&mut i.store)
-                    .await;
+                let r = i.provider.blockferry_uploader_bucket_uploader().bucket().call_provider(&mut i.store).await;
                 (i, r)
             })
             .await?;
@@ -190,11 +167,7 @@ impl BucketClient {
     }
 
     /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
-    pub async fn put_block(
-        &self,
-        block: &BlockInfo,
-        body: &BlockBody,
-    ) -> Result<Outcome, CallError> {
+    pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
         let block = block.clone();
         let body = body.clone();
         let result = self
@@ -238,11 +211,7 @@ impl BucketClient {
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let run = async {
@@ -270,33 +239,16 @@ impl BucketClient {
 
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let fail = |detail: String| CallError::Instantiate {
-            plugin: self.sandbox.label.clone(),
-            detail,
-        };
-        let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline)
-            .map_err(|e| fail(format!("{e:#}")))?;
-        let provider = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| fail(format!("{e:#}")))?;
-        let opened = provider
-            .blockferry_uploader_bucket_uploader()
-            .bucket()
-            .call_open(&mut store, &self.settings)
-            .await;
+        let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
+        let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
+        let provider = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        let opened =
+            provider.blockferry_uploader_bucket_uploader().bucket().call_open(&mut store, &self.settings).await;
         match opened {
-            Ok(Ok(bucket)) => Ok(Instance {
-                store,
-                provider,
-                bucket,
-            }),
-            Ok(Err(message)) => Err(CallError::Plugin(PluginFailure::Open {
-                plugin: self.sandbox.label.clone(),
-                message,
-            })),
+            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket }),
+            Ok(Err(message)) => {
+                Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message }))
+            }
             Err(e) => Err(fail(format!("{e:#}"))),
         }
     }
@@ -319,18 +271,10 @@ impl BucketClient {
             return self.timed_out(call);
         } else if instance.store.data().hit_memory_cap() {
             self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed);
-            CallError::OutOfMemory {
-                plugin,
-                call,
-                limit_bytes: self.sandbox.memory_limit,
-            }
+            CallError::OutOfMemory { plugin, call, limit_bytes: self.sandbox.memory_limit }
         } else {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
-            CallError::Trap {
-                plugin,
-                call,
-                detail: format!("{e:?}"),
-            }
+            CallError::Trap { plugin, call, detail: format!("{e:?}") }
         };
         tracing::warn!("{err}");
         err
@@ -340,19 +284,11 @@ impl BucketClient {
 /// A store for one instance of a plugin in `sandbox`, its first call ending
 /// at `deadline`: memory capped, interrupted at its deadline, yielding to
 /// other tasks at every epoch tick.
-pub(super) fn new_store(
-    engine: &Engine,
-    sandbox: &Sandbox,
-    deadline: Instant,
-) -> anyhow::Result<Store<StoreState>> {
+pub(super) fn new_store(engine: &Engine, sandbox: &Sandbox, deadline: Instant) -> anyhow::Result<Store<StoreState>> {
     let mut store = Store::new(engine, StoreState::new(sandbox)?);
     store.limiter(|s| s.limiter());
     store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline() {
-            Err(Trap::Interrupt.into())
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
+        if Instant::now() >= ctx.data().deadline() { Err(Trap::Interrupt.into()) } else { Ok(UpdateDeadline::Yield(1)) }
     });
     store.data_mut().begin_call(deadline);
     store.set_epoch_deadline(1);
@@ -375,10 +311,7 @@ mod tests {
     fn spec(settings: &[(&str, &str)], allow_hosts: &[&str]) -> BucketSpec {
         BucketSpec {
             name: "b".into(),
-            settings: settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             directory: None,
             allow_hosts: allow_hosts.iter().map(|s| s.to_string()).collect(),
             denied_networks: Vec::new(),
@@ -391,21 +324,13 @@ mod tests {
     #[test]
     fn allow_list_comes_from_url_settings_and_allow_hosts_only() {
         let s = spec(
-            &[
-                ("endpoint", "https://s3.eu-west-1.amazonaws.com"),
-                ("bucket", "Blocks"),
-                ("region", "eu-west-1"),
-            ],
+            &[("endpoint", "https://s3.eu-west-1.amazonaws.com"), ("bucket", "Blocks"), ("region", "eu-west-1")],
             &["proxy.internal:3128"],
         );
         let allowed: Vec<String> = s.allowed_authorities().into_iter().collect();
         assert_eq!(
             allowed,
-            [
-                "blocks.s3.eu-west-1.amazonaws.com:443",
-                "proxy.internal:3128",
-                "s3.eu-west-1.amazonaws.com:443"
-            ]
+            ["blocks.s3.eu-west-1.amazonaws.com:443", "proxy.internal:3128", "s3.eu-west-1.amazonaws.com:443"]
         );
     }
 }

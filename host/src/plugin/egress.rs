@@ -19,23 +19,13 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 /// Networks refused by default even when a permitted name resolves into them:
 /// link-local (cloud metadata services live there) and known metadata addresses.
-pub const DEFAULT_DENIED_NETWORKS: &[&str] = &[
-    "169.254.0.0/16",
-    "fe80::/10",
-    "fd00:ec2::254/128",
-    "100.100.100.200/32",
-];
+pub const DEFAULT_DENIED_NETWORKS: &[&str] =
+    &["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"];
 
 /// Normalise a URI's authority to `host:port` (lower-case host, default port
 /// made explicit), the form the allow-list compares.
 pub fn normalise_authority(scheme: Option<&Scheme>, authority: &Authority) -> String {
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == Some(&Scheme::HTTP) {
-            80
-        } else {
-            443
-        });
+    let port = authority.port_u16().unwrap_or(if scheme == Some(&Scheme::HTTP) { 80 } else { 443 });
     format!("{}:{port}", authority.host().to_ascii_lowercase())
 }
 
@@ -89,10 +79,8 @@ impl EgressPolicy {
             let allowed: Vec<&str> = self.allowed.iter().map(String::as_str).collect();
             return Err(self.refuse(&key, &format!("not in the bucket's allow-list {allowed:?}")));
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&key)
-            .await
-            .map_err(|_| HttpError::DestinationNotFound)?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host(&key).await.map_err(|_| HttpError::DestinationNotFound)?.collect();
         for addr in &addrs {
             if let Some(why) = self.address_refusal(addr.ip()) {
                 return Err(self.refuse(&key, &why));
@@ -110,13 +98,7 @@ pub struct EgressHooks {
     pub deadline: Instant,
 }
 
-type SendResult = Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ),
-    HttpError,
->;
+type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
 
 impl WasiHttpHooks for EgressHooks {
     fn send_request(
@@ -136,21 +118,12 @@ impl WasiHttpHooks for EgressHooks {
             // connects by name.)
             if request.uri().scheme() == Some(&Scheme::HTTP) {
                 let mut parts = request.uri().clone().into_parts();
-                parts.authority = Some(
-                    addr.to_string()
-                        .parse()
-                        .map_err(|_| HttpError::HttpRequestUriInvalid)?,
-                );
-                *request.uri_mut() =
-                    Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                parts.authority = Some(addr.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
+                *request.uri_mut() = Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
             }
             let options = bounded_options(options, remaining);
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }
@@ -172,18 +145,9 @@ mod tests {
 
     #[test]
     fn authorities_are_normalised_with_default_ports() {
-        assert_eq!(
-            url_authority("http://LocalHost/x").as_deref(),
-            Some("localhost:80")
-        );
-        assert_eq!(
-            url_authority("https://s3.example.com").as_deref(),
-            Some("s3.example.com:443")
-        );
-        assert_eq!(
-            url_authority("http://127.0.0.1:9000/b").as_deref(),
-            Some("127.0.0.1:9000")
-        );
+        assert_eq!(url_authority("http://LocalHost/x").as_deref(), Some("localhost:80"));
+        assert_eq!(url_authority("https://s3.example.com").as_deref(), Some("s3.example.com:443"));
+        assert_eq!(url_authority("http://127.0.0.1:9000/b").as_deref(), Some("127.0.0.1:9000"));
         assert_eq!(url_authority("not a url"), None);
         assert_eq!(url_authority("ftp://host/x"), None);
     }
@@ -191,28 +155,13 @@ mod tests {
     #[test]
     fn link_local_and_unspecified_addresses_are_refused() {
         let policy = EgressPolicy {
-            denied_networks: DEFAULT_DENIED_NETWORKS
-                .iter()
-                .map(|n| n.parse().unwrap())
-                .collect(),
+            denied_networks: DEFAULT_DENIED_NETWORKS.iter().map(|n| n.parse().unwrap()).collect(),
             ..Default::default()
         };
-        assert!(
-            policy
-                .address_refusal("169.254.169.254".parse().unwrap())
-                .is_some()
-        );
+        assert!(policy.address_refusal("169.254.169.254".parse().unwrap()).is_some());
         assert!(policy.address_refusal("0.0.0.0".parse().unwrap()).is_some());
         assert!(policy.address_refusal("fe80::1".parse().unwrap()).is_some());
-        assert!(
-            policy
-                .address_refusal("127.0.0.1".parse().unwrap())
-                .is_none()
-        );
-        assert!(
-            policy
-                .address_refusal("10.1.2.3".parse().unwrap())
-                .is_none()
-        );
+        assert!(policy.address_refusal("127.0.0.1".parse().unwrap()).is_none());
+        assert!(policy.address_refusal("10.1.2.3".parse().unwrap()).is_none());
     }
 }

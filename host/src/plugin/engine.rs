@@ -21,10 +21,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self {
-            pooling: true,
-            max_instances: 256,
-        }
+        Self { pooling: true, max_instances: 256 }
     }
 }
 
@@ -73,10 +70,7 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+        Self { stop, thread: Some(thread) }
     }
 }
 

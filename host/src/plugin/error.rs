@@ -148,9 +148,7 @@ impl CallError {
         !matches!(
             self,
             CallError::Plugin(
-                PluginFailure::Permanent(_)
-                    | PluginFailure::HashMismatch(_)
-                    | PluginFailure::Open { .. }
+                PluginFailure::Permanent(_) | PluginFailure::HashMismatch(_) | PluginFailure::Open { .. }
             )
         )
     }

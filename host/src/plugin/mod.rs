@@ -48,7 +48,7 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
-    _ticker: EpochTicker,
+    ticker: Arc<EpochTicker>,
 }
 
 /// A loaded, checked and linked provider component.
@@ -63,14 +63,14 @@ pub struct Plugin {
     pub provenance: Provenance,
     pre: ProviderPre<StoreState>,
     engine: Engine,
+    /// Keeps the epoch advancing (deadlines firing) while the plugin lives,
+    /// even if its runtime is dropped.
+    _ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("path", &self.path)
-            .field("sha256", &self.sha256)
-            .finish_non_exhaustive()
+        f.debug_struct("Plugin").field("path", &self.path).field("sha256", &self.sha256).finish_non_exhaustive()
     }
 }
 
@@ -85,28 +85,16 @@ impl Plugin {
             directory: None,
             memory_limit: 64 << 20,
         };
-        let fail = |detail: String| CallError::Instantiate {
-            plugin: label.clone(),
-            detail,
-        };
+        let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut store = client::new_store(&self.engine, &sandbox, deadline)
-            .map_err(|e| fail(format!("{e:#}")))?;
-        let provider = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| fail(format!("{e:#}")))?;
+        let mut store = client::new_store(&self.engine, &sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
+        let provider = self.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
         provider
             .blockferry_uploader_bucket_uploader()
             .bucket()
             .call_provider(&mut store)
             .await
-            .map_err(|e| CallError::Trap {
-                plugin: label.clone(),
-                call: "provider",
-                detail: format!("{e:#}"),
-            })
+            .map_err(|e| CallError::Trap { plugin: label.clone(), call: "provider", detail: format!("{e:#}") })
     }
 }
 
@@ -118,22 +106,11 @@ impl PluginRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        bindings::blockferry::uploader::types::add_to_linker::<_, HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        bindings::blockferry::uploader::host::add_to_linker::<_, HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )?;
+        bindings::blockferry::uploader::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        bindings::blockferry::uploader::host::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
         let cache = cache_dir.map(ArtifactCache::open).transpose()?;
-        let ticker = EpochTicker::start(&engine);
-        Ok(Self {
-            engine,
-            linker,
-            cache,
-            _ticker: ticker,
-        })
+        let ticker = Arc::new(EpochTicker::start(&engine));
+        Ok(Self { engine, linker, cache, ticker })
     }
 
     /// The engine plugins run in.
@@ -144,10 +121,7 @@ impl PluginRuntime {
     /// Load the component at `path`: verify the pinned digest if any, check it
     /// is a compatible provider, compile it (or take it from the cache), link it.
     pub fn load(&self, path: &Path, pinned_sha256: Option<&str>) -> Result<Arc<Plugin>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
         let sha256 = sha256_hex(&bytes);
         if let Some(expected) = pinned_sha256
             && !expected.trim().eq_ignore_ascii_case(&sha256)
@@ -163,7 +137,10 @@ impl PluginRuntime {
         let report = check::inspect(&self.engine, path, &component)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible {
             path: path.to_path_buf(),
-            detail: format!("{e}; a provider may import only `blockferry:uploader/host`, WASI 0.2 and wasi:http (imports: {:?})", report.imports),
+            detail: format!(
+                "{e}; a provider may import only `blockferry:uploader/host`, WASI 0.2 and wasi:http (imports: {:?})",
+                report.imports
+            ),
         })?;
         let pre = ProviderPre::new(instance_pre).map_err(|e| LoadError::Incompatible {
             path: path.to_path_buf(),
@@ -177,26 +154,19 @@ impl PluginRuntime {
             provenance,
             pre,
             engine: self.engine.clone(),
+            _ticker: self.ticker.clone(),
         }))
     }
 
-    fn compile(
-        &self,
-        path: &Path,
-        sha256: &str,
-        bytes: &[u8],
-    ) -> Result<(Component, Provenance), LoadError> {
+    fn compile(&self, path: &Path, sha256: &str, bytes: &[u8]) -> Result<(Component, Provenance), LoadError> {
         let key = ArtifactCache::key(&self.engine, sha256);
         if let Some(cache) = &self.cache
             && let Some(component) = cache.load(&self.engine, &key)
         {
             return Ok((component, Provenance::Cached));
         }
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Compile {
-                path: path.to_path_buf(),
-                detail: format!("{e:#}"),
-            })?;
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") })?;
         if let Some(cache) = &self.cache {
             // A cache that cannot be written costs a recompile next start, not this load.
             if let Err(e) = cache.store(&key, &component) {

@@ -49,35 +49,21 @@ impl StoreState {
     pub fn new(sandbox: &Sandbox) -> anyhow::Result<Self> {
         let label: Arc<str> = sandbox.label.as_str().into();
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(LogStream {
-            label: label.clone(),
-            level: tracing::Level::INFO,
-        })
-        .stderr(LogStream {
-            label: label.clone(),
-            level: tracing::Level::WARN,
-        })
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        wasi.stdout(LogStream { label: label.clone(), level: tracing::Level::INFO })
+            .stderr(LogStream { label: label.clone(), level: tracing::Level::WARN })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if let Some(dir) = &sandbox.directory {
             wasi.preopened_dir(dir, BUCKET_DIR_GUEST_PATH, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot open bucket directory {}: {e}", dir.display())
-                })?;
+                .map_err(|e| anyhow::anyhow!("cannot open bucket directory {}: {e}", dir.display()))?;
         }
         Ok(Self {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: EgressHooks {
-                policy: sandbox.egress.clone(),
-                deadline: Instant::now(),
-            },
-            limiter: MemoryCap {
-                limit: sandbox.memory_limit as usize,
-                hit: false,
-            },
+            hooks: EgressHooks { policy: sandbox.egress.clone(), deadline: Instant::now() },
+            limiter: MemoryCap { limit: sandbox.memory_limit as usize, hit: false },
             label,
         })
     }
@@ -106,20 +92,13 @@ impl StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -147,12 +126,7 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -160,12 +134,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -186,10 +155,7 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
-            stream: self.clone(),
-            pending: Vec::new(),
-        })
+        Box::new(LineWriter { stream: self.clone(), pending: Vec::new() })
     }
 }
 
@@ -226,11 +192,7 @@ impl LineWriter {
 }
 
 impl tokio::io::AsyncWrite for LineWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.pending.extend_from_slice(buf);
         self.flush_lines();
         Poll::Ready(Ok(buf.len()))

@@ -1,0 +1,229 @@
+//! `blockferry run`: the sidecar. Stores blocks durably, uploads them to every
+//! bucket through their plugins, resumes unfinished uploads at start-up and
+//! deletes local blocks once retention allows.
+//!
+//! Until ingest from the consensus node lands, blocks come from `--generate`
+//! (deterministic generated blocks) or `blockferry import`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use blockferry::config::Config;
+use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
+use blockferry::store::BlockStore;
+use blockferry::upload::{Target, UploadManager, run_retention};
+use clap::Args;
+
+/// Where `scripts/build-plugins.sh` puts the `fs` provider.
+const DEFAULT_FS_PLUGIN: &str = "target/wasm32-wasip2/plugin/blockferry_fs.wasm";
+
+/// Options of `blockferry run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Config file; without it, the embedded default: one `fs` bucket under --dir.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Working directory of the embedded default (store, bucket, plugin cache).
+    #[arg(long, default_value = "blockferry-demo")]
+    pub dir: PathBuf,
+    /// The `fs` provider component used by the embedded default.
+    #[arg(long, env = "BLOCKFERRY_FS_PLUGIN", default_value = DEFAULT_FS_PLUGIN)]
+    pub fs_plugin: PathBuf,
+    /// Generate this many blocks (1 to 64 KiB, deterministic) and store them.
+    #[arg(long, default_value_t = 0)]
+    pub generate: u64,
+    /// Number of the first generated block.
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Pause between generated blocks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub block_interval_ms: u64,
+    /// Exit once every stored block is final in every bucket.
+    #[arg(long)]
+    pub exit_when_drained: bool,
+}
+
+/// The embedded default: one `fs` bucket in `dir/bucket`, store in `dir/blocks`.
+pub fn embedded_default(dir: &Path, fs_plugin: &Path) -> anyhow::Result<Config> {
+    anyhow::ensure!(
+        fs_plugin.exists(),
+        "the fs provider {} does not exist; build it with `scripts/build-plugins.sh` or pass --fs-plugin",
+        fs_plugin.display()
+    );
+    let plugin = std::path::absolute(fs_plugin)?;
+    let text = format!(
+        "[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = \"plugin-cache\"\n\n\
+         [[buckets]]\nname = \"local\"\nplugin = {plugin:?}\ndirectory = \"bucket\"\n"
+    );
+    std::fs::create_dir_all(dir.join("bucket"))
+        .with_context(|| format!("creating {}", dir.join("bucket").display()))?;
+    Ok(Config::parse(&text, Path::new("<embedded default>"), dir)?)
+}
+
+/// The config named by `--config`, or the embedded default.
+pub fn config_of(config: Option<&Path>, dir: &Path, fs_plugin: &Path) -> anyhow::Result<Config> {
+    match config {
+        Some(path) => Ok(Config::load(path)?),
+        None => embedded_default(dir, fs_plugin),
+    }
+}
+
+/// Deterministic block bytes: 1 to 64 KiB, different for every number.
+pub fn generated_block(number: u64) -> Vec<u8> {
+    let size = 1024 + (number.wrapping_mul(2_654_435_761) % (63 * 1024)) as usize;
+    let mut state = number ^ 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = format!("generated block {number}\n").into_bytes();
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    bytes
+}
+
+/// Load every bucket's plugin and open the bucket.
+pub async fn open_targets(config: &Config) -> anyhow::Result<Vec<Target>> {
+    let settings = EngineSettings { pooling: config.plugins.pooling, max_instances: config.plugins.max_instances };
+    let runtime = PluginRuntime::new(&settings, Some(&config.plugins.cache_dir))?;
+    let mut targets = Vec::new();
+    for b in &config.buckets {
+        let plugin = runtime.load(&b.plugin, b.sha256.as_deref()).with_context(|| format!("bucket {}", b.name))?;
+        let client = BucketClient::open(plugin, b.spec(config.denied_networks()))
+            .await
+            .with_context(|| format!("opening bucket {}", b.name))?;
+        tracing::info!(bucket = %b.name, provider = client.provider(), "bucket ready");
+        let bucket = b.clone();
+        targets.push(Target {
+            name: b.name.clone(),
+            client: Arc::new(client),
+            key: Arc::new(move |n, ext| bucket.key(n, ext)),
+            concurrency: b.concurrency,
+        });
+    }
+    Ok(targets)
+}
+
+/// Run the sidecar.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = config_of(args.config.as_deref(), &args.dir, &args.fs_plugin)?;
+    let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
+    let names: Vec<String> =
+        if config.mode.uploads() { config.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() };
+    let report = store.recover(&names)?;
+    tracing::info!(
+        blocks = report.blocks,
+        rebuilt_meta = report.rebuilt_meta,
+        removed_tmp = report.removed_tmp,
+        removed_orphan_meta = report.removed_orphan_meta,
+        "store recovered"
+    );
+    let targets = if config.mode.uploads() { open_targets(&config).await? } else { Vec::new() };
+    let manager = UploadManager::start(store.clone(), targets, config.upload.clone())?;
+
+    let retention = {
+        let (store, names) = (store.clone(), names.clone());
+        let period = Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0);
+        let every = Duration::from_secs(config.upload.retention_interval_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (s, n) = (store.clone(), names.clone());
+                match tokio::task::spawn_blocking(move || run_retention(&s, &n, period)).await {
+                    Ok(Ok(r)) if r.deleted > 0 => {
+                        tracing::info!(deleted = r.deleted, retained = r.retained, "retention")
+                    }
+                    Ok(Err(e)) => tracing::error!("retention: {e}"),
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    for n in args.first..args.first + args.generate {
+        let bytes = generated_block(n);
+        let s = store.clone();
+        let names = names.clone();
+        tokio::task::spawn_blocking(move || s.write_block(n, &bytes, &names)).await??;
+        manager.block_stored(n);
+        if args.block_interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.block_interval_ms)).await;
+        }
+    }
+
+    if args.exit_when_drained {
+        while !drained(&store, &manager, &names).await? {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        shutdown_signal().await;
+        tracing::info!("shutting down; unfinished uploads resume at the next start");
+    }
+    retention.abort();
+    for (name, s) in manager.stats() {
+        println!(
+            "bucket {name}: {} uploaded, {} already present, {} hash mismatches, {} failed attempts",
+            s.uploaded.load(Ordering::Relaxed),
+            s.already_present.load(Ordering::Relaxed),
+            s.hash_mismatches.load(Ordering::Relaxed),
+            s.failures.load(Ordering::Relaxed),
+        );
+    }
+    manager.shutdown().await;
+    for b in config.buckets.iter().filter(|b| b.directory.is_some()) {
+        print_listing(b.directory.as_deref().unwrap_or(Path::new(".")))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every stored block is final in every bucket.
+async fn drained(store: &Arc<BlockStore>, manager: &UploadManager, names: &[String]) -> anyhow::Result<bool> {
+    if manager.pending() > 0 {
+        return Ok(false);
+    }
+    let (store, names) = (store.clone(), names.to_vec());
+    Ok(tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        for n in store.numbers()? {
+            let meta = store.read_meta(n)?;
+            if names.iter().any(|b| !meta.status(b).is_final()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await??)
+}
+
+/// Wait for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Print what a filesystem bucket holds (objects only, not its bookkeeping).
+fn print_listing(dir: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .collect();
+    entries.sort();
+    let total: u64 = entries.iter().map(|e| e.1).sum();
+    println!("{} holds {} objects, {total} bytes:", dir.display(), entries.len());
+    for (name, size) in entries.iter().take(5) {
+        println!("  {name}  {size} bytes");
+    }
+    if entries.len() > 5 {
+        println!("  … ({} more)", entries.len() - 5);
+    }
+    Ok(())
+}

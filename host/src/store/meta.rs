@@ -1,0 +1,119 @@
+//! A block's `.meta` file: what the store knows about one block and where it
+//! has been uploaded. Always replaced atomically (temporary file, fsync, rename).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where one block stands with one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum BucketStatus {
+    /// Not uploaded yet.
+    #[default]
+    Pending,
+    /// Uploaded by this host.
+    Uploaded {
+        /// When, in Unix milliseconds.
+        at_ms: u64,
+    },
+    /// The bucket already held the same content (another node uploaded it).
+    AlreadyPresent {
+        /// When this was found, in Unix milliseconds.
+        at_ms: u64,
+    },
+    /// The bucket holds different content under the block's key. Final: never
+    /// retried, and the local block is kept forever.
+    HashMismatch {
+        /// The remote object's content MD5 (base64), when known.
+        remote_md5: Option<String>,
+    },
+    /// Attempts failed so far; uploading goes on.
+    Failed {
+        /// Failed attempts.
+        attempts: u32,
+        /// The last error.
+        last_error: String,
+        /// Whether the last error was permanent (needs an operator).
+        permanent: bool,
+    },
+}
+
+impl BucketStatus {
+    /// The block is safe in this bucket (uploaded or already present).
+    pub fn is_safe(&self) -> bool {
+        matches!(self, BucketStatus::Uploaded { .. } | BucketStatus::AlreadyPresent { .. })
+    }
+
+    /// Nothing more will be done for this block in this bucket.
+    pub fn is_final(&self) -> bool {
+        self.is_safe() || matches!(self, BucketStatus::HashMismatch { .. })
+    }
+
+    /// Failed attempts recorded so far.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            BucketStatus::Failed { attempts, .. } => *attempts,
+            _ => 0,
+        }
+    }
+}
+
+/// The contents of a `.meta` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    /// Block number.
+    pub number: u64,
+    /// Name of the block file in the store directory.
+    pub file: String,
+    /// Size of the block file in bytes (what is uploaded).
+    pub size: u64,
+    /// MD5 of the block file, base64.
+    pub md5: String,
+    /// When the block was stored, in Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Status per bucket name.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketStatus>,
+    /// Set once any bucket reported different content for this block.
+    #[serde(default)]
+    pub hash_mismatch: bool,
+}
+
+impl BlockMeta {
+    /// Metadata of a freshly stored block, pending in `buckets`.
+    pub fn new(number: u64, file: String, size: u64, md5: &[u8], buckets: &[String]) -> Self {
+        Self {
+            number,
+            file,
+            size,
+            md5: base64::engine::general_purpose::STANDARD.encode(md5),
+            created_at_ms: now_ms(),
+            buckets: buckets.iter().map(|b| (b.clone(), BucketStatus::Pending)).collect(),
+            hash_mismatch: false,
+        }
+    }
+
+    /// The MD5 as raw bytes.
+    pub fn md5_bytes(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD.decode(&self.md5).unwrap_or_default()
+    }
+
+    /// Status in `bucket` (pending when the bucket is not recorded yet).
+    pub fn status(&self, bucket: &str) -> BucketStatus {
+        self.buckets.get(bucket).cloned().unwrap_or_default()
+    }
+
+    /// Safe in every one of `buckets` and never mismatched: the only state in
+    /// which retention may delete the block.
+    pub fn safe_in_all<'a>(&self, mut buckets: impl Iterator<Item = &'a str>) -> bool {
+        !self.hash_mismatch && buckets.all(|b| self.status(b).is_safe())
+    }
+}

@@ -1,0 +1,403 @@
+//! The block store: one file per block, named by its zero-padded number, with
+//! a `.meta` file beside it. Writes are durable before they are acknowledged:
+//! temporary file, fsync, rename, directory fsync. A crash at any instant
+//! leaves the old state or the new, and [`BlockStore::recover`] tidies up.
+
+mod meta;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::{Digest, Md5};
+
+pub use meta::{BlockMeta, BucketStatus, now_ms};
+
+use crate::config::Compression;
+
+/// Digits in a block file name.
+const DIGITS: usize = 36;
+/// Subdirectory of temporary files (same filesystem, so renames are atomic).
+const TMP_DIR: &str = ".tmp";
+/// Lock stripes serialising `.meta` updates of the same block.
+const STRIPES: usize = 64;
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error on a file of the store.
+    #[error("block store: {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error (a full disk shows here as "No space left on device").
+        source: io::Error,
+    },
+    /// Block `number` is already stored with different content.
+    #[error(
+        "block {number} is already stored with MD5 {stored} but was received again with MD5 {received}; \
+         the stored copy is kept"
+    )]
+    Conflict {
+        /// Block number.
+        number: u64,
+        /// MD5 (base64) of the stored block.
+        stored: String,
+        /// MD5 (base64) of the block received now.
+        received: String,
+    },
+    /// Block `number` is not in the store.
+    #[error("block {0} is not in the store")]
+    NotFound(u64),
+    /// A `.meta` file is not valid.
+    #[error("block store: {path} is corrupt: {detail}")]
+    CorruptMeta {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        detail: String,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// What start-up recovery found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Blocks in the store.
+    pub blocks: u64,
+    /// `.meta` files rebuilt from their block file (missing or corrupt).
+    pub rebuilt_meta: u64,
+    /// Leftover temporary files deleted.
+    pub removed_tmp: u64,
+    /// `.meta` files without a block file deleted.
+    pub removed_orphan_meta: u64,
+}
+
+/// The block store in one directory.
+#[derive(Debug)]
+pub struct BlockStore {
+    dir: PathBuf,
+    compression: Compression,
+    stripes: Vec<Mutex<()>>,
+    tmp_counter: AtomicU64,
+}
+
+impl BlockStore {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: impl Into<PathBuf>, compression: Compression) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(dir.join(TMP_DIR)).map_err(io_err("creating", &dir))?;
+        Ok(Self {
+            dir,
+            compression,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Extension of newly written block files (`.blk` or `.blk.gz`).
+    pub fn ext(&self) -> &'static str {
+        match self.compression {
+            Compression::None => ".blk",
+            Compression::Gzip => ".blk.gz",
+        }
+    }
+
+    /// Path of block `number`'s `.meta` file.
+    pub fn meta_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{number:0DIGITS$}.meta"))
+    }
+
+    /// Path of the block file described by `meta`.
+    pub fn block_path(&self, meta: &BlockMeta) -> PathBuf {
+        self.dir.join(&meta.file)
+    }
+
+    fn tmp_path(&self, name: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(TMP_DIR).join(format!("{name}.{}.{n}", std::process::id()))
+    }
+
+    /// Store block `number` durably and return its metadata, pending in
+    /// `buckets`. Receiving the same block again is harmless (the stored
+    /// metadata is returned); different bytes for a stored number are refused.
+    pub fn write_block(&self, number: u64, bytes: &[u8], buckets: &[String]) -> Result<BlockMeta, StoreError> {
+        let encoded;
+        let data = match self.compression {
+            Compression::None => bytes,
+            Compression::Gzip => {
+                encoded = gzip(bytes);
+                &encoded[..]
+            }
+        };
+        let md5 = Md5::digest(data);
+        if let Ok(existing) = self.read_meta(number) {
+            return if existing.md5_bytes() == md5.as_slice() {
+                Ok(existing)
+            } else {
+                Err(StoreError::Conflict {
+                    number,
+                    stored: existing.md5,
+                    received: BlockMeta::new(number, String::new(), 0, &md5, &[]).md5,
+                })
+            };
+        }
+        let file = format!("{number:0DIGITS$}{}", self.ext());
+        let path = self.dir.join(&file);
+        let tmp = self.tmp_path(&file);
+        write_synced(&tmp, data).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+        let meta = BlockMeta::new(number, file, data.len() as u64, &md5, buckets);
+        self.write_meta(&meta)?;
+        sync_dir(&self.dir)?;
+        Ok(meta)
+    }
+
+    /// Read block `number`'s metadata.
+    pub fn read_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
+        let path = self.meta_path(number);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(number)),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| StoreError::CorruptMeta { path, detail: e.to_string() })
+    }
+
+    /// Replace block `number`'s metadata with `f` applied to it, atomically
+    /// and serialised with other updates of the same block.
+    pub fn update_meta(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
+        let _guard = self.stripes[(number % STRIPES as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let mut meta = self.read_meta(number)?;
+        f(&mut meta);
+        self.write_meta(&meta)?;
+        Ok(meta)
+    }
+
+    /// Write `meta` atomically (temporary file, fsync, rename). The directory
+    /// is not synced here: a lost update only repeats an idempotent upload.
+    fn write_meta(&self, meta: &BlockMeta) -> Result<(), StoreError> {
+        let path = self.meta_path(meta.number);
+        let tmp = self.tmp_path(&format!("{:0DIGITS$}.meta", meta.number));
+        let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+        write_synced(&tmp, &json).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))
+    }
+
+    /// Delete block `number` and its metadata (block file first, so a crash
+    /// in between leaves an orphan `.meta` that recovery removes).
+    pub fn delete_block(&self, meta: &BlockMeta) -> Result<(), StoreError> {
+        let block = self.block_path(meta);
+        match fs::remove_file(&block) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("deleting", &block)(e)),
+            _ => {}
+        }
+        let path = self.meta_path(meta.number);
+        fs::remove_file(&path).map_err(io_err("deleting", &path))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Numbers of the blocks in the store, ascending. Only the numbers are
+    /// held in memory, never the blocks or their metadata.
+    pub fn numbers(&self) -> Result<Vec<u64>, StoreError> {
+        let mut numbers: Vec<u64> = fs::read_dir(&self.dir)
+            .map_err(io_err("listing", &self.dir))?
+            .filter_map(|e| block_number(&e.ok()?.file_name().to_string_lossy()))
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        Ok(numbers)
+    }
+
+    /// Start-up recovery: delete leftover temporary files and orphan `.meta`
+    /// files, rebuild missing or corrupt `.meta` files from their block file
+    /// (pending in every bucket), and record `buckets` missing from a `.meta`
+    /// as pending.
+    pub fn recover(&self, buckets: &[String]) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+        let tmp_dir = self.dir.join(TMP_DIR);
+        for entry in fs::read_dir(&tmp_dir).map_err(io_err("listing", &tmp_dir))? {
+            let path = entry.map_err(io_err("listing", &tmp_dir))?.path();
+            fs::remove_file(&path).map_err(io_err("deleting leftover", &path))?;
+            report.removed_tmp += 1;
+        }
+        let mut block_files = std::collections::BTreeMap::new();
+        let mut metas = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))? {
+            let name = entry.map_err(io_err("listing", &self.dir))?.file_name().to_string_lossy().into_owned();
+            if let Some(n) = block_number(&name) {
+                block_files.insert(n, name);
+            } else if let Some(n) = meta_number(&name) {
+                metas.push(n);
+            }
+        }
+        for n in metas {
+            if !block_files.contains_key(&n) {
+                let path = self.meta_path(n);
+                fs::remove_file(&path).map_err(io_err("deleting orphan", &path))?;
+                report.removed_orphan_meta += 1;
+            }
+        }
+        for (&number, file) in &block_files {
+            report.blocks += 1;
+            match self.read_meta(number) {
+                Ok(meta) if meta.file == *file => {
+                    if buckets.iter().any(|b| !meta.buckets.contains_key(b)) {
+                        self.update_meta(number, |m| {
+                            for b in buckets {
+                                m.buckets.entry(b.clone()).or_default();
+                            }
+                        })?;
+                    }
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(block = number, "rebuilding metadata: {e}");
+                    }
+                    self.rebuild_meta(number, file, buckets)?;
+                    report.rebuilt_meta += 1;
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(report)
+    }
+
+    /// Rebuild block `number`'s metadata from its file (MD5 read back in
+    /// bounded memory), pending in every bucket.
+    fn rebuild_meta(&self, number: u64, file: &str, buckets: &[String]) -> Result<BlockMeta, StoreError> {
+        let path = self.dir.join(file);
+        let mut f = File::open(&path).map_err(io_err("opening", &path))?;
+        let mut hasher = Md5::new();
+        let mut buf = vec![0; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err("reading", &path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let mut meta = BlockMeta::new(number, file.to_string(), size, &hasher.finalize(), buckets);
+        if let Ok(modified) = f.metadata().and_then(|m| m.modified()) {
+            meta.created_at_ms = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        }
+        self.write_meta(&meta)?;
+        Ok(meta)
+    }
+}
+
+/// The number of a block file name (`<36 digits>.blk` or `.blk.gz`).
+fn block_number(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".blk").or_else(|| name.strip_suffix(".blk.gz"))?;
+    (stem.len() == DIGITS && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
+}
+
+/// The number of a `.meta` file name.
+fn meta_number(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".meta")?;
+    (stem.len() == DIGITS && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
+}
+
+/// Deterministic gzip: fixed level, no file name, zero time, fixed OS byte.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc =
+        flate2::GzBuilder::new().mtime(0).operating_system(255).write(Vec::new(), flate2::Compression::new(6));
+    enc.write_all(bytes).expect("writing to memory");
+    enc.finish().expect("writing to memory")
+}
+
+/// Write `data` to a new file at `path` and fsync it.
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("creating", path))?;
+    f.write_all(data).map_err(io_err("writing", path))?;
+    f.sync_all().map_err(io_err("syncing", path))
+}
+
+/// fsync a directory, making renames and deletions in it durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn write_read_update_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::None).unwrap();
+        let meta = store.write_block(7, b"seven", &buckets()).unwrap();
+        assert_eq!(meta.size, 5);
+        assert_eq!(meta.md5_bytes(), Md5::digest(b"seven").to_vec());
+        assert_eq!(fs::read(store.block_path(&meta)).unwrap(), b"seven");
+        assert_eq!(store.read_meta(7).unwrap(), meta);
+        // The same block again is harmless; different bytes are refused.
+        assert_eq!(store.write_block(7, b"seven", &buckets()).unwrap(), meta);
+        assert!(matches!(store.write_block(7, b"other", &buckets()), Err(StoreError::Conflict { number: 7, .. })));
+        let updated = store
+            .update_meta(7, |m| {
+                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1 }).map(drop).unwrap_or(())
+            })
+            .unwrap();
+        assert!(updated.status("a").is_safe() && !updated.safe_in_all(["a", "b"].into_iter()));
+        assert_eq!(store.numbers().unwrap(), vec![7]);
+        store.delete_block(&updated).unwrap();
+        assert!(store.numbers().unwrap().is_empty());
+        assert!(matches!(store.read_meta(7), Err(StoreError::NotFound(7))));
+    }
+
+    #[test]
+    fn gzip_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::Gzip).unwrap();
+        let meta = store.write_block(1, &[42; 10_000], &buckets()).unwrap();
+        assert!(meta.file.ends_with(".blk.gz") && meta.size < 10_000);
+        assert_eq!(gzip(&[42; 10_000]), fs::read(store.block_path(&meta)).unwrap());
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&fs::read(store.block_path(&meta)).unwrap()[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, vec![42; 10_000]);
+    }
+
+    #[test]
+    fn recovery_rebuilds_and_tidies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::None).unwrap();
+        for n in 1..=4 {
+            store.write_block(n, format!("block {n}").as_bytes(), &["a".into()]).unwrap();
+        }
+        fs::remove_file(store.meta_path(1)).unwrap(); // crash before the .meta
+        fs::write(store.meta_path(2), b"{\"trunc").unwrap(); // corrupt .meta
+        fs::remove_file(dir.path().join(format!("{:036}.blk", 3))).unwrap(); // deleted by retention, crash before .meta
+        fs::write(dir.path().join(".tmp/leftover"), b"x").unwrap();
+        let report = store.recover(&buckets()).unwrap();
+        assert_eq!(report, RecoveryReport { blocks: 3, rebuilt_meta: 2, removed_tmp: 1, removed_orphan_meta: 1 });
+        for n in [1, 2, 4] {
+            let meta = store.read_meta(n).unwrap();
+            assert_eq!(meta.md5_bytes(), Md5::digest(format!("block {n}").as_bytes()).to_vec());
+            assert_eq!(meta.status("b"), BucketStatus::Pending, "a new bucket is pending");
+        }
+        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+    }
+}
