@@ -9,6 +9,8 @@ rustup target add wasm32-wasip2
 
 cargo build --target wasm32-wasip2 --profile plugin \
     -p blockferry-fs \
+    -p blockferry-s3 \
+    -p blockferry-minio \
     -p blockferry-misbehave \
     -p blockferry-wrong-version \
     -p blockferry-wrong-world \
@@ -17,6 +19,8 @@ cargo build --target wasm32-wasip2 --profile plugin \
 out="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/plugin"
 for wasm in \
     blockferry_fs.wasm \
+    blockferry_s3.wasm \
+    blockferry_minio.wasm \
     blockferry_misbehave.wasm \
     blockferry_wrong_version.wasm \
     blockferry-wrong-world.wasm \

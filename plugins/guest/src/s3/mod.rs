@@ -1,0 +1,704 @@
+//! The S3 provider: conditional single PUTs and multipart uploads with
+//! Content-MD5, content MD5 kept as user metadata, SigV4 signing, the retry
+//! policy of [`crate::retry`], and errors that name the operation, bucket,
+//! key, HTTP status and S3 error code.
+//!
+//! It is generic over a [`Flavor`] (the defaults that differ between AWS S3
+//! and MinIO); the `blockferry-s3` and `blockferry-minio` components each
+//! pick one and export `S3Bucket<TheirFlavor>`.
+
+pub mod settings;
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use md5::{Digest, Md5};
+use wasip2::http::types::Method;
+
+pub use settings::{Addressing, Config, Defaults, Sse};
+
+use crate::http::{Body, HttpError, Request, Response};
+use crate::retry::{self, Call, Verdict};
+use crate::sigv4::{self, Signable};
+use crate::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+
+/// User-metadata header holding the content MD5 (base64) of every object written.
+pub const MD5_META_HEADER: &str = "x-amz-meta-content-md5";
+/// Bytes asked per `block-body.read` when hashing a part.
+const HASH_CHUNK: u32 = 1 << 20;
+/// S3's longest key, in bytes.
+const MAX_KEY_LEN: usize = 1024;
+
+/// The defaults of one S3-compatible service.
+pub trait Flavor: 'static {
+    /// Its defaults (provider name, addressing, region).
+    const DEFAULTS: Defaults;
+}
+
+/// An opened S3 bucket of flavour `F`.
+pub struct S3Bucket<F: Flavor> {
+    cfg: Config,
+    _flavor: PhantomData<fn() -> F>,
+}
+
+/// What a conditional create found.
+#[derive(Debug, PartialEq, Eq)]
+enum Created {
+    /// This call wrote the object.
+    Written,
+    /// An object already existed under the key (412 Precondition Failed).
+    Exists,
+}
+
+impl<F: Flavor> GuestBucket for S3Bucket<F> {
+    fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
+        let (cfg, unknown) = Config::parse(&settings, &F::DEFAULTS)?;
+        if !unknown.is_empty() {
+            crate::log(
+                Level::Warn,
+                &format!(
+                    "{}: ignoring unknown settings {unknown:?} (known: {:?})",
+                    F::DEFAULTS.provider,
+                    settings::KNOWN_KEYS
+                ),
+            );
+        }
+        Ok(Bucket::new(S3Bucket::<F> { cfg, _flavor: PhantomData }))
+    }
+
+    fn provider() -> String {
+        F::DEFAULTS.provider.into()
+    }
+
+    fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
+        let key = self.full_key(&block.key)?;
+        if block.md5.len() != 16 {
+            return Err(UploadError::Permanent(format!(
+                "PutObject {}: the host gave an MD5 of {} bytes, not 16",
+                self.cfg.location(&key),
+                block.md5.len()
+            )));
+        }
+        let size = body.size();
+        if size != block.size {
+            return Err(UploadError::Permanent(format!(
+                "PutObject {}: block-info says {} bytes but the body has {size}",
+                self.cfg.location(&key),
+                block.size
+            )));
+        }
+        let created = if size > self.cfg.multipart_threshold {
+            self.put_multipart(&block, body, &key)?
+        } else {
+            self.put_single(&block, body, &key)?
+        };
+        match created {
+            Created::Written => {
+                crate::log(Level::Debug, &format!("uploaded {size} bytes to {}", self.cfg.location(&key)));
+                Ok(Outcome::Uploaded)
+            }
+            Created::Exists => match self.head(&key)? {
+                Some(there) if there.size == block.size && there.md5.as_deref() == Some(&block.md5[..]) => {
+                    Ok(Outcome::AlreadyPresent)
+                }
+                Some(there) => Err(UploadError::HashMismatch(there)),
+                None => Err(UploadError::Transient(format!(
+                    "PutObject {}: the server said an object exists (412 PreconditionFailed) but HEAD \
+                     found none (deleted meanwhile?); retry later",
+                    self.cfg.location(&key)
+                ))),
+            },
+        }
+    }
+
+    fn stat(&self, key: String) -> Result<Option<RemoteObject>, UploadError> {
+        let key = self.full_key(&key)?;
+        self.head(&key)
+    }
+}
+
+impl Config {
+    /// `s3://bucket/key`, as messages name an object.
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Builds and signs a request on `key` (the full key, prefix included).
+    fn request(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(String, String)],
+        mut headers: Vec<(String, String)>,
+        body: Body,
+    ) -> Request {
+        let (authority, path) = match self.addressing {
+            Addressing::Path => (self.endpoint_authority.clone(), format!("/{}/{key}", self.bucket)),
+            Addressing::Virtual => (format!("{}.{}", self.bucket, self.endpoint_authority), format!("/{key}")),
+        };
+        let canonical_uri = sigv4::encode_path(&path);
+        let payload_hash = match &body {
+            Body::Empty => sigv4::EMPTY_SHA256.to_string(),
+            Body::Bytes(bytes) => sigv4::sha256_hex(bytes),
+            Body::Stream { .. } => sigv4::UNSIGNED_PAYLOAD.to_string(),
+        };
+        let date = sigv4::amz_date(sigv4::unix_now());
+        headers.push(("x-amz-date".into(), date.clone()));
+        headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
+        if let Some(token) = &self.credentials.session_token {
+            headers.push(("x-amz-security-token".into(), token.clone()));
+        }
+        let mut signed = headers.clone();
+        signed.push(("host".into(), authority.clone()));
+        let method_name = method_name(&method);
+        let authorization = sigv4::authorization(
+            &Signable {
+                method: method_name,
+                canonical_uri: &canonical_uri,
+                query,
+                headers: &signed,
+                payload_hash: &payload_hash,
+            },
+            &self.credentials,
+            &self.region,
+            "s3",
+            &date,
+        );
+        headers.push(("authorization".into(), authorization));
+        let path_and_query =
+            if query.is_empty() { canonical_uri } else { format!("{canonical_uri}?{}", sigv4::canonical_query(query)) };
+        Request { method, https: self.https, authority, path_and_query, headers, body, timeouts: self.timeouts }
+    }
+
+    /// Headers of a new object (single PUT or CreateMultipartUpload):
+    /// content type, content MD5 metadata, storage class, encryption.
+    fn object_headers(&self, block: &BlockInfo) -> Vec<(String, String)> {
+        let mut headers = vec![
+            ("content-type".to_string(), block.content_type.clone()),
+            (MD5_META_HEADER.to_string(), B64.encode(&block.md5)),
+        ];
+        if let Some(class) = &self.storage_class {
+            headers.push(("x-amz-storage-class".into(), class.clone()));
+        }
+        match &self.sse {
+            Sse::None | Sse::CustomerKey { .. } => {}
+            Sse::Aes256 => headers.push(("x-amz-server-side-encryption".into(), "AES256".into())),
+            Sse::Kms { key_id } => {
+                headers.push(("x-amz-server-side-encryption".into(), "aws:kms".into()));
+                if let Some(id) = key_id {
+                    headers.push(("x-amz-server-side-encryption-aws-kms-key-id".into(), id.clone()));
+                }
+            }
+        }
+        headers.extend(self.sse_c_headers());
+        headers
+    }
+
+    /// SSE-C headers, needed on every request that writes or reads the object.
+    fn sse_c_headers(&self) -> Vec<(String, String)> {
+        match &self.sse {
+            Sse::CustomerKey { key, key_md5 } => vec![
+                ("x-amz-server-side-encryption-customer-algorithm".into(), "AES256".into()),
+                ("x-amz-server-side-encryption-customer-key".into(), key.clone()),
+                ("x-amz-server-side-encryption-customer-key-md5".into(), key_md5.clone()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A retried S3 operation named `op` on `key`.
+    fn call<'a, T>(
+        &'a self,
+        op: &'static str,
+        key: &'a str,
+        build: impl FnMut() -> Result<Request, UploadError> + 'a,
+        accept: impl FnMut(Response) -> Accept<T> + 'a,
+    ) -> S3Call<'a, T> {
+        S3Call { cfg: self, op, key, build: Box::new(build), accept: Box::new(accept) }
+    }
+}
+
+impl<F: Flavor> S3Bucket<F> {
+    /// The object key of `key`: the `prefix` setting prepended when non-empty.
+    fn full_key(&self, key: &str) -> Result<String, UploadError> {
+        let full = format!("{}{key}", self.cfg.prefix);
+        if key.is_empty() || full.len() > MAX_KEY_LEN || full.starts_with('/') {
+            return Err(UploadError::Permanent(format!(
+                "invalid key {full:?} for {}: S3 keys are 1 to {MAX_KEY_LEN} bytes without a \
+                 leading `/`; fix the bucket's key template or `prefix`",
+                self.cfg.location("")
+            )));
+        }
+        Ok(full)
+    }
+
+    /// HEAD of `key`: what is stored there, or `None`.
+    fn head(&self, key: &str) -> Result<Option<RemoteObject>, UploadError> {
+        let cfg = &self.cfg;
+        let mut call = cfg.call(
+            "HeadObject",
+            key,
+            || Ok(cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty)),
+            |response| match response.status {
+                200..=299 => Accept::Done(Ok(Some(remote_object(&response)))),
+                404 => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// One conditional PUT of the whole body, streamed from the host.
+    fn put_single(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+        let cfg = &self.cfg;
+        let mut call = cfg.call(
+            "PutObject",
+            key,
+            || {
+                let mut headers = cfg.object_headers(block);
+                headers.push(("content-md5".into(), B64.encode(&block.md5)));
+                headers.push(("if-none-match".into(), "*".into()));
+                let stream = body.stream(0).map_err(|e| {
+                    UploadError::Transient(format!(
+                        "PutObject {}: cannot stream the block body: {e}",
+                        cfg.location(key)
+                    ))
+                })?;
+                Ok(cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size }))
+            },
+            |response| match response.status {
+                200..=299 => Accept::Done(Ok(Created::Written)),
+                412 => Accept::Done(Ok(Created::Exists)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// Multipart upload; aborted on any failure (and when the key turns out taken).
+    fn put_multipart(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+        let cfg = &self.cfg;
+        let mut create = cfg.call(
+            "CreateMultipartUpload",
+            key,
+            || {
+                Ok(cfg.request(
+                    Method::Post,
+                    key,
+                    &[("uploads".into(), String::new())],
+                    cfg.object_headers(block),
+                    Body::Empty,
+                ))
+            },
+            |response| {
+                if !(200..300).contains(&response.status) {
+                    return Accept::Other(response);
+                }
+                match crate::xml::element_text(&response.body, "UploadId") {
+                    Some(id) if !id.is_empty() => Accept::Done(Ok(id)),
+                    _ => Accept::Other(response),
+                }
+            },
+        );
+        let upload_id = retry::run_one(&mut create, &cfg.policy)?;
+        let result = self.upload_parts_and_complete(block, body, key, &upload_id);
+        if !matches!(result, Ok(Created::Written)) {
+            self.abort(key, &upload_id);
+        }
+        result
+    }
+
+    /// Uploads the parts (several at once, each retried on its own), then
+    /// completes the upload conditionally.
+    fn upload_parts_and_complete(
+        &self,
+        block: &BlockInfo,
+        body: &BlockBody,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Created, UploadError> {
+        let cfg = &self.cfg;
+        let part_size = cfg.part_size_for(block.size);
+        let count = block.size.div_ceil(part_size).max(1);
+        crate::log(
+            Level::Debug,
+            &format!(
+                "multipart upload of {} bytes to {} in {count} parts of {part_size} bytes, {} at once",
+                block.size,
+                cfg.location(key),
+                cfg.parts_in_flight
+            ),
+        );
+        let mut parts: Vec<S3Call<'_, String>> = (0..count)
+            .map(|index| {
+                let number = index + 1;
+                let offset = index * part_size;
+                let len = part_size.min(block.size - offset);
+                let query = vec![
+                    ("partNumber".to_string(), number.to_string()),
+                    ("uploadId".to_string(), upload_id.to_string()),
+                ];
+                let mut md5: Option<String> = None;
+                cfg.call(
+                    "UploadPart",
+                    key,
+                    move || {
+                        if md5.is_none() {
+                            md5 = Some(hash_part(body, offset, len).map_err(|e| {
+                                UploadError::Transient(format!(
+                                    "UploadPart {} part {number}: reading the block body: {e}",
+                                    cfg.location(key)
+                                ))
+                            })?);
+                        }
+                        let mut headers = cfg.sse_c_headers();
+                        headers.push(("content-md5".into(), md5.clone().unwrap_or_default()));
+                        let stream = body.stream(offset).map_err(|e| {
+                            UploadError::Transient(format!(
+                                "UploadPart {} part {number}: cannot stream the block body: {e}",
+                                cfg.location(key)
+                            ))
+                        })?;
+                        Ok(cfg.request(Method::Put, key, &query, headers, Body::Stream { stream, len }))
+                    },
+                    |response| match (response.status, response.header("etag")) {
+                        (200..=299, Some(etag)) => Accept::Done(Ok(etag.to_string())),
+                        _ => Accept::Other(response),
+                    },
+                )
+            })
+            .collect();
+        let results = retry::run(&mut parts, cfg.parts_in_flight, &cfg.policy, true);
+        drop(parts);
+        let mut etags = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Some(Ok(etag)) => etags.push(etag),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        if etags.len() as u64 != count {
+            return Err(UploadError::Transient(format!(
+                "UploadPart {}: only {} of {count} parts were uploaded",
+                cfg.location(key),
+                etags.len()
+            )));
+        }
+
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in etags.iter().enumerate() {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                i + 1,
+                crate::xml::escape(etag)
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let query = vec![("uploadId".to_string(), upload_id.to_string())];
+        let mut complete = cfg.call(
+            "CompleteMultipartUpload",
+            key,
+            || {
+                let mut headers = cfg.sse_c_headers();
+                headers.push(("if-none-match".into(), "*".into()));
+                headers.push(("content-type".into(), "application/xml".into()));
+                Ok(cfg.request(Method::Post, key, &query, headers, Body::Bytes(xml.clone().into_bytes())))
+            },
+            |response| match response.status {
+                // A 200 may still carry an <Error> document.
+                200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
+                    Accept::Done(Ok(Created::Written))
+                }
+                412 => Accept::Done(Ok(Created::Exists)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut complete, &cfg.policy)
+    }
+
+    /// Aborts a multipart upload so no incomplete upload is left behind;
+    /// a failure is logged (the bucket's lifecycle rule is the backstop).
+    fn abort(&self, key: &str, upload_id: &str) {
+        let cfg = &self.cfg;
+        let query = vec![("uploadId".to_string(), upload_id.to_string())];
+        let mut call = cfg.call(
+            "AbortMultipartUpload",
+            key,
+            || Ok(cfg.request(Method::Delete, key, &query, Vec::new(), Body::Empty)),
+            |response| match response.status {
+                200..=299 | 404 => Accept::Done(Ok(())),
+                _ => Accept::Other(response),
+            },
+        );
+        match retry::run_one(&mut call, &cfg.policy) {
+            Ok(()) => {
+                crate::log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)))
+            }
+            Err(e) => crate::log(
+                Level::Error,
+                &format!(
+                    "could not abort multipart upload {upload_id} of {}: {e:?}; an incomplete upload \
+                     is left (an AbortIncompleteMultipartUpload lifecycle rule on the bucket cleans it up)",
+                    cfg.location(key)
+                ),
+            ),
+        }
+    }
+}
+
+/// MD5 (base64) of `len` bytes of `body` at `offset`, read in bounded chunks.
+fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<String, String> {
+    let mut md5 = Md5::new();
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(u64::from(HASH_CHUNK)) as u32;
+        let chunk = body.read(offset + done, want)?;
+        if chunk.is_empty() {
+            return Err(format!("the body ended at {} of {}", offset + done, offset + len));
+        }
+        md5.update(&chunk);
+        done += chunk.len() as u64;
+    }
+    Ok(B64.encode(md5.finalize()))
+}
+
+/// What a HEAD response says about the object.
+fn remote_object(response: &Response) -> RemoteObject {
+    let size = response.header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let etag = response.header("etag").map(str::to_string);
+    let from_meta =
+        response.header(MD5_META_HEADER).and_then(|v| B64.decode(v.trim()).ok()).filter(|md5| md5.len() == 16);
+    // A single-part ETag is the content MD5, unless the object is encrypted
+    // with SSE-KMS or SSE-C; a multipart ETag (`...-N`) never is.
+    let encrypted = response.header("x-amz-server-side-encryption") == Some("aws:kms")
+        || response.header("x-amz-server-side-encryption-customer-algorithm").is_some();
+    let from_etag = etag.as_deref().filter(|_| !encrypted).and_then(md5_of_etag);
+    RemoteObject { size, md5: from_meta.or(from_etag), etag }
+}
+
+/// The MD5 in a single-part ETag (`"<32 hex>"`), if it is one.
+fn md5_of_etag(etag: &str) -> Option<Vec<u8>> {
+    let hex = etag.trim().trim_start_matches("W/").trim_matches('"');
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// The method as SigV4 spells it.
+fn method_name(method: &Method) -> &str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => other,
+    }
+}
+
+/// What an operation makes of a response.
+enum Accept<T> {
+    /// The operation is over.
+    Done(Result<T, UploadError>),
+    /// Not an answer the operation expects: judge it as an S3 error.
+    Other(Response),
+}
+
+/// What to do about an S3 error response.
+#[derive(Debug, PartialEq, Eq)]
+enum ErrorClass {
+    /// Retry under the policy.
+    Retry,
+    /// Fail now; the host may retry later.
+    Transient,
+    /// Fail now; an operator must act.
+    Permanent,
+}
+
+/// Which S3 error responses are retried, and which need an operator.
+fn classify(status: u16, code: &str) -> ErrorClass {
+    match (status, code) {
+        (500 | 502 | 503 | 504, _) | (429, _) => ErrorClass::Retry,
+        (400, "RequestTimeout") | (409, "ConditionalRequestConflict" | "OperationAborted") => ErrorClass::Retry,
+        (_, "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout") => ErrorClass::Retry,
+        (400, "BadDigest" | "IncompleteBody") => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// A hint for the operator, by error code or status.
+fn hint(status: u16, code: &str) -> &'static str {
+    match (status, code) {
+        (_, "NoSuchBucket") => "; check the `bucket` setting and that the bucket exists",
+        (_, "SignatureDoesNotMatch") => "; check `secret_access_key` (and `region`)",
+        (_, "InvalidAccessKeyId") => "; check `access_key_id`",
+        (_, "RequestTimeTooSkewed") => "; the machine's clock is off, sync it (NTP)",
+        (_, "AccessDenied") | (403, _) => "; check the credentials and the bucket's policy",
+        (301, _) | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed") => "; check `region` and `endpoint`",
+        _ => "",
+    }
+}
+
+/// One retried S3 operation (see [`Call`]).
+struct S3Call<'a, T> {
+    cfg: &'a Config,
+    op: &'static str,
+    key: &'a str,
+    build: Box<dyn FnMut() -> Result<Request, UploadError> + 'a>,
+    accept: Box<dyn FnMut(Response) -> Accept<T> + 'a>,
+}
+
+impl<T> S3Call<'_, T> {
+    /// `Op s3://bucket/key`.
+    fn target(&self) -> String {
+        format!("{} {}", self.op, self.cfg.location(self.key))
+    }
+}
+
+impl<T> Call for S3Call<'_, T> {
+    type Output = T;
+    type Error = UploadError;
+
+    fn request(&mut self) -> Result<Request, UploadError> {
+        (self.build)()
+    }
+
+    fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<T, UploadError> {
+        let response = match result {
+            Ok(response) => response,
+            Err(HttpError::Denied) => {
+                return Verdict::Done(Err(UploadError::Permanent(format!(
+                    "{}: the endpoint {} is not permitted: the host's egress allow-list refused the \
+                     request; the host allows the authorities of the URLs in the bucket's settings \
+                     (and `allow_hosts`), so check `endpoint` and `addressing`",
+                    self.target(),
+                    self.cfg.endpoint_authority
+                ))));
+            }
+            Err(HttpError::Invalid(e)) => {
+                return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
+            }
+            Err(HttpError::Transport(e)) => {
+                return Verdict::Retry { why: format!("{}: connection error: {e}", self.target()), retry_after: None };
+            }
+        };
+        let response = match (self.accept)(response) {
+            Accept::Done(result) => return Verdict::Done(result),
+            Accept::Other(response) => response,
+        };
+        let (code, message) = crate::xml::s3_error(&response.body);
+        let status = response.status;
+        let code_text = if code.is_empty() {
+            if response.body.is_empty() {
+                "(no error code in the response)".to_string()
+            } else {
+                "(no S3 error code)".to_string()
+            }
+        } else {
+            code.clone()
+        };
+        let message = if message.is_empty() { String::new() } else { format!(": {message}") };
+        let why = format!("{}: HTTP {status} {code_text}{message}{}", self.target(), hint(status, &code));
+        match classify(status, &code) {
+            ErrorClass::Retry => Verdict::Retry {
+                why,
+                retry_after: response
+                    .header("retry-after")
+                    .and_then(|v| retry::parse_retry_after(v, sigv4::unix_now())),
+            },
+            ErrorClass::Transient => Verdict::Done(Err(UploadError::Transient(why))),
+            ErrorClass::Permanent => Verdict::Done(Err(UploadError::Permanent(why))),
+        }
+    }
+
+    fn gave_up(&mut self, why: String, attempts: u32, elapsed: Duration) -> UploadError {
+        let p = &self.cfg.policy;
+        UploadError::Transient(format!(
+            "{}: gave up after {attempts} attempt(s) in {:.1} s (retry_max_attempts = {}, \
+             retry_max_elapsed_ms = {}); last failure: {why}",
+            self.target(),
+            elapsed.as_secs_f64(),
+            p.max_attempts,
+            p.max_elapsed.as_millis()
+        ))
+    }
+
+    fn retrying(&mut self, attempt: u32, why: &str, delay: Duration) {
+        crate::log(Level::Debug, &format!("attempt {attempt} failed ({why}); retrying in {} ms", delay.as_millis()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_and_permanent_errors() {
+        for (status, code) in [
+            (500, "InternalError"),
+            (502, ""),
+            (503, "SlowDown"),
+            (504, ""),
+            (400, "RequestTimeout"),
+            (409, "ConditionalRequestConflict"),
+            (429, ""),
+        ] {
+            assert_eq!(classify(status, code), ErrorClass::Retry, "{status} {code}");
+        }
+        for (status, code) in [
+            (403, "AccessDenied"),
+            (403, "SignatureDoesNotMatch"),
+            (404, "NoSuchBucket"),
+            (400, "InvalidArgument"),
+            (400, ""),
+            (403, ""),
+        ] {
+            assert_eq!(classify(status, code), ErrorClass::Permanent, "{status} {code}");
+        }
+        assert_eq!(classify(400, "BadDigest"), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn md5_from_single_part_etags_only() {
+        assert_eq!(
+            md5_of_etag("\"9e107d9d372bb6826bd81d3542a419d6\""),
+            Some(vec![0x9e, 0x10, 0x7d, 0x9d, 0x37, 0x2b, 0xb6, 0x82, 0x6b, 0xd8, 0x1d, 0x35, 0x42, 0xa4, 0x19, 0xd6])
+        );
+        assert_eq!(md5_of_etag("\"9e107d9d372bb6826bd81d3542a419d6-3\""), None);
+        assert_eq!(md5_of_etag("\"abc\""), None);
+    }
+
+    #[test]
+    fn stat_prefers_metadata_and_ignores_multipart_and_kms_etags() {
+        let response = |headers: &[(&str, &str)]| Response {
+            status: 200,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+        };
+        let md5 = [3u8; 16];
+        let meta = B64.encode(md5);
+        let r = remote_object(&response(&[
+            ("content-length", "42"),
+            ("etag", "\"0123456789abcdef0123456789abcdef-2\""),
+            (MD5_META_HEADER, &meta),
+        ]));
+        assert_eq!((r.size, r.md5), (42, Some(md5.to_vec())));
+        let r = remote_object(&response(&[("etag", "\"0123456789abcdef0123456789abcdef-2\"")]));
+        assert_eq!(r.md5, None);
+        let r = remote_object(&response(&[("etag", "\"0123456789abcdef0123456789abcdef\"")]));
+        assert!(r.md5.is_some());
+        let r = remote_object(&response(&[
+            ("etag", "\"0123456789abcdef0123456789abcdef\""),
+            ("x-amz-server-side-encryption", "aws:kms"),
+        ]));
+        assert_eq!(r.md5, None);
+    }
+}
