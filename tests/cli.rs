@@ -1,4 +1,4 @@
-//! The `blockferry` binary: `plugin check`, `demo`, `init`.
+//! The `blockferry` binary: `plugin check`, `run`, `init`.
 
 mod common;
 
@@ -16,30 +16,21 @@ fn blockferry(args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]
 fn plugin_check_accepts_the_bundled_providers() {
-    for (name, provider) in [
-        ("blockferry_fs", "fs"),
-        ("blockferry_misbehave", "misbehave"),
-        ("blockferry_plugin_template", "template"),
-    ] {
+    for (name, provider) in
+        [("blockferry_fs", "fs"), ("blockferry_misbehave", "misbehave"), ("blockferry_plugin_template", "template")]
+    {
         let path = plugin_path(name);
         let out = blockferry(&["plugin", "check", path.to_str().unwrap()]);
         let t = text(&out);
         assert!(out.status.success(), "{name}: {t}");
         assert!(t.contains("blockferry:uploader/provider@0.1.0"), "{t}");
         assert!(t.contains(&format!("provider: {provider}")), "{t}");
-        assert!(
-            t.contains("blockferry:uploader/host@0.1.0"),
-            "lists imports: {t}"
-        );
+        assert!(t.contains("blockferry:uploader/host@0.1.0"), "lists imports: {t}");
     }
 }
 
@@ -62,33 +53,27 @@ fn plugin_check_refuses_bad_files_with_clear_errors() {
 }
 
 #[test]
-fn demo_uploads_generated_blocks_then_finds_them_present() {
+fn run_on_the_embedded_default_uploads_generated_blocks_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = blockferry(&["demo", "--dir", d, "--blocks", "12"]);
+    let out = blockferry(&["run", "--dir", d, "--generate", "12", "--exit-when-drained"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("12 uploaded, 0 already present, 0 failed"),
-        "{t}"
-    );
+    assert!(t.contains("bucket local: 12 uploaded, 0 already present, 0 hash mismatches"), "{t}");
     let objects = std::fs::read_dir(dir.path().join("bucket"))
         .unwrap()
-        .filter(|e| {
-            !e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.')
-        })
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(objects, 12);
-    let again = blockferry(&["demo", "--dir", d, "--blocks", "12"]);
-    assert!(
-        text(&again).contains("0 uploaded, 12 already present, 0 failed"),
-        "{}",
-        text(&again)
-    );
+    // Forget the uploads locally: the next start re-uploads and finds them present.
+    for entry in std::fs::read_dir(dir.path().join("blocks")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "meta") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let again = blockferry(&["run", "--dir", d, "--exit-when-drained"]);
+    assert!(text(&again).contains("bucket local: 0 uploaded, 12 already present"), "{}", text(&again));
 }
 
 #[test]
@@ -102,9 +87,5 @@ fn init_writes_the_example_config_which_loads() {
     assert_eq!(config.buckets[0].name, "local");
     // It refuses to overwrite.
     let again = blockferry(&["init", path.to_str().unwrap()]);
-    assert!(
-        !again.status.success() && text(&again).contains("--force"),
-        "{}",
-        text(&again)
-    );
+    assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));
 }

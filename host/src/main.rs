@@ -1,4 +1,4 @@
-//! The `blockferry` command: the sidecar, its demo, and the plugin tools.
+//! The `blockferry` command: the sidecar and its tools.
 
 mod cmd;
 

@@ -15,7 +15,7 @@ pub fn run(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(path, EXAMPLE_CONFIG).with_context(|| format!("writing {}", path.display()))?;
     println!(
-        "wrote {}; edit the [[buckets]] tables, then run `blockferry demo --config {}`",
+        "wrote {}; edit the [[buckets]] tables, then run `blockferry run --config {}`",
         path.display(),
         path.display()
     );
