@@ -24,6 +24,17 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The credentials file named by the config could not be read.
+    #[error(
+        "cannot read credentials file {path}: {source}; create it (mode 600) with `[buckets.NAME]` tables \
+         of secrets, or remove `credentials` from the config"
+    )]
+    ReadCredentials {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The file is not valid TOML or has a key of the wrong type or name.
     #[error("config {path} is invalid: {message}")]
     Parse {
@@ -338,6 +349,9 @@ impl Config {
             }
         };
         resolve(&mut self.store.dir);
+        if let Some(c) = &mut self.credentials {
+            resolve(c);
+        }
         resolve(&mut self.plugins.cache_dir);
         for b in &mut self.buckets {
             resolve(&mut b.plugin);

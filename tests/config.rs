@@ -1,0 +1,108 @@
+//! Config and credentials files: each bad one gets a clear error naming the
+//! file, the key and the fix; secrets reach the plugin settings and nothing else.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use blockferry::config::{Config, ConfigError};
+
+const GOOD: &str = r#"
+credentials = "creds.toml"
+[[buckets]]
+name = "s3-main"
+plugin = "s3.wasm"
+[buckets.settings]
+bucket = "blocks"
+"#;
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn load_err(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bf.toml", config, 0o644);
+    let err = Config::load(&path).expect_err("invalid config accepted");
+    let msg = err.to_string();
+    assert!(msg.contains("bf.toml"), "names the file: {msg}");
+    msg
+}
+
+#[test]
+fn a_missing_file_says_how_to_create_one() {
+    let err = Config::load(Path::new("/nonexistent/bf.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("blockferry init"), "{err}");
+}
+
+#[test]
+fn syntax_errors_and_unknown_keys_name_the_place() {
+    let msg = load_err("[store\ndir = 1");
+    assert!(msg.contains("line 1"), "{msg}");
+    let msg = load_err("[store]\ndirectory = \"x\"\n");
+    assert!(msg.contains("directory") && msg.contains("dir"), "names the unknown key and the known ones: {msg}");
+    let msg = load_err("mode = \"tape\"\n[[buckets]]\nname=\"a\"\nplugin=\"p\"\n");
+    assert!(msg.contains("tape") && msg.contains("file-and-bucket"), "{msg}");
+}
+
+#[test]
+fn invalid_values_name_the_key_and_the_fix() {
+    let cases = [
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[[buckets]]\nname = \"a\"\nplugin = \"q\"\n", "buckets[1].name", "unique"),
+        ("[[buckets]]\nname = \"a b\"\nplugin = \"p\"\n", "buckets[0].name", "letters, digits"),
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nsha256 = \"abc\"\n", "buckets[0].sha256", "sha256sum"),
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nmemory_limit_mib = 0\n", "buckets[0].memory_limit_mib", "1 to 4096"),
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nconcurrency = 0\n", "buckets[0].concurrency", "1 to 1024"),
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nkey_template = \"same.blk\"\n", "buckets[0].key_template", "{number}"),
+        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[buckets.settings]\nx = [1]\n", "buckets[0].settings.x", "plain values"),
+        ("[plugins]\ndenied_networks = [\"nope\"]\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n", "plugins.denied_networks[0]", "CIDR"),
+        ("[upload]\nretry_initial_backoff_ms = 10\nretry_max_backoff_ms = 5\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n", "upload.retry_max_backoff_ms", "<="),
+        ("mode = \"file-and-bucket\"\n", "`buckets`", "mode = \"file\""),
+    ];
+    for (config, key, fix) in cases {
+        let msg = load_err(config);
+        assert!(msg.contains(key), "names {key}: {msg}");
+        assert!(msg.contains(fix), "says the fix ({fix}): {msg}");
+    }
+}
+
+#[test]
+fn credentials_readable_by_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bf.toml", GOOD, 0o644);
+    write(dir.path(), "creds.toml", "[buckets.s3-main]\nsecret_access_key = \"s3cr3t\"\n", 0o644);
+    let msg = Config::load(&config).unwrap_err().to_string();
+    assert!(msg.contains("creds.toml") && msg.contains("chmod 600"), "{msg}");
+    assert!(!msg.contains("s3cr3t"));
+}
+
+#[test]
+fn credentials_merge_into_their_bucket_only_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bf.toml", GOOD, 0o644);
+    write(dir.path(), "creds.toml", "[buckets.s3-main]\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"s3cr3t\"\n", 0o600);
+    let loaded = Config::load(&config).unwrap();
+    let settings = loaded.buckets[0].settings_list();
+    assert!(settings.contains(&("secret_access_key".into(), "s3cr3t".into())), "{settings:?}");
+    assert!(settings.contains(&("bucket".into(), "blocks".into())));
+    assert!(!format!("{loaded:?}").contains("s3cr3t"), "Debug of the config hides secrets");
+}
+
+#[test]
+fn bad_credentials_files_get_clear_errors_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bf.toml", GOOD, 0o644);
+    write(dir.path(), "creds.toml", "[buckets.other]\nsecret_access_key = \"s3cr3t\"\n", 0o600);
+    let msg = Config::load(&config).unwrap_err().to_string();
+    assert!(msg.contains("buckets.other") && msg.contains("names no bucket"), "{msg}");
+    write(dir.path(), "creds.toml", "[buckets.s3-main]\nsecret_access_key = s3cr3t-unquoted\n", 0o600);
+    let msg = Config::load(&config).unwrap_err().to_string();
+    assert!(msg.contains("creds.toml") && msg.contains("line 2"), "{msg}");
+    assert!(!msg.contains("s3cr3t"), "the parser's message must not quote the secret: {msg}");
+    std::fs::remove_file(dir.path().join("creds.toml")).unwrap();
+    let msg = Config::load(&config).unwrap_err().to_string();
+    assert!(msg.contains("creds.toml"), "{msg}");
+}
