@@ -10,13 +10,8 @@ use blockferry::plugin::{EngineSettings, PluginRuntime, Provenance};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn fs_plugin() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/plugin/blockferry_fs.wasm");
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-plugins.sh first",
-        path.display()
-    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/blockferry_fs.wasm");
+    assert!(path.exists(), "{} missing: run scripts/build-plugins.sh first", path.display());
     path
 }
 
@@ -26,23 +21,13 @@ fn compile(c: &mut Criterion) {
     group.sample_size(10);
     let runtime = PluginRuntime::new(&EngineSettings::default(), None).unwrap();
     group.bench_function("cold (no cache)", |b| {
-        b.iter(|| {
-            assert_eq!(
-                runtime.load(&plugin, None).unwrap().provenance,
-                Provenance::Compiled
-            )
-        })
+        b.iter(|| assert_eq!(runtime.load(&plugin, None).unwrap().provenance, Provenance::Compiled))
     });
     let cache = tempfile::tempdir().unwrap();
     let cached = PluginRuntime::new(&EngineSettings::default(), Some(cache.path())).unwrap();
     cached.load(&plugin, None).unwrap();
     group.bench_function("from cache", |b| {
-        b.iter(|| {
-            assert_eq!(
-                cached.load(&plugin, None).unwrap().provenance,
-                Provenance::Cached
-            )
-        })
+        b.iter(|| assert_eq!(cached.load(&plugin, None).unwrap().provenance, Provenance::Cached))
     });
     group.finish();
 }
@@ -53,29 +38,15 @@ fn provider_name_native() -> String {
 }
 
 fn instantiate_and_call(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("instantiate + trivial call");
     for pooling in [true, false] {
-        let runtime = PluginRuntime::new(
-            &EngineSettings {
-                pooling,
-                max_instances: 64,
-            },
-            None,
-        )
-        .unwrap();
+        let runtime = PluginRuntime::new(&EngineSettings { pooling, max_instances: 64 }, None).unwrap();
         let plugin = runtime.load(&fs_plugin(), None).unwrap();
         let name = if pooling { "pooling on" } else { "pooling off" };
-        group.bench_function(name, |b| {
-            b.iter(|| rt.block_on(plugin.provider_name()).unwrap())
-        });
+        group.bench_function(name, |b| b.iter(|| rt.block_on(plugin.provider_name()).unwrap()));
     }
-    group.bench_function("direct Rust call (baseline)", |b| {
-        b.iter(|| black_box(provider_name_native()))
-    });
+    group.bench_function("direct Rust call (baseline)", |b| b.iter(|| black_box(provider_name_native())));
     group.finish();
 }
 
