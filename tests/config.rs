@@ -51,15 +51,39 @@ fn syntax_errors_and_unknown_keys_name_the_place() {
 #[test]
 fn invalid_values_name_the_key_and_the_fix() {
     let cases = [
-        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[[buckets]]\nname = \"a\"\nplugin = \"q\"\n", "buckets[1].name", "unique"),
+        (
+            "[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[[buckets]]\nname = \"a\"\nplugin = \"q\"\n",
+            "buckets[1].name",
+            "unique",
+        ),
         ("[[buckets]]\nname = \"a b\"\nplugin = \"p\"\n", "buckets[0].name", "letters, digits"),
         ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nsha256 = \"abc\"\n", "buckets[0].sha256", "sha256sum"),
-        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nmemory_limit_mib = 0\n", "buckets[0].memory_limit_mib", "1 to 4096"),
+        (
+            "[[buckets]]\nname = \"a\"\nplugin = \"p\"\nmemory_limit_mib = 0\n",
+            "buckets[0].memory_limit_mib",
+            "1 to 4096",
+        ),
         ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nconcurrency = 0\n", "buckets[0].concurrency", "1 to 1024"),
-        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\nkey_template = \"same.blk\"\n", "buckets[0].key_template", "{number}"),
-        ("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[buckets.settings]\nx = [1]\n", "buckets[0].settings.x", "plain values"),
-        ("[plugins]\ndenied_networks = [\"nope\"]\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n", "plugins.denied_networks[0]", "CIDR"),
-        ("[upload]\nretry_initial_backoff_ms = 10\nretry_max_backoff_ms = 5\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n", "upload.retry_max_backoff_ms", "<="),
+        (
+            "[[buckets]]\nname = \"a\"\nplugin = \"p\"\nkey_template = \"same.blk\"\n",
+            "buckets[0].key_template",
+            "{number}",
+        ),
+        (
+            "[[buckets]]\nname = \"a\"\nplugin = \"p\"\n[buckets.settings]\nx = [1]\n",
+            "buckets[0].settings.x",
+            "plain values",
+        ),
+        (
+            "[plugins]\ndenied_networks = [\"nope\"]\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n",
+            "plugins.denied_networks[0]",
+            "CIDR",
+        ),
+        (
+            "[upload]\nretry_initial_backoff_ms = 10\nretry_max_backoff_ms = 5\n[[buckets]]\nname = \"a\"\nplugin = \"p\"\n",
+            "upload.retry_max_backoff_ms",
+            "<=",
+        ),
         ("mode = \"file-and-bucket\"\n", "`buckets`", "mode = \"file\""),
     ];
     for (config, key, fix) in cases {
@@ -83,7 +107,12 @@ fn credentials_readable_by_others_are_refused() {
 fn credentials_merge_into_their_bucket_only_and_never_show() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "bf.toml", GOOD, 0o644);
-    write(dir.path(), "creds.toml", "[buckets.s3-main]\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"s3cr3t\"\n", 0o600);
+    write(
+        dir.path(),
+        "creds.toml",
+        "[buckets.s3-main]\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"s3cr3t\"\n",
+        0o600,
+    );
     let loaded = Config::load(&config).unwrap();
     let settings = loaded.buckets[0].settings_list();
     assert!(settings.contains(&("secret_access_key".into(), "s3cr3t".into())), "{settings:?}");

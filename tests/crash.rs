@@ -118,7 +118,12 @@ fn killed_at_random_moments_loses_nothing() {
             let remote = std::fs::read(dir.path().join(bucket).join(&meta.file))
                 .unwrap_or_else(|e| panic!("block {} missing in {bucket}: {e}", meta.number));
             assert_eq!(remote, local, "block {} in {bucket}", meta.number);
-            assert!(meta.status(&bucket[7..]).is_safe(), "block {} status in {bucket}: {:?}", meta.number, meta.buckets);
+            assert!(
+                meta.status(&bucket[7..]).is_safe(),
+                "block {} status in {bucket}: {:?}",
+                meta.number,
+                meta.buckets
+            );
         }
     }
     for bucket in ["bucket-a", "bucket-b"] {

@@ -11,18 +11,11 @@ async fn fs_bucket(dir: &std::path::Path) -> BucketClient {
     let runtime = Box::leak(Box::new(runtime()));
     let mut s = spec("fs");
     s.directory = Some(dir.to_path_buf());
-    BucketClient::open(load(runtime, "blockferry_fs"), s)
-        .await
-        .expect("open fs bucket")
+    BucketClient::open(load(runtime, "blockferry_fs"), s).await.expect("open fs bucket")
 }
 
 async fn put(client: &BucketClient, key: &str, content: &[u8]) -> Result<Outcome, CallError> {
-    client
-        .put_block(
-            &block(1, key, content),
-            &BlockBody::from_bytes(content.to_vec()),
-        )
-        .await
+    client.put_block(&block(1, key, content), &BlockBody::from_bytes(content.to_vec())).await
 }
 
 #[tokio::test]
@@ -32,16 +25,10 @@ async fn uploaded_then_already_present_then_hash_mismatch() {
     assert_eq!(bucket.provider(), "fs");
     let content = bytes(10_000, 1);
     let key = format!("{:036}.blk", 1);
-    assert_eq!(
-        put(&bucket, &key, &content).await.unwrap(),
-        Outcome::Uploaded
-    );
+    assert_eq!(put(&bucket, &key, &content).await.unwrap(), Outcome::Uploaded);
     // What landed, read independently of the plugin.
     assert_eq!(std::fs::read(dir.path().join(&key)).unwrap(), content);
-    assert_eq!(
-        put(&bucket, &key, &content).await.unwrap(),
-        Outcome::AlreadyPresent
-    );
+    assert_eq!(put(&bucket, &key, &content).await.unwrap(), Outcome::AlreadyPresent);
     let other = bytes(10_000, 2);
     let err = put(&bucket, &key, &other).await.unwrap_err();
     let CallError::Plugin(PluginFailure::HashMismatch(remote)) = &err else {
@@ -70,10 +57,7 @@ async fn stat_reports_size_and_content_md5() {
     assert_eq!(remote.md5.as_deref(), Some(&Md5::digest(b"foreign")[..]));
     // ... and a pre-seeded different object is a mismatch, not an overwrite.
     let err = put(&bucket, "foreign.blk", b"ours").await.unwrap_err();
-    assert!(
-        matches!(err, CallError::Plugin(PluginFailure::HashMismatch(_))),
-        "{err}"
-    );
+    assert!(matches!(err, CallError::Plugin(PluginFailure::HashMismatch(_))), "{err}");
 }
 
 #[tokio::test]
@@ -84,21 +68,11 @@ async fn large_bodies_from_files_and_no_temporary_leftovers() {
     let content = bytes(20 * 1024 * 1024 + 3, 9);
     let path = src.path().join("big.blk");
     std::fs::write(&path, &content).unwrap();
-    let outcome = bucket
-        .put_block(
-            &block(9, "big.blk", &content),
-            &BlockBody::open(&path).unwrap(),
-        )
-        .await;
+    let outcome = bucket.put_block(&block(9, "big.blk", &content), &BlockBody::open(&path).unwrap()).await;
     assert_eq!(outcome.unwrap(), Outcome::Uploaded);
-    assert_eq!(
-        Md5::digest(std::fs::read(dir.path().join("big.blk")).unwrap()),
-        Md5::digest(&content)
-    );
+    assert_eq!(Md5::digest(std::fs::read(dir.path().join("big.blk")).unwrap()), Md5::digest(&content));
     let tmp = dir.path().join(".blockferry/tmp");
-    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
-        .map(|d| d.collect())
-        .unwrap_or_default();
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -127,18 +101,9 @@ async fn concurrent_writers_of_one_key_produce_one_object() {
 async fn unsafe_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = fs_bucket(dir.path()).await;
-    for key in [
-        "../escape.blk",
-        "/abs.blk",
-        "a//b",
-        ".blockferry/meta/x",
-        "",
-    ] {
+    for key in ["../escape.blk", "/abs.blk", "a//b", ".blockferry/meta/x", ""] {
         let err = put(&bucket, key, b"x").await.unwrap_err();
-        assert!(
-            matches!(err, CallError::Plugin(PluginFailure::Permanent(_))),
-            "{key:?}: {err}"
-        );
+        assert!(matches!(err, CallError::Plugin(PluginFailure::Permanent(_))), "{key:?}: {err}");
     }
     assert!(!dir.path().parent().unwrap().join("escape.blk").exists());
 }
@@ -146,8 +111,6 @@ async fn unsafe_keys_are_refused() {
 #[tokio::test]
 async fn a_missing_root_setting_is_a_clear_open_error() {
     let runtime = runtime();
-    let err = BucketClient::open(load(&runtime, "blockferry_fs"), spec("noroot"))
-        .await
-        .unwrap_err();
+    let err = BucketClient::open(load(&runtime, "blockferry_fs"), spec("noroot")).await.unwrap_err();
     assert!(err.to_string().contains("root"), "{err}");
 }

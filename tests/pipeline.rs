@@ -21,7 +21,12 @@ async fn fs_target(runtime: &PluginRuntime, name: &str, dir: &Path) -> Target {
     let mut s = spec(name);
     s.directory = Some(dir.to_path_buf());
     let client = BucketClient::open(load(runtime, "blockferry_fs"), s).await.expect("open fs bucket");
-    Target { name: name.into(), client: Arc::new(client), key: Arc::new(|n, ext| format!("{n:036}{ext}")), concurrency: 4 }
+    Target {
+        name: name.into(),
+        client: Arc::new(client),
+        key: Arc::new(|n, ext| format!("{n:036}{ext}")),
+        concurrency: 4,
+    }
 }
 
 fn fast_retries() -> UploadConfig {

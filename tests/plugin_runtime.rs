@@ -7,8 +7,7 @@ mod common;
 use std::time::Duration;
 
 use blockferry::plugin::{
-    BlockBody, BucketClient, CallError, LoadError, Outcome, PluginFailure, PluginRuntime,
-    Provenance,
+    BlockBody, BucketClient, CallError, LoadError, Outcome, PluginFailure, PluginRuntime, Provenance,
 };
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,37 +21,23 @@ async fn two_buckets(
     bad.call_timeout = Duration::from_millis(500);
     bad.memory_limit = 16 << 20;
     tweak(&mut bad);
-    let bad = BucketClient::open(load(runtime, "blockferry_misbehave"), bad)
-        .await
-        .expect("open misbehave");
+    let bad = BucketClient::open(load(runtime, "blockferry_misbehave"), bad).await.expect("open misbehave");
     let dir = tempfile::tempdir().unwrap();
     let mut good = spec("good");
     good.directory = Some(dir.path().to_path_buf());
-    let good = BucketClient::open(load(runtime, "blockferry_fs"), good)
-        .await
-        .expect("open fs");
+    let good = BucketClient::open(load(runtime, "blockferry_fs"), good).await.expect("open fs");
     (bad, good, dir)
 }
 
 async fn put(client: &BucketClient, number: u64, key: &str) -> Result<Outcome, CallError> {
     let body = bytes(4096, number);
-    client
-        .put_block(&block(number, key, &body), &BlockBody::from_bytes(body))
-        .await
+    client.put_block(&block(number, key, &body), &BlockBody::from_bytes(body)).await
 }
 
 /// After a bad call: the same plugin's next call works, and so does the good plugin.
 async fn both_still_work(bad: &BucketClient, good: &BucketClient, n: u64) {
-    assert_eq!(
-        put(bad, n, "fine").await.expect("misbehave recovers"),
-        Outcome::Uploaded
-    );
-    assert_eq!(
-        put(good, n, &format!("{n:036}.blk"))
-            .await
-            .expect("fs keeps working"),
-        Outcome::Uploaded
-    );
+    assert_eq!(put(bad, n, "fine").await.expect("misbehave recovers"), Outcome::Uploaded);
+    assert_eq!(put(good, n, &format!("{n:036}.blk")).await.expect("fs keeps working"), Outcome::Uploaded);
 }
 
 #[tokio::test]
@@ -60,26 +45,11 @@ async fn a_trap_fails_one_call_only() {
     let runtime = runtime();
     let (bad, good, _dir) = two_buckets(&runtime, |_| {}).await;
     let err = put(&bad, 1, "trap").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::Trap {
-                call: "put-block",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("misbehave/bad"),
-        "names the plugin: {err}"
-    );
+    assert!(matches!(err, CallError::Trap { call: "put-block", .. }), "{err}");
+    assert!(err.to_string().contains("misbehave/bad"), "names the plugin: {err}");
     assert!(err.is_retryable());
     both_still_work(&bad, &good, 2).await;
-    assert_eq!(
-        bad.stats.traps.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(bad.stats.traps.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -88,40 +58,20 @@ async fn a_looping_plugin_is_stopped_at_its_deadline() {
     let (bad, good, _dir) = two_buckets(&runtime, |_| {}).await;
     let started = std::time::Instant::now();
     let err = put(&bad, 1, "loop").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::Timeout {
-                timeout_ms: 500,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "stopped promptly, took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        err.to_string().contains("call_timeout_ms"),
-        "says what to raise: {err}"
-    );
+    assert!(matches!(err, CallError::Timeout { timeout_ms: 500, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped promptly, took {:?}", started.elapsed());
+    assert!(err.to_string().contains("call_timeout_ms"), "says what to raise: {err}");
     both_still_work(&bad, &good, 2).await;
 }
 
 #[tokio::test]
 async fn a_loop_does_not_block_other_plugins_meanwhile() {
     let runtime = runtime();
-    let (bad, good, _dir) =
-        two_buckets(&runtime, |s| s.call_timeout = Duration::from_secs(3)).await;
+    let (bad, good, _dir) = two_buckets(&runtime, |s| s.call_timeout = Duration::from_secs(3)).await;
     let looping = put(&bad, 1, "loop");
     let working = async {
         for n in 10..15 {
-            assert_eq!(
-                put(&good, n, &format!("k{n}")).await.unwrap(),
-                Outcome::Uploaded
-            );
+            assert_eq!(put(&good, n, &format!("k{n}")).await.unwrap(), Outcome::Uploaded);
         }
         std::time::Instant::now()
     };
@@ -129,11 +79,7 @@ async fn a_loop_does_not_block_other_plugins_meanwhile() {
     let (looped, good_done) = tokio::join!(looping, working);
     assert!(matches!(looped, Err(CallError::Timeout { .. })));
     // The good uploads finished long before the loop's 3 s deadline.
-    assert!(
-        good_done - started < Duration::from_secs(2),
-        "good plugin waited {:?}",
-        good_done - started
-    );
+    assert!(good_done - started < Duration::from_secs(2), "good plugin waited {:?}", good_done - started);
 }
 
 #[tokio::test]
@@ -141,16 +87,7 @@ async fn allocating_past_the_cap_is_out_of_memory() {
     let runtime = runtime();
     let (bad, good, _dir) = two_buckets(&runtime, |_| {}).await;
     let err = put(&bad, 1, "oom").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::OutOfMemory {
-                limit_bytes: 16777216,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, CallError::OutOfMemory { limit_bytes: 16777216, .. }), "{err}");
     assert!(err.to_string().contains("memory_limit_mib"), "{err}");
     both_still_work(&bad, &good, 2).await;
 }
@@ -167,11 +104,7 @@ async fn http_ok_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
             tokio::spawn(async move {
                 let mut buf = vec![0; 4096];
                 let _ = socket.read(&mut buf).await;
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
             });
         }
     });
@@ -184,24 +117,14 @@ async fn egress_is_limited_to_the_authorities_in_the_settings() {
     let (other, _server2) = http_ok_server().await;
     let runtime = runtime();
     let (bad, good, _dir) = two_buckets(&runtime, |s| {
-        s.settings
-            .push(("endpoint".into(), format!("http://{allowed}")));
+        s.settings.push(("endpoint".into(), format!("http://{allowed}")));
     })
     .await;
     // The permitted endpoint works.
-    assert_eq!(
-        put(&bad, 1, &format!("egress:http://{allowed}/x"))
-            .await
-            .unwrap(),
-        Outcome::Uploaded
-    );
+    assert_eq!(put(&bad, 1, &format!("egress:http://{allowed}/x")).await.unwrap(), Outcome::Uploaded);
     // Another server on the same machine is refused, and the refusal counted.
-    let err = put(&bad, 2, &format!("egress:http://{other}/x"))
-        .await
-        .unwrap_err();
-    let CallError::Plugin(PluginFailure::Permanent(message)) = &err else {
-        panic!("expected permanent, got {err}")
-    };
+    let err = put(&bad, 2, &format!("egress:http://{other}/x")).await.unwrap_err();
+    let CallError::Plugin(PluginFailure::Permanent(message)) = &err else { panic!("expected permanent, got {err}") };
     assert!(message.contains("egress to"), "{message}");
     assert_eq!(bad.refused_requests(), 1);
     both_still_work(&bad, &good, 3).await;
@@ -212,25 +135,13 @@ async fn a_permitted_name_resolving_into_a_denied_network_is_refused() {
     let (server, _task) = http_ok_server().await;
     let runtime = runtime();
     let (bad, _good, _dir) = two_buckets(&runtime, |s| {
-        s.settings.push((
-            "endpoint".into(),
-            format!("http://localhost:{}", server.port()),
-        ));
+        s.settings.push(("endpoint".into(), format!("http://localhost:{}", server.port())));
         s.denied_networks.push("127.0.0.0/8".parse().unwrap());
         s.denied_networks.push("::1/128".parse().unwrap());
     })
     .await;
-    let err = put(
-        &bad,
-        1,
-        &format!("egress:http://localhost:{}/", server.port()),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(err, CallError::Plugin(PluginFailure::Permanent(_))),
-        "{err}"
-    );
+    let err = put(&bad, 1, &format!("egress:http://localhost:{}/", server.port())).await.unwrap_err();
+    assert!(matches!(err, CallError::Plugin(PluginFailure::Permanent(_))), "{err}");
     assert_eq!(bad.refused_requests(), 1);
 }
 
@@ -246,27 +157,12 @@ async fn the_deadline_bounds_http_waits_too() {
         }
     });
     let runtime = runtime();
-    let (bad, _good, _dir) = two_buckets(&runtime, |s| {
-        s.settings
-            .push(("endpoint".into(), format!("http://{addr}")))
-    })
-    .await;
+    let (bad, _good, _dir) =
+        two_buckets(&runtime, |s| s.settings.push(("endpoint".into(), format!("http://{addr}")))).await;
     let started = std::time::Instant::now();
-    let err = put(&bad, 1, &format!("egress:http://{addr}/slow"))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        matches!(
-            err,
-            CallError::Timeout { .. } | CallError::Plugin(PluginFailure::Permanent(_))
-        ),
-        "{err}"
-    );
+    let err = put(&bad, 1, &format!("egress:http://{addr}/slow")).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(matches!(err, CallError::Timeout { .. } | CallError::Plugin(PluginFailure::Permanent(_))), "{err}");
 }
 
 #[tokio::test]
@@ -274,13 +170,8 @@ async fn a_plugin_refusing_its_settings_fails_at_open() {
     let runtime = runtime();
     let mut s = spec("refuses");
     s.settings.push(("fail-open".into(), "yes".into()));
-    let err = BucketClient::open(load(&runtime, "blockferry_misbehave"), s)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CallError::Plugin(PluginFailure::Open { .. })),
-        "{err}"
-    );
+    let err = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap_err();
+    assert!(matches!(err, CallError::Plugin(PluginFailure::Open { .. })), "{err}");
     assert!(err.to_string().contains("fail-open requested"), "{err}");
 }
 
@@ -307,9 +198,7 @@ async fn streamed_and_chunked_bodies_arrive_intact_from_files() {
 #[test]
 fn wrong_version_is_refused_naming_both_versions() {
     let runtime = runtime();
-    let err = runtime
-        .load(&plugin_path("blockferry_wrong_version"), None)
-        .unwrap_err();
+    let err = runtime.load(&plugin_path("blockferry_wrong_version"), None).unwrap_err();
     assert!(matches!(err, LoadError::Incompatible { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("0.2.0") && msg.contains("0.1.0"), "{msg}");
@@ -318,15 +207,10 @@ fn wrong_version_is_refused_naming_both_versions() {
 #[test]
 fn wrong_world_is_refused_naming_what_it_exports() {
     let runtime = runtime();
-    let err = runtime
-        .load(&plugin_path("blockferry-wrong-world"), None)
-        .unwrap_err();
+    let err = runtime.load(&plugin_path("blockferry-wrong-world"), None).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoadError::Incompatible { .. }), "{msg}");
-    assert!(
-        msg.contains("wasi:cli/run") && msg.contains("blockferry:uploader/bucket-uploader"),
-        "{msg}"
-    );
+    assert!(msg.contains("wasi:cli/run") && msg.contains("blockferry:uploader/bucket-uploader"), "{msg}");
 }
 
 #[test]
@@ -336,26 +220,14 @@ fn files_that_are_not_components_are_refused() {
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "this is not wasm").unwrap();
     let module = dir.path().join("module.wasm");
-    std::fs::write(
-        &module,
-        wat::parse_str("(module (func (export \"f\")))").unwrap(),
-    )
-    .unwrap();
-    for (path, expected) in [
-        (&text, "no WebAssembly header"),
-        (&module, "core WebAssembly module"),
-    ] {
+    std::fs::write(&module, wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
+    for (path, expected) in [(&text, "no WebAssembly header"), (&module, "core WebAssembly module")] {
         let err = runtime.load(path, None).unwrap_err();
         assert!(matches!(err, LoadError::NotAComponent { .. }), "{err}");
         assert!(err.to_string().contains(expected), "{err}");
-        assert!(
-            err.to_string().contains("wasm32-wasip2"),
-            "says how to build one: {err}"
-        );
+        assert!(err.to_string().contains("wasm32-wasip2"), "says how to build one: {err}");
     }
-    let missing = runtime
-        .load(&dir.path().join("missing.wasm"), None)
-        .unwrap_err();
+    let missing = runtime.load(&dir.path().join("missing.wasm"), None).unwrap_err();
     assert!(matches!(missing, LoadError::Read { .. }), "{missing}");
 }
 
@@ -367,10 +239,7 @@ fn a_pinned_digest_must_match() {
     let wrong = "ab".repeat(32);
     let err = runtime.load(&path, Some(&wrong)).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains(&wrong) && msg.contains(&actual),
-        "both digests: {msg}"
-    );
+    assert!(msg.contains(&wrong) && msg.contains(&actual), "both digests: {msg}");
     assert!(runtime.load(&path, Some(&actual.to_uppercase())).is_ok());
 }
 
@@ -386,14 +255,9 @@ fn a_second_start_loads_from_the_cache() {
     let plugin = second.load(&plugin_path("blockferry_fs"), None).unwrap();
     assert_eq!(plugin.provenance, Provenance::Cached);
     // A different engine setting is a different key: no stale artifact.
-    let third = PluginRuntime::new(
-        &blockferry::plugin::EngineSettings {
-            pooling: false,
-            ..settings
-        },
-        Some(cache.path()),
-    )
-    .unwrap();
+    let third =
+        PluginRuntime::new(&blockferry::plugin::EngineSettings { pooling: false, ..settings }, Some(cache.path()))
+            .unwrap();
     let _ = third.load(&plugin_path("blockferry_fs"), None).unwrap();
 }
 
@@ -402,9 +266,7 @@ fn a_cache_directory_others_can_write_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let err = PluginRuntime::new(&Default::default(), Some(dir.path()))
-        .err()
-        .expect("refused");
+    let err = PluginRuntime::new(&Default::default(), Some(dir.path())).err().expect("refused");
     assert!(err.to_string().contains("chmod go-w"), "{err}");
 }
 

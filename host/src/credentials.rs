@@ -51,7 +51,8 @@ pub struct Credentials {
 impl Credentials {
     /// Load `path`, refusing a file that others may read or write.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(ConfigError::Invalid {
@@ -61,8 +62,8 @@ impl Credentials {
                 fix: format!("run `chmod 600 {}` so only its owner can read it", path.display()),
             });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
         // The parser's message may quote the offending line; never let a secret reach it.
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),

@@ -43,10 +43,7 @@ struct FsBucket {
 
 impl GuestBucket for FsBucket {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
-        let root = settings
-            .iter()
-            .find(|(key, _)| key == "root")
-            .map_or("", |(_, value)| value.as_str());
+        let root = settings.iter().find(|(key, _)| key == "root").map_or("", |(_, value)| value.as_str());
         if root.is_empty() {
             return Err("setting `root` is missing or empty: set `root` to the guest path of \
                         the bucket's directory (the host preopens it at `/bucket`, so `root = \"/bucket\"`)"
@@ -71,9 +68,7 @@ impl GuestBucket for FsBucket {
         check_key(&block.key)?;
         let key = block.key.as_str();
         let fail = |op: &'static str| move |e| io_error(op, key, e);
-        let (mut file, tmp) = self
-            .temp_file(block.number)
-            .map_err(fail("create temp file"))?;
+        let (mut file, tmp) = self.temp_file(block.number).map_err(fail("create temp file"))?;
         let (size, md5) = copy_body(body, &mut file, key)?;
         if size != block.size || md5[..] != block.md5[..] {
             return Err(UploadError::Permanent(format!(
@@ -95,9 +90,7 @@ impl GuestBucket for FsBucket {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return match self.stat(block.key.clone())? {
-                    Some(there) if there.md5.as_deref() == Some(&block.md5[..]) => {
-                        Ok(Outcome::AlreadyPresent)
-                    }
+                    Some(there) if there.md5.as_deref() == Some(&block.md5[..]) => Ok(Outcome::AlreadyPresent),
                     Some(there) => Err(UploadError::HashMismatch(there)),
                     None => Err(UploadError::Transient(format!(
                         "put-block `{key}`: an object existed when linking but vanished before it could be checked"
@@ -113,18 +106,10 @@ impl GuestBucket for FsBucket {
         if let Err(e) = self.write_meta(key, size, &md5) {
             host::log(
                 Level::Warn,
-                &format!(
-                    "put-block `{key}`: stored, but writing its metadata failed ({e}); stat will hash the object"
-                ),
+                &format!("put-block `{key}`: stored, but writing its metadata failed ({e}); stat will hash the object"),
             );
         }
-        host::log(
-            Level::Debug,
-            &format!(
-                "put-block `{key}`: uploaded {size} bytes to {}",
-                target.display()
-            ),
-        );
+        host::log(Level::Debug, &format!("put-block `{key}`: uploaded {size} bytes to {}", target.display()));
         Ok(Outcome::Uploaded)
     }
 
@@ -137,21 +122,14 @@ impl GuestBucket for FsBucket {
             Err(e) => return Err(io_error("stat", &key, e)),
         };
         if !meta.is_file() {
-            return Err(UploadError::Permanent(format!(
-                "stat `{key}`: {} is not a regular file",
-                path.display()
-            )));
+            return Err(UploadError::Permanent(format!("stat `{key}`: {} is not a regular file", path.display())));
         }
         let size = meta.len();
         let md5 = match self.read_meta(&key) {
             Some((md5, stored_size)) if stored_size == size => md5,
             _ => hash_file(&path).map_err(|e| io_error("hash object", &key, e))?,
         };
-        Ok(Some(RemoteObject {
-            size,
-            md5: Some(md5.to_vec()),
-            etag: None,
-        }))
+        Ok(Some(RemoteObject { size, md5: Some(md5.to_vec()), etag: None }))
     }
 }
 
@@ -173,10 +151,7 @@ impl FsBucket {
 
     /// Path of the metadata file of `key`.
     fn meta_path(&self, key: &str) -> PathBuf {
-        self.root
-            .join(STATE_DIR)
-            .join("meta")
-            .join(format!("{key}.json"))
+        self.root.join(STATE_DIR).join("meta").join(format!("{key}.json"))
     }
 
     /// Records the content MD5 and size of `key`, atomically (temp file + rename).
@@ -212,13 +187,10 @@ fn copy_body(body: &BlockBody, file: &mut File, key: &str) -> Result<(u64, [u8; 
     let mut offset = 0u64;
     loop {
         let chunk = body.read(offset, CHUNK).map_err(|e| {
-            UploadError::Transient(format!(
-                "put-block `{key}`: reading the body at offset {offset}: {e}"
-            ))
+            UploadError::Transient(format!("put-block `{key}`: reading the body at offset {offset}: {e}"))
         })?;
         md5.update(&chunk);
-        file.write_all(&chunk)
-            .map_err(|e| io_error("write temp file", key, e))?;
+        file.write_all(&chunk).map_err(|e| io_error("write temp file", key, e))?;
         offset += chunk.len() as u64;
         if chunk.len() < CHUNK as usize {
             return Ok((offset, md5.finalize().into()));
@@ -229,18 +201,13 @@ fn copy_body(body: &BlockBody, file: &mut File, key: &str) -> Result<(u64, [u8; 
 /// MD5 of a file's content.
 fn hash_file(path: &Path) -> io::Result<[u8; 16]> {
     let mut md5 = Md5::new();
-    io::copy(
-        &mut BufReader::with_capacity(CHUNK as usize, File::open(path)?),
-        &mut md5,
-    )?;
+    io::copy(&mut BufReader::with_capacity(CHUNK as usize, File::open(path)?), &mut md5)?;
     Ok(md5.finalize().into())
 }
 
 /// Rejects keys that could escape the root, alias another key, or touch the provider's own files.
 fn check_key(key: &str) -> Result<(), UploadError> {
-    let bad_segment = key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..");
+    let bad_segment = key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
     if key.starts_with('/') || key.starts_with(STATE_DIR) || key.contains('\0') || bad_segment {
         return Err(UploadError::Permanent(format!(
             "invalid key {key:?}: keys must be relative, without empty, `.` or `..` segments or NUL, \
@@ -254,9 +221,7 @@ fn check_key(key: &str) -> Result<(), UploadError> {
 fn io_error(op: &str, key: &str, e: io::Error) -> UploadError {
     let message = format!("{op} for key `{key}`: {e}");
     match e.kind() {
-        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
-            UploadError::Permanent(message)
-        }
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => UploadError::Permanent(message),
         _ => UploadError::Transient(message),
     }
 }
@@ -303,18 +268,7 @@ mod tests {
         for good in ["a", "blocks/0001.blk", "x/.hidden", "a.blockferry"] {
             assert!(check_key(good).is_ok(), "{good}");
         }
-        for bad in [
-            "a\0b",
-            "",
-            "/abs",
-            "a//b",
-            "a/",
-            "../x",
-            "a/../b",
-            "./a",
-            ".blockferry/meta/x",
-            ".blockferry",
-        ] {
+        for bad in ["a\0b", "", "/abs", "a//b", "a/", "../x", "a/../b", "./a", ".blockferry/meta/x", ".blockferry"] {
             assert!(check_key(bad).is_err(), "{bad}");
         }
     }

@@ -105,13 +105,8 @@ fn exhaust_memory() -> ! {
 
 /// HTTP GET of `url` through `wasi:http/outgoing-handler`.
 fn egress(url: &str) -> Result<(), UploadError> {
-    let status =
-        get(url).map_err(|e| UploadError::Permanent(format!("egress to {url} failed: {e}")))?;
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(UploadError::Transient(format!("status {status}")))
-    }
+    let status = get(url).map_err(|e| UploadError::Permanent(format!("egress to {url} failed: {e}")))?;
+    if (200..300).contains(&status) { Ok(()) } else { Err(UploadError::Transient(format!("status {status}"))) }
 }
 
 /// Sends a GET request and returns the response status; errors are rendered with `Debug`.
@@ -127,29 +122,17 @@ fn get(url: &str) -> Result<u16, String> {
     let path = if path.is_empty() { "/" } else { path };
 
     let request = OutgoingRequest::new(Fields::new());
-    request
-        .set_method(&Method::Get)
-        .map_err(|()| "set-method refused")?;
-    request
-        .set_scheme(Some(&scheme))
-        .map_err(|()| "set-scheme refused")?;
-    request
-        .set_authority(Some(authority))
-        .map_err(|()| format!("authority {authority:?} refused"))?;
-    request
-        .set_path_with_query(Some(path))
-        .map_err(|()| format!("path {path:?} refused"))?;
+    request.set_method(&Method::Get).map_err(|()| "set-method refused")?;
+    request.set_scheme(Some(&scheme)).map_err(|()| "set-scheme refused")?;
+    request.set_authority(Some(authority)).map_err(|()| format!("authority {authority:?} refused"))?;
+    request.set_path_with_query(Some(path)).map_err(|()| format!("path {path:?} refused"))?;
     let body = request.body().map_err(|()| "request body already taken")?;
     OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
 
     let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     response.subscribe().block();
-    let result = response
-        .get()
-        .ok_or("response not ready after its pollable fired")?;
-    let response = result
-        .map_err(|()| "response already taken")?
-        .map_err(|e| format!("{e:?}"))?;
+    let result = response.get().ok_or("response not ready after its pollable fired")?;
+    let response = result.map_err(|()| "response already taken")?.map_err(|e| format!("{e:?}"))?;
     Ok(response.status())
 }
 
@@ -158,9 +141,7 @@ fn read_chunks(body: &BlockBody) -> Result<[u8; 16], UploadError> {
     let mut md5 = Md5::new();
     let mut offset = 0u64;
     loop {
-        let chunk = body
-            .read(offset, CHUNK)
-            .map_err(|e| UploadError::Transient(format!("read at {offset}: {e}")))?;
+        let chunk = body.read(offset, CHUNK).map_err(|e| UploadError::Transient(format!("read at {offset}: {e}")))?;
         if chunk.is_empty() {
             return Ok(md5.finalize().into());
         }
@@ -178,10 +159,7 @@ fn read_stream(body: &BlockBody) -> Result<[u8; 16], UploadError> {
             Ok(chunk) => md5.update(&chunk),
             Err(StreamError::Closed) => return Ok(md5.finalize().into()),
             Err(StreamError::LastOperationFailed(e)) => {
-                return Err(UploadError::Transient(format!(
-                    "stream read: {}",
-                    e.to_debug_string()
-                )));
+                return Err(UploadError::Transient(format!("stream read: {}", e.to_debug_string())));
             }
         }
     }

@@ -32,10 +32,7 @@ impl GuestBucket for WrongVersion {
     }
 
     fn put_block(&self, block: BlockInfo, _body: &BlockBody) -> Result<Outcome, UploadError> {
-        Err(UploadError::Permanent(format!(
-            "put-block `{}`: the wrong-version fixture stores nothing",
-            block.key
-        )))
+        Err(UploadError::Permanent(format!("put-block `{}`: the wrong-version fixture stores nothing", block.key)))
     }
 
     fn stat(&self, _key: String) -> Result<Option<RemoteObject>, UploadError> {
