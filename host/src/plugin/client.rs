@@ -48,11 +48,11 @@ pub struct BucketSpec {
 
 impl BucketSpec {
     /// The authorities the plugin may reach: those of every http(s) URL among
-    /// its settings, the same prefixed with the `bucket` setting (S3
+    /// its settings (and of `token_uri` in a JSON-valued setting), the same prefixed with the `bucket` setting (S3
     /// virtual-hosted addressing: `bucket.endpoint-host`), and `allow_hosts`.
     pub fn allowed_authorities(&self) -> BTreeSet<String> {
         let bucket = self.settings.iter().find(|(k, _)| k == "bucket").map(|(_, v)| v.to_ascii_lowercase());
-        let from_settings = self.settings.iter().filter_map(|(_, v)| url_authority(v)).flat_map(|a| {
+        let from_settings = self.settings.iter().filter_map(|(_, v)| setting_authority(v)).flat_map(|a| {
             let virtual_hosted = bucket.as_ref().filter(|b| !b.is_empty()).map(|b| format!("{b}.{a}"));
             std::iter::once(a).chain(virtual_hosted)
         });
@@ -61,6 +61,15 @@ impl BucketSpec {
         });
         from_settings.chain(extra).collect()
     }
+}
+
+/// The authority a setting value lets its plugin reach: an http(s) URL's, or
+/// for a JSON object (a GCS service-account key) its `token_uri`'s.
+fn setting_authority(value: &str) -> Option<String> {
+    url_authority(value).or_else(|| {
+        let json: serde_json::Value = serde_json::from_str(value).ok()?;
+        url_authority(json.get("token_uri")?.as_str()?)
+    })
 }
 
 /// Counters of one bucket's plugin calls.
@@ -328,6 +337,9 @@ mod tests {
             &["proxy.internal:3128"],
         );
         let allowed: Vec<String> = s.allowed_authorities().into_iter().collect();
+        let key = r#"{"type":"service_account","token_uri":"https://oauth2.googleapis.com/token","client_email":"x"}"#;
+        let gcs = spec(&[("service_account_json", key)], &[]);
+        assert_eq!(gcs.allowed_authorities().into_iter().collect::<Vec<_>>(), ["oauth2.googleapis.com:443"]);
         assert_eq!(
             allowed,
             ["blocks.s3.eu-west-1.amazonaws.com:443", "proxy.internal:3128", "s3.eu-west-1.amazonaws.com:443"]
