@@ -89,3 +89,48 @@ fn init_writes_the_example_config_which_loads() {
     let again = blockferry(&["init", path.to_str().unwrap()]);
     assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));
 }
+
+#[test]
+fn a_conflicting_object_takes_the_hash_mismatch_path_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    std::fs::write(bucket.join(format!("{:036}.blk", 3)), b"another node's block 3").unwrap();
+    let config = dir.path().join("bf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upload]\nlocal_retention_hours = 0\n[[buckets]]\nname = \"local\"\nplugin = {:?}\ndirectory = \"bucket\"\n",
+            plugin_path("blockferry_fs")
+        ),
+    )
+    .unwrap();
+    let run = || blockferry(&["run", "--config", config.to_str().unwrap(), "--exit-when-drained"]);
+    let out = blockferry(&["run", "--config", config.to_str().unwrap(), "--generate", "6", "--exit-when-drained"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("5 uploaded, 0 already present, 1 hash mismatches"), "{t}");
+    let line = t.lines().find(|l| l.contains("hash mismatch:")).unwrap_or_else(|| panic!("no mismatch log line: {t}"));
+    for part in ["bucket=local", "block=3", "local_md5=", "remote_md5="] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    // Retention (period 0) deleted the five safe blocks and kept the mismatched one.
+    assert!(t.contains("retention: 5 deleted, 1 retained"), "{t}");
+    let blocks = dir.path().join("data/blocks");
+    let kept: Vec<String> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blocks.join(format!("{:036}.meta", 3))).unwrap()).unwrap();
+    assert_eq!(meta["hash_mismatch"], true);
+    assert_eq!(meta["buckets"]["local"]["state"], "hash-mismatch");
+    // Never retried: the next start has nothing to do and keeps the block.
+    let again = run();
+    let t = text(&again);
+    assert!(t.contains("0 uploaded, 0 already present, 0 hash mismatches, 0 failed"), "{t}");
+    assert!(t.contains("retention: 0 deleted, 1 retained"), "{t}");
+    assert_eq!(std::fs::read(bucket.join(format!("{:036}.blk", 3))).unwrap(), b"another node's block 3");
+}

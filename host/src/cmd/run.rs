@@ -42,7 +42,8 @@ pub struct RunArgs {
     /// Pause between generated blocks, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub block_interval_ms: u64,
-    /// Exit once every stored block is final in every bucket.
+    /// Exit once every stored block is final in every bucket (after one
+    /// retention pass).
     #[arg(long)]
     pub exit_when_drained: bool,
 }
@@ -126,9 +127,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let targets = if config.mode.uploads() { open_targets(&config).await? } else { Vec::new() };
     let manager = UploadManager::start(store.clone(), targets, config.upload.clone())?;
 
+    let period = Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0);
     let retention = {
         let (store, names) = (store.clone(), names.clone());
-        let period = Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0);
         let every = Duration::from_secs(config.upload.retention_interval_secs);
         tokio::spawn(async move {
             loop {
@@ -160,6 +161,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         while !drained(&store, &manager, &names).await? {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let (s, n) = (store.clone(), names.clone());
+        let r = tokio::task::spawn_blocking(move || run_retention(&s, &n, period)).await??;
+        println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
         shutdown_signal().await;
         tracing::info!("shutting down; unfinished uploads resume at the next start");
