@@ -22,6 +22,15 @@ enum Command {
     /// unfinished uploads, apply retention (without --config: the embedded
     /// default, the `fs` provider into a local directory).
     Run(cmd::run::RunArgs),
+    /// Backfill existing block files (`<number>.blk`, `<number>.blk.gz`, as a
+    /// consensus node writes them) from a directory into the block store,
+    /// pending in every bucket; `blockferry run` uploads them.
+    Import(cmd::import::ImportArgs),
+    /// Per bucket: uploaded, already present, pending, failed and
+    /// hash-mismatched blocks, the oldest pending block and the lag.
+    Status(cmd::status::StatusArgs),
+    /// Compare each local block's MD5 with what every bucket holds under its key.
+    Verify(cmd::verify::VerifyArgs),
     /// Write a commented example config.
     Init {
         /// Where to write it.
@@ -43,6 +52,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => cmd::run::run(args).await,
+            Command::Import(args) => tokio::task::spawn_blocking(move || cmd::import::run(args)).await?,
+            Command::Status(args) => tokio::task::spawn_blocking(move || cmd::status::run(args)).await?,
+            Command::Verify(args) => cmd::verify::run(args).await,
             Command::Init { path, force } => cmd::init::run(&path, force),
             Command::Plugin(c) => cmd::plugin::run(c).await,
         }

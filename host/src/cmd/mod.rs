@@ -1,8 +1,11 @@
 //! The subcommands of the `blockferry` binary.
 
+pub mod import;
 pub mod init;
 pub mod plugin;
 pub mod run;
+pub mod status;
+pub mod verify;
 
 /// Log to stderr; level from `RUST_LOG` (default `info`), JSON when
 /// `BLOCKFERRY_LOG_FORMAT=json`.

@@ -106,6 +106,11 @@ impl BlockMeta {
         base64::engine::general_purpose::STANDARD.decode(&self.md5).unwrap_or_default()
     }
 
+    /// Extension of the block file (`.blk` or `.blk.gz`), as object keys carry it.
+    pub fn ext(&self) -> &'static str {
+        if self.file.ends_with(".blk.gz") { ".blk.gz" } else { ".blk" }
+    }
+
     /// Status in `bucket` (pending when the bucket is not recorded yet).
     pub fn status(&self, bucket: &str) -> BucketStatus {
         self.buckets.get(bucket).cloned().unwrap_or_default()

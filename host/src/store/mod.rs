@@ -120,6 +120,11 @@ impl BlockStore {
         self.dir.join(format!("{number:0DIGITS$}.meta"))
     }
 
+    /// Whether block `number`'s file (of either extension) is in the store.
+    pub fn has_block(&self, number: u64) -> bool {
+        [".blk", ".blk.gz"].iter().any(|ext| self.dir.join(format!("{number:0DIGITS$}{ext}")).exists())
+    }
+
     /// Path of the block file described by `meta`.
     pub fn block_path(&self, meta: &BlockMeta) -> PathBuf {
         self.dir.join(&meta.file)
