@@ -114,3 +114,26 @@ async fn a_missing_root_setting_is_a_clear_open_error() {
     let err = BucketClient::open(load(&runtime, "blockferry_fs"), spec("noroot")).await.unwrap_err();
     assert!(err.to_string().contains("root"), "{err}");
 }
+
+#[tokio::test]
+async fn many_uploads_through_one_instance_leak_no_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = fs_bucket(dir.path()).await;
+    let src = tempfile::tempdir().unwrap();
+    let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let upload = |n: u64| {
+        let path = src.path().join(format!("{n}.blk"));
+        let content = bytes(100, n);
+        std::fs::write(&path, &content).unwrap();
+        let info = block(n, &format!("{n:036}.blk"), &content);
+        let bucket = &bucket;
+        async move { bucket.put_block(&info, &BlockBody::open(&path).unwrap()).await.unwrap() }
+    };
+    upload(0).await;
+    let before = open_fds();
+    for n in 1..=300 {
+        upload(n).await;
+    }
+    let after = open_fds();
+    assert!(after <= before + 5, "file descriptors grew from {before} to {after} over 300 uploads");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{Resource, ResourceAny};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::{Provider, UploadError};
@@ -183,11 +183,19 @@ impl BucketClient {
             .call("put-block", |mut i| async move {
                 let r = async {
                     let handle = i.store.data_mut().table.push(body)?;
-                    i.provider
+                    let rep = handle.rep();
+                    let result = i
+                        .provider
                         .blockferry_uploader_bucket_uploader()
                         .bucket()
                         .call_put_block(&mut i.store, i.bucket, &block, handle)
-                        .await
+                        .await;
+                    // The plugin only borrowed the body: take it back (closing its
+                    // file) so a long-lived instance does not accumulate bodies.
+                    if result.is_ok() {
+                        i.store.data_mut().table.delete(Resource::<BlockBody>::new_own(rep))?;
+                    }
+                    result
                 }
                 .await;
                 (i, r)
