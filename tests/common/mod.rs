@@ -10,6 +10,8 @@ use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
 use blockferry::plugin::{BlockInfo, BucketSpec, EngineSettings, Plugin, PluginRuntime};
 use md5::{Digest, Md5};
 
+pub mod servers;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -181,7 +181,9 @@ impl Exchange {
         let Request { method, https, authority, path_and_query, mut headers, body, timeouts } = request;
         headers.retain(|(k, _)| k != "content-length");
         let len = body.len();
-        if len > 0 || matches!(method, Method::Put | Method::Post) {
+        // Every request but GET and HEAD says its length, `0` included: some
+        // servers otherwise read a DELETE's body until the connection closes.
+        if len > 0 || !matches!(method, Method::Get | Method::Head) {
             headers.push(("content-length".into(), len.to_string()));
         }
         let entries: Vec<(String, Vec<u8>)> = headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();

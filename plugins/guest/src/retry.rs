@@ -154,8 +154,10 @@ pub fn run<C: Call>(
                     slots.remove(i);
                     if failed && stop_on_error {
                         stopped = true;
-                        slots.clear();
+                        // Pollables are children of the exchanges' streams
+                        // and futures: drop them first.
                         waits.clear();
+                        slots.clear();
                     }
                 }
             }

@@ -1,0 +1,457 @@
+//! The S3 and MinIO provider plugins against real servers: `moto` (what
+//! lands is read back with boto3, an independent client), `s3s-fs` (which
+//! verifies SigV4 signatures), and a fault-injecting proxy in front of moto.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use blockferry::plugin::{BlockBody, BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
+use common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, S3sFs, SECRET_KEY, boto};
+use common::*;
+use md5::{Digest, Md5};
+
+const MIB: usize = 1 << 20;
+
+/// Settings for `bucket` at `endpoint`: path-style, us-east-1, the test keys, plus `extra`.
+fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = [
+        ("endpoint", endpoint),
+        ("bucket", bucket),
+        ("region", "us-east-1"),
+        ("addressing", "path"),
+        ("access_key_id", ACCESS_KEY),
+        ("secret_access_key", SECRET_KEY),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        all.retain(|(key, _)| key != k);
+        all.push((k.to_string(), v.to_string()));
+    }
+    all
+}
+
+/// Opens a bucket with plugin `plugin` and `settings`, a 30 s call deadline.
+async fn open(runtime: &PluginRuntime, plugin: &str, settings: Vec<(String, String)>) -> BucketClient {
+    let mut spec = spec("s3-test");
+    spec.settings = settings;
+    spec.call_timeout = Duration::from_secs(30);
+    spec.max_concurrency = 8;
+    BucketClient::open(load(runtime, plugin), spec).await.unwrap_or_else(|e| panic!("open {plugin}: {e}"))
+}
+
+async fn put(client: &BucketClient, number: u64, key: &str, bytes: &[u8]) -> Result<Outcome, CallError> {
+    client.put_block(&block(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    hex::encode(Md5::digest(bytes))
+}
+
+/// The MD5 (hex) of the object's bytes as boto3 downloads them.
+fn boto_md5(endpoint: &str, bucket: &str, key: &str) -> String {
+    boto(
+        endpoint,
+        &format!("print(hashlib.md5(s3.get_object(Bucket={bucket:?}, Key={key:?})['Body'].read()).hexdigest())"),
+    )
+    .trim()
+    .to_string()
+}
+
+/// boto3's `head_object` of a key, as JSON.
+fn boto_head(endpoint: &str, bucket: &str, key: &str) -> serde_json::Value {
+    let out = boto(
+        endpoint,
+        &format!(
+            "h = s3.head_object(Bucket={bucket:?}, Key={key:?})\n\
+             h.pop('ResponseMetadata', None)\n\
+             print(json.dumps(h, default=str))"
+        ),
+    );
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Incomplete multipart uploads in `bucket`.
+fn open_uploads(endpoint: &str, bucket: &str) -> usize {
+    boto(endpoint, &format!("print(len(s3.list_multipart_uploads(Bucket={bucket:?}).get('Uploads', [])))"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn permanent(err: CallError) -> String {
+    match err {
+        CallError::Plugin(PluginFailure::Permanent(m)) => m,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+fn transient(err: CallError) -> String {
+    match err {
+        CallError::Plugin(PluginFailure::Transient(m)) => m,
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn plugin_check_accepts_both_components() {
+    for (name, provider) in [("blockferry_s3", "s3"), ("blockferry_minio", "minio")] {
+        let path = plugin_path(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockferry"))
+            .args(["plugin", "check", path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{name}: {text}");
+        assert!(text.contains(&format!("provider: {provider}")), "{text}");
+        assert!(text.contains("blockferry:uploader/provider@0.1.0"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_at_open_naming_the_key() {
+    let runtime = runtime();
+    for (extra, key) in [
+        (vec![("endpoint", "s3.example.com")], "`endpoint`"),
+        (vec![("sse", "sse-c")], "`sse_customer_key`"),
+        (vec![("part_size", "100")], "`part_size`"),
+        (vec![("addressing", "dns")], "`addressing`"),
+    ] {
+        let mut spec = spec("bad");
+        spec.settings = settings("http://127.0.0.1:9", "blocks", &extra);
+        let err = BucketClient::open(load(&runtime, "blockferry_s3"), spec).await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Plugin(PluginFailure::Open { message, .. }) if message.contains(key)),
+            "{err}"
+        );
+    }
+    // The s3 provider needs a region; MinIO's does not.
+    let mut spec = spec("no-region");
+    spec.settings = settings("http://127.0.0.1:9", "blocks", &[]);
+    spec.settings.retain(|(k, _)| k != "region");
+    let err = BucketClient::open(load(&runtime, "blockferry_s3"), spec.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("`region`"), "{err}");
+    BucketClient::open(load(&runtime, "blockferry_minio"), spec).await.expect("minio needs no region");
+}
+
+#[tokio::test]
+async fn moto_upload_read_back_stat_already_present_and_mismatch() {
+    let moto = Moto::start();
+    moto.create_bucket("blocks");
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "blocks", &[("prefix", "net-a/")])).await;
+    assert_eq!(client.provider(), "s3");
+
+    let bytes = common::bytes(64 * 1024 + 7, 1);
+    let key = "blocks/000000000000000001.blk";
+    assert_eq!(put(&client, 1, key, &bytes).await.unwrap(), Outcome::Uploaded);
+
+    // An independent client sees the bytes and the content-MD5 metadata under the prefixed key.
+    let full = format!("net-a/{key}");
+    assert_eq!(boto_md5(&moto.endpoint(), "blocks", &full), md5_hex(&bytes));
+    let head = boto_head(&moto.endpoint(), "blocks", &full);
+    assert_eq!(head["Metadata"]["content-md5"], B64.encode(Md5::digest(&bytes)));
+    assert_eq!(head["ContentLength"], bytes.len());
+
+    let stat = client.stat(key).await.unwrap().expect("stat finds the object");
+    assert_eq!((stat.size, stat.md5.as_deref()), (bytes.len() as u64, Some(&Md5::digest(&bytes)[..])));
+    assert!(client.stat("blocks/missing.blk").await.unwrap().is_none());
+
+    // Same block again: already present; nothing changed.
+    assert_eq!(put(&client, 1, key, &bytes).await.unwrap(), Outcome::AlreadyPresent);
+
+    // A different object pre-seeded under the key: hash mismatch, not overwritten.
+    boto(&moto.endpoint(), "s3.put_object(Bucket='blocks', Key='net-a/blocks/2.blk', Body=b'someone else')");
+    let ours = common::bytes(4096, 2);
+    let err = put(&client, 2, "blocks/2.blk", &ours).await.unwrap_err();
+    match err {
+        CallError::Plugin(PluginFailure::HashMismatch(remote)) => {
+            assert_eq!(remote.size, 12);
+            assert_eq!(remote.md5.as_deref(), Some(&Md5::digest(b"someone else")[..]), "single-part ETag");
+        }
+        other => panic!("expected a hash mismatch, got {other}"),
+    }
+    assert_eq!(boto_md5(&moto.endpoint(), "blocks", "net-a/blocks/2.blk"), md5_hex(b"someone else"));
+}
+
+#[tokio::test]
+async fn moto_multipart_above_the_threshold() {
+    let moto = Moto::start();
+    moto.create_bucket("big");
+    let runtime = runtime();
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        settings(
+            &moto.endpoint(),
+            "big",
+            &[("multipart_threshold", "1048576"), ("part_size", "5242880"), ("parts_in_flight", "3")],
+        ),
+    )
+    .await;
+    let bytes = common::bytes(12 * MIB + 123, 3);
+    let started = Instant::now();
+    assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::Uploaded);
+    eprintln!("multipart upload of {} bytes to moto: {:?}", bytes.len(), started.elapsed());
+
+    assert_eq!(boto_md5(&moto.endpoint(), "big", "big.blk"), md5_hex(&bytes));
+    let head = boto_head(&moto.endpoint(), "big", "big.blk");
+    assert!(head["ETag"].as_str().unwrap().ends_with("-3\""), "three parts: {head}");
+    assert_eq!(head["Metadata"]["content-md5"], B64.encode(Md5::digest(&bytes)));
+    assert_eq!(open_uploads(&moto.endpoint(), "big"), 0);
+
+    // stat takes the MD5 from the metadata, never from the multipart ETag.
+    let stat = client.stat("big.blk").await.unwrap().unwrap();
+    assert_eq!(stat.md5.as_deref(), Some(&Md5::digest(&bytes)[..]));
+    assert!(stat.etag.unwrap().contains('-'));
+
+    // Uploading it again finds it present and leaves no incomplete upload.
+    assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::AlreadyPresent);
+    assert_eq!(open_uploads(&moto.endpoint(), "big"), 0);
+}
+
+#[tokio::test]
+async fn moto_sse_and_storage_class_are_sent_as_headers() {
+    let moto = Moto::start();
+    moto.create_bucket("enc");
+    let runtime = runtime();
+    let bytes = common::bytes(1000, 4);
+
+    let aes = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "enc", &[("sse", "aes256")])).await;
+    put(&aes, 1, "aes.blk", &bytes).await.unwrap();
+    assert_eq!(boto_head(&moto.endpoint(), "enc", "aes.blk")["ServerSideEncryption"], "AES256");
+
+    let kms = open(
+        &runtime,
+        "blockferry_s3",
+        settings(
+            &moto.endpoint(),
+            "enc",
+            &[("sse", "aws:kms"), ("sse_kms_key_id", "alias/blocks"), ("storage_class", "STANDARD_IA")],
+        ),
+    )
+    .await;
+    put(&kms, 2, "kms.blk", &bytes).await.unwrap();
+    let head = boto_head(&moto.endpoint(), "enc", "kms.blk");
+    assert_eq!(head["ServerSideEncryption"], "aws:kms", "{head}");
+    assert_eq!(head["SSEKMSKeyId"], "alias/blocks", "{head}");
+    assert_eq!(head["StorageClass"], "STANDARD_IA", "{head}");
+    // With SSE-KMS the ETag is no MD5; the metadata still gives the content MD5.
+    let stat = kms.stat("kms.blk").await.unwrap().unwrap();
+    assert_eq!(stat.md5.as_deref(), Some(&Md5::digest(&bytes)[..]));
+}
+
+#[tokio::test]
+async fn moto_wrong_bucket_is_a_permanent_error_naming_everything() {
+    let moto = Moto::start();
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "no-such-bucket", &[])).await;
+    let message = permanent(put(&client, 1, "k.blk", b"x").await.unwrap_err());
+    for needle in ["PutObject", "s3://no-such-bucket/k.blk", "HTTP 404", "NoSuchBucket", "`bucket`"] {
+        assert!(message.contains(needle), "{needle:?} missing from: {message}");
+    }
+}
+
+#[tokio::test]
+async fn refused_egress_is_a_permanent_error() {
+    let moto = Moto::start();
+    let runtime = runtime();
+    let mut spec = spec("denied");
+    spec.settings = settings(&moto.endpoint(), "blocks", &[]);
+    spec.denied_networks = vec!["127.0.0.0/8".parse().unwrap()];
+    let client = BucketClient::open(load(&runtime, "blockferry_s3"), spec).await.unwrap();
+    let message = permanent(put(&client, 1, "k.blk", b"x").await.unwrap_err());
+    assert!(message.contains("not permitted"), "{message}");
+    assert!(client.refused_requests() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_racing_on_the_same_50_blocks_write_each_once() {
+    let moto = Moto::start();
+    moto.create_bucket("race");
+    // Two hosts: two runtimes, each with its own client of the bucket.
+    let (runtime_a, runtime_b) = (runtime(), runtime());
+    let a = Arc::new(open(&runtime_a, "blockferry_s3", settings(&moto.endpoint(), "race", &[])).await);
+    let b = Arc::new(open(&runtime_b, "blockferry_s3", settings(&moto.endpoint(), "race", &[])).await);
+    let blocks: Vec<(u64, Vec<u8>)> = (0..50).map(|n| (n, common::bytes(8 * 1024 + n as usize, 100 + n))).collect();
+    let mut tasks = Vec::new();
+    for client in [a.clone(), b.clone()] {
+        for (n, bytes) in blocks.clone() {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move { (n, put(&client, n, &format!("race/{n:05}.blk"), &bytes).await) }));
+        }
+    }
+    let mut uploaded = vec![0; 50];
+    for task in tasks {
+        let (n, result) = task.await.unwrap();
+        match result {
+            Ok(Outcome::Uploaded) => uploaded[n as usize] += 1,
+            Ok(Outcome::AlreadyPresent) => {}
+            Err(e) => panic!("block {n}: {e}"),
+        }
+    }
+    assert!(uploaded.iter().all(|&c| c == 1), "each block uploaded exactly once: {uploaded:?}");
+    let listed = boto(
+        &moto.endpoint(),
+        "print(json.dumps({o['Key']: o['ETag'] for o in s3.list_objects_v2(Bucket='race')['Contents']}))",
+    );
+    let listed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(listed.len(), 50);
+    for (n, bytes) in &blocks {
+        assert_eq!(listed[&format!("race/{n:05}.blk")], format!("\"{}\"", md5_hex(bytes)));
+    }
+}
+
+#[tokio::test]
+async fn s3s_fs_verifies_our_signatures_and_rejects_a_wrong_secret() {
+    let server = S3sFs::start("signed");
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "signed", &[])).await;
+    let bytes = common::bytes(256 * 1024, 5);
+    assert_eq!(put(&client, 1, "dir/one.blk", &bytes).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(std::fs::read(server.root.join("signed/dir/one.blk")).unwrap(), bytes);
+    let stat = client.stat("dir/one.blk").await.unwrap().unwrap();
+    assert_eq!(stat.md5.as_deref(), Some(&Md5::digest(&bytes)[..]));
+    assert_eq!(put(&client, 1, "dir/one.blk", &bytes).await.unwrap(), Outcome::AlreadyPresent);
+
+    // Multipart requests (query strings in the signature) are accepted too.
+    let multipart = open(
+        &runtime,
+        "blockferry_minio",
+        settings(&server.endpoint(), "signed", &[("multipart_threshold", "1048576"), ("part_size", "5242880")]),
+    )
+    .await;
+    let big = common::bytes(11 * MIB, 6);
+    assert_eq!(put(&multipart, 2, "dir/big.blk", &big).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(md5_hex(&std::fs::read(server.root.join("signed/dir/big.blk")).unwrap()), md5_hex(&big));
+
+    let wrong = open(
+        &runtime,
+        "blockferry_s3",
+        settings(&server.endpoint(), "signed", &[("secret_access_key", "not-the-secret")]),
+    )
+    .await;
+    let message = permanent(put(&wrong, 3, "dir/three.blk", b"abc").await.unwrap_err());
+    assert!(message.contains("SignatureDoesNotMatch") && message.contains("HTTP 403"), "{message}");
+    assert!(!server.root.join("signed/dir/three.blk").exists());
+}
+
+#[tokio::test]
+async fn retries_through_5xx_resets_and_slow_responses_succeed() {
+    let moto = Moto::start();
+    moto.create_bucket("flaky");
+    // First request of each put: 503 SlowDown (Retry-After 1 s), then 500, a
+    // reset, a slow answer past the attempt timeout, a slow answer within it.
+    let proxy = FaultProxy::start(moto.addr(), |n, _, _| match n {
+        0 => Some(Fault::Status(503, "SlowDown", Some(1))),
+        1 => Some(Fault::Status(500, "InternalError", None)),
+        2 => Some(Fault::Reset),
+        3 => Some(Fault::Delay(Duration::from_millis(3000))),
+        4 => Some(Fault::Delay(Duration::from_millis(300))),
+        _ => None,
+    });
+    let runtime = runtime();
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        settings(
+            &proxy.endpoint(),
+            "flaky",
+            &[("retry_max_attempts", "6"), ("retry_base_delay_ms", "20"), ("request_timeout_ms", "1500")],
+        ),
+    )
+    .await;
+    let bytes = common::bytes(100 * 1024, 7);
+    let started = Instant::now();
+    // The slow request that timed out still reaches moto later, so the
+    // last attempt may find the object there: either outcome is right.
+    let outcome = put(&client, 1, "flaky.blk", &bytes).await.unwrap();
+    assert!(matches!(outcome, Outcome::Uploaded | Outcome::AlreadyPresent), "{outcome:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1), "Retry-After honoured: {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let seen = proxy.seen();
+    assert!(seen.len() >= 5, "four failed attempts, then a slow success: {seen:?}");
+    assert!(seen[..5].iter().all(|r| r.method == "PUT" && r.fault.is_some()), "{seen:?}");
+    assert_eq!(boto_md5(&moto.endpoint(), "flaky", "flaky.blk"), md5_hex(&bytes));
+}
+
+#[tokio::test]
+async fn retries_give_up_with_a_transient_error_naming_the_last_failure() {
+    let moto = Moto::start();
+    moto.create_bucket("down");
+    let proxy = FaultProxy::start(moto.addr(), |_, _, _| Some(Fault::Status(503, "SlowDown", None)));
+    let runtime = runtime();
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        settings(&proxy.endpoint(), "down", &[("retry_max_attempts", "3"), ("retry_base_delay_ms", "10")]),
+    )
+    .await;
+    let message = transient(put(&client, 1, "down.blk", b"abc").await.unwrap_err());
+    for needle in ["PutObject", "s3://down/down.blk", "gave up after 3 attempt", "HTTP 503", "SlowDown"] {
+        assert!(message.contains(needle), "{needle:?} missing from: {message}");
+    }
+    assert_eq!(proxy.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_multipart_upload_is_aborted() {
+    let moto = Moto::start();
+    moto.create_bucket("parts");
+    // Every attempt at part 2 fails; everything else passes through.
+    let proxy = FaultProxy::start(moto.addr(), |_, method, target| {
+        (method == "PUT" && target.contains("partNumber=2&")).then_some(Fault::Status(500, "InternalError", None))
+    });
+    let runtime = runtime();
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        settings(
+            &proxy.endpoint(),
+            "parts",
+            &[
+                ("multipart_threshold", "1048576"),
+                ("part_size", "5242880"),
+                ("retry_max_attempts", "2"),
+                ("retry_base_delay_ms", "10"),
+            ],
+        ),
+    )
+    .await;
+    let bytes = common::bytes(11 * MIB, 8);
+    let result = put(&client, 1, "parts.blk", &bytes).await;
+    let message = transient(result.unwrap_err());
+    assert!(message.contains("UploadPart") && message.contains("HTTP 500"), "{message}");
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|r| r.method == "DELETE" && r.target.contains("uploadId=")), "aborted: {seen:?}");
+    assert_eq!(open_uploads(&moto.endpoint(), "parts"), 0);
+    assert!(client.stat("parts.blk").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn minio_defaults_to_path_style_and_us_east_1() {
+    let moto = Moto::start();
+    moto.create_bucket("minio-blocks");
+    let proxy = FaultProxy::start(moto.addr(), |_, _, _| None);
+    let runtime = runtime();
+    let mut minio_settings = settings(&proxy.endpoint(), "minio-blocks", &[]);
+    minio_settings.retain(|(k, _)| k != "region" && k != "addressing");
+    let client = open(&runtime, "blockferry_minio", minio_settings).await;
+    assert_eq!(client.provider(), "minio");
+    let bytes = common::bytes(3000, 9);
+    assert_eq!(put(&client, 1, "m/1.blk", &bytes).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(boto_md5(&moto.endpoint(), "minio-blocks", "m/1.blk"), md5_hex(&bytes));
+    let request = &proxy.seen()[0];
+    assert_eq!(request.target, "/minio-blocks/m/1.blk", "path-style");
+    let auth = &request.headers.iter().find(|(k, _)| k == "authorization").unwrap().1;
+    assert!(auth.contains("/us-east-1/s3/aws4_request"), "{auth}");
+    let host = &request.headers.iter().find(|(k, _)| k == "host").unwrap().1;
+    assert_eq!(host, &format!("127.0.0.1:{}", proxy.port));
+}
