@@ -33,11 +33,14 @@ async fn stdout_stderr_and_refusals_become_tagged_log_lines() {
     let client = BucketClient::open(load(&runtime, "blockferry_misbehave"), spec("logs")).await.unwrap();
     let body = bytes(10, 1);
     client.put_block(&block(1, "print", &body), &BlockBody::from_bytes(body.clone())).await.unwrap();
-    let refused = client.put_block(&block(2, "egress:http://127.0.0.1:9/nope", &body), &BlockBody::from_bytes(body)).await;
+    let refused =
+        client.put_block(&block(2, "egress:http://127.0.0.1:9/nope", &body), &BlockBody::from_bytes(body)).await;
     assert!(refused.is_err());
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let line = |needle: &str| log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in:\n{log}")).to_string();
+    let line = |needle: &str| {
+        log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in:\n{log}")).to_string()
+    };
     let out = line("hello from stdout");
     assert!(out.contains("INFO") && out.contains("blockferry_misbehave/logs") && out.contains("stdout"), "{out}");
     let err = line("hello from stderr");

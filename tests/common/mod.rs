@@ -14,18 +14,13 @@ pub mod servers;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A plugin built by `scripts/build-plugins.sh`; fails the test (never skips)
 /// when it has not been built.
 pub fn plugin_path(name: &str) -> PathBuf {
-    let path = workspace()
-        .join("target/wasm32-wasip2/plugin")
-        .join(format!("{name}.wasm"));
+    let path = workspace().join("target/wasm32-wasip2/plugin").join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: build the plugins with scripts/build-plugins.sh (scripts/test.sh does it before the tests)",
@@ -38,21 +33,12 @@ pub fn plugin_path(name: &str) -> PathBuf {
 /// each plugin is compiled once per test run.
 pub fn runtime() -> PluginRuntime {
     let cache = workspace().join("target/test-plugin-cache");
-    PluginRuntime::new(
-        &EngineSettings {
-            pooling: true,
-            max_instances: 32,
-        },
-        Some(&cache),
-    )
-    .expect("runtime")
+    PluginRuntime::new(&EngineSettings { pooling: true, max_instances: 32 }, Some(&cache)).expect("runtime")
 }
 
 /// Load a built plugin by name.
 pub fn load(runtime: &PluginRuntime, name: &str) -> Arc<Plugin> {
-    runtime
-        .load(&plugin_path(name), None)
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    runtime.load(&plugin_path(name), None).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// A bucket spec with test defaults (short deadline, small memory cap).
@@ -62,10 +48,7 @@ pub fn spec(name: &str) -> BucketSpec {
         settings: Vec::new(),
         directory: None,
         allow_hosts: Vec::new(),
-        denied_networks: DEFAULT_DENIED_NETWORKS
-            .iter()
-            .map(|n| n.parse().unwrap())
-            .collect(),
+        denied_networks: DEFAULT_DENIED_NETWORKS.iter().map(|n| n.parse().unwrap()).collect(),
         memory_limit: 32 << 20,
         call_timeout: Duration::from_secs(10),
         max_concurrency: 4,

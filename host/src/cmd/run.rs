@@ -191,7 +191,7 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager, names: &[Stri
         return Ok(false);
     }
     let (store, names) = (store.clone(), names.to_vec());
-    Ok(tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
         for n in store.numbers()? {
             let meta = store.read_meta(n)?;
             if names.iter().any(|b| !meta.status(b).is_final()) {
@@ -200,7 +200,7 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager, names: &[Stri
         }
         Ok(true)
     })
-    .await??)
+    .await?
 }
 
 /// Wait for SIGINT or SIGTERM.

@@ -22,6 +22,9 @@ use crate::config::UploadConfig;
 use crate::plugin::BucketClient;
 use crate::store::{BlockStore, StoreError};
 
+/// Renders the object key of a block from its number and file extension.
+pub type KeyFn = Arc<dyn Fn(u64, &str) -> String + Send + Sync>;
+
 /// One bucket the manager uploads to.
 #[derive(Clone)]
 pub struct Target {
@@ -30,7 +33,7 @@ pub struct Target {
     /// The bucket, through its plugin.
     pub client: Arc<BucketClient>,
     /// The object key of a block number and file extension.
-    pub key: Arc<dyn Fn(u64, &str) -> String + Send + Sync>,
+    pub key: KeyFn,
     /// Uploads in flight at once.
     pub concurrency: usize,
 }

@@ -170,12 +170,12 @@ async fn try_upload(
     }
     let path = store.block_path(&meta);
     let body = BlockBody::open(&path).map_err(|source| StoreError::Io { op: "opening", path, source })?;
-    let ext = meta.file.strip_prefix(&format!("{n:036}")).unwrap_or(".blk").to_string();
+    let ext = meta.ext();
     let info = BlockInfo {
         number: n,
         size: meta.size,
         md5: meta.md5_bytes(),
-        key: (target.key)(n, &ext),
+        key: (target.key)(n, ext),
         content_type: if ext.ends_with(".gz") { "application/gzip" } else { "application/octet-stream" }.into(),
     };
     let started = Instant::now();
