@@ -455,3 +455,97 @@ async fn minio_defaults_to_path_style_and_us_east_1() {
     let host = &request.headers.iter().find(|(k, _)| k == "host").unwrap().1;
     assert_eq!(host, &format!("127.0.0.1:{}", proxy.port));
 }
+
+/// Upload throughput of the S3 plugin beside a native Rust client
+/// (`object_store`) writing the same blocks to the same `s3s-fs` server in the
+/// same run, 8 uploads in flight each, conditional creates both; prints the
+/// figures to stderr and `target/s3-throughput.txt` (plugins/s3/BENCHMARKS.md
+/// records them). Asserts only that every
+/// upload succeeded: timings on a shared machine are not a pass/fail matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_beside_a_native_client() {
+    use futures::StreamExt;
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+    // Uploads in flight (BENCH_IN_FLIGHT, default 8); each client's best of ROUNDS rounds counts.
+    let in_flight: usize = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    const ROUNDS: usize = 3;
+    let _ =
+        tracing_subscriber::fmt().with_env_filter("info,wasmtime=warn,cranelift=warn").with_test_writer().try_init();
+    let server = S3sFs::start("bench");
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "bench", &[])).await;
+    let native = AmazonS3Builder::new()
+        .with_endpoint(server.endpoint())
+        .with_allow_http(true)
+        .with_bucket_name("bench")
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_unsigned_payload(true)
+        .build()
+        .unwrap();
+
+    let mut report = String::new();
+    for (label, size, count) in [("64 KiB", 64 * 1024, 200usize), ("16 MiB", 16 * MIB, 6)] {
+        let bodies: Vec<bytes::Bytes> = (0..count).map(|i| common::bytes(size, 1000 + i as u64).into()).collect();
+        let total = (size * count) as f64 / MIB as f64;
+        // The host hashes a block once when it is written; the upload only reads the MD5.
+        let infos: Vec<Vec<(blockferry::plugin::BlockInfo, BlockBody)>> = (0..ROUNDS)
+            .map(|round| {
+                bodies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (block(i as u64, &format!("plugin/{label}/{round}/{i}"), b), BlockBody::from_bytes(b.clone()))
+                    })
+                    .collect()
+            })
+            .collect();
+        let (mut best_plugin, mut best_native) = (f64::MAX, f64::MAX);
+        for round in 0..ROUNDS {
+            let started = Instant::now();
+            let results: Vec<_> = futures::stream::iter(0..count)
+                .map(|i| {
+                    let (client, infos) = (&client, &infos);
+                    async move {
+                        let (info, body) = &infos[round][i];
+                        client.put_block(info, body).await
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .collect()
+                .await;
+            assert!(results.iter().all(|r| matches!(r, Ok(Outcome::Uploaded))), "{results:?}");
+            best_plugin = best_plugin.min(started.elapsed().as_secs_f64());
+
+            let started = Instant::now();
+            let results: Vec<_> = futures::stream::iter(bodies.iter().enumerate())
+                .map(|(i, body)| {
+                    let native = &native;
+                    async move {
+                        let path = object_store::path::Path::from(format!("native/{label}/{round}/{i}"));
+                        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+                        native.put_opts(&path, PutPayload::from(body.clone()), options).await
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .collect()
+                .await;
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+            best_native = best_native.min(started.elapsed().as_secs_f64());
+        }
+        let line = format!(
+            "{label} x {count}: plugin {:.1} MiB/s ({:.0} blocks/s), object_store {:.1} MiB/s ({:.0} blocks/s), ratio {:.2}\n",
+            total / best_plugin,
+            count as f64 / best_plugin,
+            total / best_native,
+            count as f64 / best_native,
+            best_native / best_plugin
+        );
+        report.push_str(&line);
+    }
+    eprintln!("{report}");
+    let _ = std::fs::write(workspace().join("target/s3-throughput.txt"), &report);
+}
