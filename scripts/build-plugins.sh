@@ -9,6 +9,7 @@ rustup target add wasm32-wasip2
 
 cargo build --target wasm32-wasip2 --profile plugin \
     -p blockferry-fs \
+    -p blockferry-gcs \
     -p blockferry-s3 \
     -p blockferry-minio \
     -p blockferry-misbehave \
@@ -19,6 +20,7 @@ cargo build --target wasm32-wasip2 --profile plugin \
 out="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/plugin"
 for wasm in \
     blockferry_fs.wasm \
+    blockferry_gcs.wasm \
     blockferry_s3.wasm \
     blockferry_minio.wasm \
     blockferry_misbehave.wasm \

