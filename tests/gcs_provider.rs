@@ -28,6 +28,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -782,7 +783,10 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
 
     let gcs = FakeGcs::start();
     gcs.create_bucket("sa-bucket");
-    let proxy = Proxy::start(gcs.port, |_| None);
+    // When `refuse_next` is set, the next storage request gets a 401 (a revoked token).
+    let refuse_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = refuse_next.clone();
+    let proxy = Proxy::start(gcs.port, move |_| flag.swap(false, Ordering::SeqCst).then_some(Fault::Status(401)));
     let key_json = |pem: &str| {
         serde_json::json!({
             "type": "service_account",
@@ -829,6 +833,19 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
     assert!(message.contains("token exchange") && message.contains("HTTP 400"), "{message}");
     assert!(tokens().last().unwrap().starts_with("bad "), "{:?}", tokens());
     assert!(gcs.download("sa-bucket", "sa/4.blk").is_none());
+
+    // Cloud Storage refuses a token (401): the plugin drops it, gets a new one and retries once.
+    refuse_next.store(true, Ordering::SeqCst);
+    assert_eq!(put(&client, 5, "sa/5.blk", &common::bytes(1000, 10)).await.unwrap(), Outcome::Uploaded);
+    let seen = proxy.seen();
+    let [.., refused, retried] = &seen[..] else { panic!("{seen:?}") };
+    assert_eq!(refused.fault, Some(Fault::Status(401)));
+    assert_ne!(refused.header("authorization"), retried.header("authorization"), "a new token after the 401");
+    let lines = tokens();
+    assert!(
+        lines.last().unwrap().starts_with("ok ") && lines.iter().filter(|l| l.starts_with("ok ")).count() >= 3,
+        "{lines:?}"
+    );
 }
 
 /// Upload throughput of the plugin against the emulator (a benchmark, not a

@@ -15,8 +15,9 @@ pub const MIB: u64 = 1 << 20;
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Blocks above this size use a resumable upload unless the settings say otherwise.
 pub const DEFAULT_RESUMABLE_THRESHOLD: u64 = 8 * MIB;
-/// The largest `resumable_threshold`: a block up to it is held in guest memory once.
-pub const MAX_RESUMABLE_THRESHOLD: u64 = 64 * MIB;
+/// The largest `resumable_threshold`: a block up to it is held in the
+/// plugin's memory once (the host's default memory cap is 64 MiB).
+pub const MAX_RESUMABLE_THRESHOLD: u64 = 32 * MIB;
 /// Chunk size of resumable uploads unless the settings say otherwise.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * MIB;
 
@@ -121,8 +122,9 @@ impl Config {
             number(get("resumable_threshold"), "resumable_threshold", DEFAULT_RESUMABLE_THRESHOLD)?;
         if resumable_threshold > MAX_RESUMABLE_THRESHOLD {
             return Err(format!(
-                "setting `resumable_threshold` = {resumable_threshold} is above {MAX_RESUMABLE_THRESHOLD} (64 MiB): \
-                 blocks up to the threshold go up in one request held in the plugin's memory; lower it"
+                "setting `resumable_threshold` = {resumable_threshold} is above {MAX_RESUMABLE_THRESHOLD} (32 MiB): \
+                 blocks up to the threshold go up in one request held in the plugin's memory; lower it (and keep \
+                 it below half the bucket's `memory_limit_mib`)"
             ));
         }
         let chunk_size = number(get("chunk_size"), "chunk_size", DEFAULT_CHUNK_SIZE)?;
