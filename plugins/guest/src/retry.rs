@@ -4,12 +4,16 @@
 //! `min(max_delay, base_delay * 2^(attempt-1))` ("full jitter"), but at least
 //! what the server asked with `Retry-After`; give up when `max_attempts`
 //! attempts have been made, or when the next wait would take the call past
-//! `max_elapsed` since its first attempt. What is retryable is the caller's
+//! `max_elapsed` since its first attempt. No attempt's time limits reach past
+//! `max_elapsed` either (each gets at least [`MIN_ATTEMPT_TIME`]). What is retryable is the caller's
 //! choice ([`Call::verdict`]); the provider decides it per protocol.
 
 use std::time::Duration;
 
 use crate::http::{self, Exchange, HttpError, Progress, Request, Response};
+
+/// The shortest time limit an attempt gets, however little of the elapsed budget is left.
+pub const MIN_ATTEMPT_TIME: Duration = Duration::from_secs(1);
 
 /// How often and how long to retry one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,10 +194,16 @@ fn advance<C: Call>(slot: &mut Slot, call: &mut C, policy: &Policy) -> Step<C::O
             }
             State::Ready => {
                 slot.attempt += 1;
-                let request = match call.request() {
+                let mut request = match call.request() {
                     Ok(request) => request,
                     Err(e) => return Step::Finished(Err(e)),
                 };
+                // No attempt outlives the call's elapsed budget (but each gets at least a second).
+                let elapsed = Duration::from_nanos(http::now_nanos().saturating_sub(slot.started));
+                let left = policy.max_elapsed.saturating_sub(elapsed).max(MIN_ATTEMPT_TIME);
+                let t = &mut request.timeouts;
+                (t.connect, t.first_byte, t.between_bytes) =
+                    (t.connect.min(left), t.first_byte.min(left), t.between_bytes.min(left));
                 match Exchange::start(request) {
                     Ok(exchange) => {
                         slot.state = State::Running(exchange);

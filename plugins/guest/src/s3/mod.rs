@@ -666,6 +666,72 @@ mod tests {
         assert_eq!(classify(400, "BadDigest"), ErrorClass::Transient);
     }
 
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut settings: Vec<(String, String)> = [
+            ("endpoint", "https://s3.eu-west-1.amazonaws.com"),
+            ("region", "eu-west-1"),
+            ("bucket", "blocks"),
+            ("access_key_id", "AK"),
+            ("secret_access_key", "SK"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let defaults = Defaults { provider: "s3", addressing: Addressing::Virtual, region: None };
+        Config::parse(&settings, &defaults).unwrap().0
+    }
+
+    fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+        request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn requests_are_addressed_and_signed() {
+        let query = vec![("partNumber".to_string(), "2".to_string()), ("uploadId".to_string(), "a/b".to_string())];
+        let virtual_hosted = config(&[("session_token", "TOKEN")]);
+        let r = virtual_hosted.request(Method::Put, "dir/a b.blk", &query, Vec::new(), Body::Empty);
+        assert!(r.https);
+        assert_eq!(r.authority, "blocks.s3.eu-west-1.amazonaws.com");
+        assert_eq!(r.path_and_query, "/dir/a%20b.blk?partNumber=2&uploadId=a%2Fb");
+        assert_eq!(header(&r, "x-amz-content-sha256"), Some(sigv4::EMPTY_SHA256));
+        assert_eq!(header(&r, "x-amz-security-token"), Some("TOKEN"));
+        let auth = header(&r, "authorization").unwrap();
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AK/"), "{auth}");
+        assert!(auth.contains("/eu-west-1/s3/aws4_request"), "{auth}");
+        assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"), "{auth}");
+
+        let path_style = config(&[("addressing", "path"), ("endpoint", "http://127.0.0.1:9000/")]);
+        let r = path_style.request(Method::Head, "k", &[], path_style.sse_c_headers(), Body::Empty);
+        assert!(!r.https);
+        assert_eq!((r.authority.as_str(), r.path_and_query.as_str()), ("127.0.0.1:9000", "/blocks/k"));
+        assert_eq!(header(&r, "x-amz-security-token"), None);
+    }
+
+    #[test]
+    fn object_headers_carry_md5_metadata_class_and_encryption() {
+        let block = BlockInfo {
+            number: 1,
+            size: 3,
+            md5: vec![1; 16],
+            key: "k".into(),
+            content_type: "application/octet-stream".into(),
+        };
+        let kms = config(&[("sse", "aws:kms"), ("sse_kms_key_id", "alias/x"), ("storage_class", "STANDARD_IA")]);
+        let headers = kms.object_headers(&block);
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get(MD5_META_HEADER), Some(B64.encode([1u8; 16]).as_str()));
+        assert_eq!(get("x-amz-server-side-encryption"), Some("aws:kms"));
+        assert_eq!(get("x-amz-server-side-encryption-aws-kms-key-id"), Some("alias/x"));
+        assert_eq!(get("x-amz-storage-class"), Some("STANDARD_IA"));
+        let key = B64.encode([9u8; 32]);
+        let sse_c = config(&[("sse", "sse-c"), ("sse_customer_key", &key)]);
+        let headers = sse_c.object_headers(&block);
+        assert!(headers.iter().any(|(k, v)| k == "x-amz-server-side-encryption-customer-key" && v == &key));
+        assert!(!headers.iter().any(|(k, _)| k == "x-amz-server-side-encryption"));
+        assert_eq!(sse_c.sse_c_headers().len(), 3);
+    }
+
     #[test]
     fn md5_from_single_part_etags_only() {
         assert_eq!(
