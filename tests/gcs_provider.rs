@@ -641,6 +641,43 @@ async fn resumable_upload_resumes_from_the_committed_offset_after_failures() {
 }
 
 #[tokio::test]
+async fn a_resumable_upload_that_gave_up_is_resumed_by_the_next_call() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("later");
+    // The 2nd chunk is cut twice: with retry_max_attempts = 2 the call gives up.
+    let cuts = Mutex::new(0);
+    let proxy = Proxy::start(gcs.port, move |r| {
+        let mut cuts = cuts.lock().unwrap();
+        (r.chunk_start() == Some(262144) && *cuts < 2).then(|| {
+            *cuts += 1;
+            Fault::CutBody
+        })
+    });
+    let runtime = runtime();
+    let client = open(
+        &runtime,
+        settings(
+            &proxy.endpoint(),
+            "later",
+            &[("resumable_threshold", "262144"), ("chunk_size", "262144"), ("retry_max_attempts", "2")],
+        ),
+    )
+    .await;
+    let bytes = common::bytes(768 * KIB + 5, 11);
+    let message = transient(put(&client, 7, "later.blk", &bytes).await.unwrap_err());
+    assert!(message.contains("resumable upload gs://later/later.blk"), "{message}");
+    let failed = proxy.seen().len();
+
+    // The host's next attempt resumes the session at the committed offset.
+    assert_eq!(put(&client, 7, "later.blk", &bytes).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(gcs.download("later", "later.blk").as_deref(), Some(&bytes[..]));
+    let seen = proxy.seen();
+    assert_eq!(seen.iter().filter(|r| r.method == "POST").count(), 1, "one session: {seen:?}");
+    let again: Vec<(bool, Option<u64>)> = seen[failed..].iter().map(|r| (r.status_query, r.chunk_start())).collect();
+    assert_eq!(again, [(true, None), (false, Some(262144)), (false, Some(524288)), (false, Some(786432))], "{seen:?}");
+}
+
+#[tokio::test]
 async fn a_missing_bucket_is_a_permanent_error_naming_everything() {
     let gcs = FakeGcs::start();
     let runtime = runtime();

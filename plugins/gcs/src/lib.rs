@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod settings;
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -47,6 +48,19 @@ pub fn retryable(status: u16) -> bool {
 /// An opened GCS bucket.
 pub struct GcsBucket {
     cfg: Config,
+    /// The session of the last resumable upload that failed, kept so that
+    /// the host's next attempt at the same block resumes it.
+    unfinished: RefCell<Option<Unfinished>>,
+}
+
+/// A resumable upload session left unfinished by a failed call.
+struct Unfinished {
+    /// Object name, size and MD5 of the block it uploads.
+    key: String,
+    size: u64,
+    md5: Vec<u8>,
+    /// The session URI's path and query.
+    session: String,
 }
 
 /// What a conditional create found.
@@ -66,7 +80,7 @@ impl GuestBucket for GcsBucket {
                 &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
             );
         }
-        Ok(Bucket::new(GcsBucket { cfg }))
+        Ok(Bucket::new(GcsBucket { cfg, unfinished: RefCell::new(None) }))
     }
 
     fn provider() -> String {
@@ -271,10 +285,22 @@ impl GcsBucket {
         let cfg = &self.cfg;
         let total = block.size;
         let mut restarts = 0;
+        // A session an earlier call left unfinished for this very block is resumed.
+        let mut resumed =
+            self.unfinished.borrow_mut().take().filter(|u| u.key == key && u.size == total && u.md5 == block.md5);
         'session: loop {
-            let session = match self.start_session(block, key)? {
-                Some(session) => session,
-                None => return Ok(Created::Exists),
+            let (session, ask_first_initially) = match resumed.take() {
+                Some(unfinished) => {
+                    blockferry_guest::log(
+                        Level::Info,
+                        &format!("resumable upload {}: resuming the session an earlier call left", cfg.location(key)),
+                    );
+                    (unfinished.session, true)
+                }
+                None => match self.start_session(block, key)? {
+                    Some(session) => (session, false),
+                    None => return Ok(Created::Exists),
+                },
             };
             blockferry_guest::log(
                 Level::Debug,
@@ -287,7 +313,7 @@ impl GcsBucket {
             let mut offset = 0u64;
             // Start by asking where the session is only when told to (a 308 that
             // claimed every byte without finishing).
-            let mut ask_first = false;
+            let mut ask_first = ask_first_initially;
             let mut stalls = 0u32;
             loop {
                 let start = offset;
@@ -329,7 +355,15 @@ impl GcsBucket {
                     base_delay: cfg.policy.base_delay.saturating_mul(1 << stalls.min(16)).min(cfg.policy.max_delay),
                     ..cfg.policy
                 };
-                let step = retry::run_one(&mut call, &policy)?;
+                let step = match retry::run_one(&mut call, &policy) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        if matches!(e, UploadError::Transient(_)) {
+                            self.keep_unfinished(block, key, &session);
+                        }
+                        return Err(e);
+                    }
+                };
                 let (failures, last_failure) = (call.failures, call.last_failure.take());
                 drop(call);
                 match step {
@@ -339,6 +373,7 @@ impl GcsBucket {
                         } else {
                             stalls += 1;
                             if stalls >= cfg.policy.max_attempts {
+                                self.keep_unfinished(block, key, &session);
                                 return Err(UploadError::Transient(format!(
                                     "resumable upload {}: no progress past byte {committed} of {total} in {stalls} \
                                      tries (retry_max_attempts = {}); last failure: {}",
@@ -379,6 +414,16 @@ impl GcsBucket {
                 }
             }
         }
+    }
+
+    /// Remembers `session` so the host's next attempt at `block` resumes it.
+    fn keep_unfinished(&self, block: &BlockInfo, key: &str, session: &str) {
+        *self.unfinished.borrow_mut() = Some(Unfinished {
+            key: key.to_string(),
+            size: block.size,
+            md5: block.md5.clone(),
+            session: session.to_string(),
+        });
     }
 
     /// Starts a conditional resumable upload session; `None` when the object
