@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions,
-    Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    RequestOptions, Scheme,
 };
 use wasip2::io::poll::Pollable;
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
@@ -231,7 +231,18 @@ impl Exchange {
     pub fn step(&mut self) -> Progress {
         if let Some(upload) = &mut self.upload {
             match write_some(upload) {
-                Ok(Some(pollable)) => return Progress::Wait(pollable),
+                Ok(Some(pollable)) => {
+                    // An early answer (the server refused before reading the
+                    // whole body) ends the exchange: stop sending.
+                    match self.future.get() {
+                        None => return Progress::Wait(pollable),
+                        Some(result) => {
+                            drop(pollable);
+                            self.upload = None;
+                            return self.finish(result);
+                        }
+                    }
+                }
                 Ok(None) => {
                     let upload = self.upload.take().expect("upload present");
                     let Upload { out, body, .. } = upload;
@@ -251,15 +262,22 @@ impl Exchange {
         }
         match self.future.get() {
             None => Progress::Wait(self.future.subscribe()),
-            Some(Err(())) => Progress::Done(Err(HttpError::Invalid("the response was already taken".into()))),
-            Some(Ok(Err(code))) => {
+            Some(result) => self.finish(result),
+        }
+    }
+
+    /// Turns the response future's result into the exchange's outcome.
+    fn finish(&mut self, result: Result<Result<IncomingResponse, ErrorCode>, ()>) -> Progress {
+        match result {
+            Err(()) => Progress::Done(Err(HttpError::Invalid("the response was already taken".into()))),
+            Ok(Err(code)) => {
                 let mut err = map_error_code(&code);
                 if let (HttpError::Transport(text), Some(upload)) = (&mut err, &self.upload_error) {
                     text.push_str(&format!(" (while sending the body: {upload})"));
                 }
                 Progress::Done(Err(err))
             }
-            Some(Ok(Ok(response))) => {
+            Ok(Ok(response)) => {
                 let status = response.status();
                 let headers = {
                     let fields = response.headers();
