@@ -8,7 +8,8 @@
 //! What the emulator cannot show (see also the plugin's README):
 //! - it honours `ifGenerationMatch=0` on `uploadType=multipart` only; on
 //!   resumable uploads it ignores it (real GCS answers 412 at the start or at
-//!   the final chunk), so "already present" is shown here for small blocks only;
+//!   the final chunk). For large blocks the proxy injects those 412s, so what
+//!   is shown is the plugin's handling of them, not the server's atomicity;
 //! - a resumable status query (`Content-Range: bytes */TOTAL`, no body) makes
 //!   it *finish* the upload with what it has, and it appends every chunk
 //!   whatever its `Content-Range` says. The proxy therefore answers status
@@ -568,7 +569,20 @@ async fn upload_read_back_stat_already_present_and_mismatch() {
 async fn resumable_upload_above_the_threshold_in_256_kib_chunks() {
     let gcs = FakeGcs::start();
     gcs.create_bucket("big");
-    let proxy = Proxy::start(gcs.port, |_| None);
+    // The emulator ignores ifGenerationMatch=0 on resumable uploads; when
+    // `precondition` is set the proxy answers 412 where real GCS would for an
+    // existing object: 1 at the session start, 2 at the final chunk.
+    let precondition = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let mode = precondition.clone();
+    let proxy = Proxy::start(gcs.port, move |r| {
+        let last_chunk = r.header("content-range").is_some_and(|c| c.ends_with("1048698/1048699"));
+        let refuse = match mode.load(Ordering::SeqCst) {
+            1 => r.method == "POST",
+            2 => last_chunk,
+            _ => false,
+        };
+        refuse.then_some(Fault::Status(412))
+    });
     let runtime = runtime();
     let client = open(
         &runtime,
@@ -589,8 +603,22 @@ async fn resumable_upload_above_the_threshold_in_256_kib_chunks() {
 
     let stat = client.stat("big.blk").await.unwrap().unwrap();
     assert_eq!(stat.md5.as_deref(), Some(&Md5::digest(&bytes)[..]));
-    // The emulator ignores ifGenerationMatch=0 on resumable uploads (real GCS
-    // answers 412), so "already present" for a large block cannot be shown here.
+
+    // Real GCS refuses the session (or its final chunk) for an existing
+    // object; the plugin then compares MD5s.
+    for at in [1, 2] {
+        precondition.store(at, Ordering::SeqCst);
+        assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::AlreadyPresent, "412 at {at}");
+        let other = common::bytes(bytes.len(), 30);
+        match put(&client, 3, "big.blk", &other).await.unwrap_err() {
+            CallError::Plugin(PluginFailure::HashMismatch(remote)) => {
+                assert_eq!(remote.md5.as_deref(), Some(&Md5::digest(&bytes)[..]), "412 at {at}")
+            }
+            other => panic!("412 at {at}: expected a hash mismatch, got {other}"),
+        }
+    }
+    precondition.store(0, Ordering::SeqCst);
+    assert_eq!(gcs.download("big", "big.blk").as_deref(), Some(&bytes[..]), "never overwritten");
 }
 
 #[tokio::test]
