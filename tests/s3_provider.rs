@@ -36,11 +36,12 @@ fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String
     all
 }
 
-/// Opens a bucket with plugin `plugin` and `settings`, a 30 s call deadline.
+/// Opens a bucket with plugin `plugin` and `settings`, a 60 s call deadline
+/// (moto is slow on a loaded 2-core machine; the retry tests bound their own time).
 async fn open(runtime: &PluginRuntime, plugin: &str, settings: Vec<(String, String)>) -> BucketClient {
     let mut spec = spec("s3-test");
     spec.settings = settings;
-    spec.call_timeout = Duration::from_secs(30);
+    spec.call_timeout = Duration::from_secs(60);
     spec.max_concurrency = 8;
     BucketClient::open(load(runtime, plugin), spec).await.unwrap_or_else(|e| panic!("open {plugin}: {e}"))
 }
