@@ -311,8 +311,8 @@ impl GcsBucket {
                 ),
             );
             let mut offset = 0u64;
-            // Start by asking where the session is only when told to (a 308 that
-            // claimed every byte without finishing).
+            // Ask where the session is before sending: for a session an earlier
+            // call left, and after a 308 that claimed every byte without finishing.
             let mut ask_first = ask_first_initially;
             let mut stalls = 0u32;
             loop {
