@@ -10,19 +10,7 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "provider",
-    with: {
-        "wasi:io/error@0.2.12": wasip2::io::error,
-        "wasi:io/poll@0.2.12": wasip2::io::poll,
-        "wasi:io/streams@0.2.12": wasip2::io::streams,
-    },
-});
-
-use blockferry::uploader::host::{self, BlockBody};
-use blockferry::uploader::types::{BlockInfo, Level, Outcome, RemoteObject, UploadError};
-use exports::blockferry::uploader::bucket_uploader::{Bucket, Guest, GuestBucket};
+use blockferry_guest::{BlockBody, BlockInfo, Bucket, Guest, GuestBucket, Level, Outcome, RemoteObject, UploadError};
 
 /// Bytes asked of the host per `block-body.read` call.
 const CHUNK: u32 = 1 << 20;
@@ -104,12 +92,15 @@ impl GuestBucket for FsBucket {
             let _ = File::open(parent).and_then(|dir| dir.sync_all());
         }
         if let Err(e) = self.write_meta(key, size, &md5) {
-            host::log(
+            blockferry_guest::log(
                 Level::Warn,
                 &format!("put-block `{key}`: stored, but writing its metadata failed ({e}); stat will hash the object"),
             );
         }
-        host::log(Level::Debug, &format!("put-block `{key}`: uploaded {size} bytes to {}", target.display()));
+        blockferry_guest::log(
+            Level::Debug,
+            &format!("put-block `{key}`: uploaded {size} bytes to {}", target.display()),
+        );
         Ok(Outcome::Uploaded)
     }
 
@@ -257,7 +248,7 @@ fn parse_meta(text: &str) -> Option<([u8; 16], u64)> {
     Some((md5?, size?))
 }
 
-export!(Component);
+blockferry_guest::export_provider!(Component);
 
 #[cfg(test)]
 mod tests {

@@ -19,19 +19,7 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "provider",
-    with: {
-        "wasi:io/error@0.2.12": wasip2::io::error,
-        "wasi:io/poll@0.2.12": wasip2::io::poll,
-        "wasi:io/streams@0.2.12": wasip2::io::streams,
-    },
-});
-
-use blockferry::uploader::host::BlockBody;
-use blockferry::uploader::types::{BlockInfo, Outcome, RemoteObject, UploadError};
-use exports::blockferry::uploader::bucket_uploader::{Bucket, Guest, GuestBucket};
+use blockferry_guest::{BlockBody, BlockInfo, Bucket, Guest, GuestBucket, Outcome, RemoteObject, UploadError};
 
 /// Bytes read per call on the body paths.
 const CHUNK: u32 = 64 * 1024;
@@ -180,4 +168,4 @@ fn check_md5(block: &BlockInfo, md5: [u8; 16]) -> Result<(), UploadError> {
     }
 }
 
-export!(Component);
+blockferry_guest::export_provider!(Component);
