@@ -236,7 +236,7 @@ impl GcsBucket {
                     None => Accept::Other(response),
                 },
                 // Real GCS says which is missing; a missing bucket needs an operator.
-                404 if !error_message(&response.body).to_ascii_lowercase().contains("bucket") => Accept::Done(Ok(None)),
+                404 if !bucket_missing(&response.body) => Accept::Done(Ok(None)),
                 _ => Accept::Other(response),
             },
         );
@@ -548,6 +548,12 @@ fn error_message(json: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// Whether a 404's error document says the bucket (not the object) is missing
+/// (GCS: "The specified bucket does not exist."; an object's is "No such object: b/k").
+fn bucket_missing(json: &[u8]) -> bool {
+    error_message(json).to_ascii_lowercase().contains("bucket does not exist")
+}
+
 /// `error.errors[0].reason` of a JSON API error document (empty if none).
 fn error_reason(json: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(json)
@@ -742,5 +748,8 @@ mod tests {
         assert_eq!(error_message(body), "The specified bucket does not exist.");
         assert_eq!(error_reason(body), "notFound");
         assert_eq!(error_message(b"nope"), "");
+        assert!(bucket_missing(body));
+        let object = br#"{"error":{"code":404,"message":"No such object: my-bucket/k.blk"}}"#;
+        assert!(!bucket_missing(object));
     }
 }
