@@ -27,8 +27,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry_guest::http::{Body, HttpError, Request, Response};
 use blockferry_guest::retry::{self, Call, Policy, Verdict};
-use blockferry_guest::sigv4::{unix_now, uri_encode};
 use blockferry_guest::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{unix_now, uri_encode};
 use wasip2::http::types::Method;
 
 use settings::Config;

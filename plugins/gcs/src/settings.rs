@@ -1,9 +1,9 @@
 //! The settings of a GCS bucket, parsed and checked in `bucket.open`.
 
-use std::time::Duration;
-
 use blockferry_guest::http::Timeouts;
 use blockferry_guest::retry::Policy;
+pub use blockferry_guest::settings::Endpoint;
+use blockferry_guest::settings::{RetryDefaults, number, retry_settings, setting};
 
 use crate::auth::Auth;
 
@@ -37,15 +37,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "retry_max_elapsed_ms",
     "request_timeout_ms",
 ];
-
-/// Scheme and authority of an endpoint URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `https` (true) or plain `http`.
-    pub https: bool,
-    /// `host[:port]`, lower-case.
-    pub authority: String,
-}
 
 /// A checked bucket configuration.
 pub struct Config {
@@ -135,7 +126,7 @@ impl Config {
             ));
         }
 
-        let (policy, timeouts) = retry_settings(settings)?;
+        let (policy, timeouts) = retry_settings(settings, &RETRY_DEFAULTS)?;
         Ok((
             Config {
                 endpoint,
@@ -153,85 +144,27 @@ impl Config {
     }
 }
 
-/// The retry policy and per-attempt time limits from the `retry_*` and
-/// `request_timeout_ms` settings, with Google's recommended backoff as defaults
-/// (first wait up to 1 s, doubling, capped at 32 s) bounded to 20 s in all so
-/// a call fits the host's default 30 s deadline.
-pub fn retry_settings(settings: &[(String, String)]) -> Result<(Policy, Timeouts), String> {
-    let get = |key: &str| setting(settings, key);
-    let max_attempts = number(get("retry_max_attempts"), "retry_max_attempts", 6)?;
-    if !(1..=100).contains(&max_attempts) {
-        return Err(format!("setting `retry_max_attempts` = {max_attempts} is out of range: set 1 (no retry) to 100"));
-    }
-    let ms = |key: &str, default: u64| number(get(key), key, default).map(Duration::from_millis);
-    let policy = Policy {
-        max_attempts: max_attempts as u32,
-        base_delay: ms("retry_base_delay_ms", 1_000)?,
-        max_delay: ms("retry_max_delay_ms", 32_000)?,
-        max_elapsed: ms("retry_max_elapsed_ms", 20_000)?,
-    };
-    if policy.base_delay > policy.max_delay {
-        return Err(format!(
-            "setting `retry_base_delay_ms` ({} ms) is above `retry_max_delay_ms` ({} ms): lower it or raise the maximum",
-            policy.base_delay.as_millis(),
-            policy.max_delay.as_millis()
-        ));
-    }
-    let request_timeout = ms("request_timeout_ms", 15_000)?;
-    if request_timeout.is_zero() {
-        return Err("setting `request_timeout_ms` is 0: set a positive number of milliseconds".into());
-    }
-    let timeouts = Timeouts {
-        connect: request_timeout.min(Duration::from_secs(5)),
-        first_byte: request_timeout,
-        between_bytes: request_timeout,
-    };
-    Ok((policy, timeouts))
-}
-
-/// The last non-empty value of setting `key`, trimmed.
-pub fn setting<'s>(settings: &'s [(String, String)], key: &str) -> Option<&'s str> {
-    settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
-}
+/// Defaults of the `retry_*` and `request_timeout_ms` settings: Google's
+/// recommended backoff (first wait up to 1 s, doubling, capped at 32 s) bounded
+/// to 20 s in all so a call fits the host's default 30 s deadline.
+pub const RETRY_DEFAULTS: RetryDefaults = RetryDefaults {
+    max_attempts: 6,
+    base_delay_ms: 1_000,
+    max_delay_ms: 32_000,
+    max_elapsed_ms: 20_000,
+    request_timeout_ms: 15_000,
+};
 
 /// Splits the URL of setting `key` into scheme and authority (a missing
 /// default port is left out, as the host's allow-list normalises it).
 pub fn parse_endpoint(key: &str, url: &str) -> Result<Endpoint, String> {
-    let bad = |why: &str| {
-        format!(
-            "setting `{key}` = {url:?} {why}: write `https://host[:port]` (or `http://` for a local emulator), without a path"
-        )
-    };
-    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(bad("is not an http(s) URL"));
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err(bad("has no host"));
-    }
-    if authority.contains(['/', '?', '#', '@', ' ']) {
-        return Err(bad("has a path, query or user part"));
-    }
-    Ok(Endpoint { https, authority: authority.to_ascii_lowercase() })
-}
-
-/// Parses a number setting, or returns `default` when unset.
-fn number(value: Option<&str>, key: &str, default: u64) -> Result<u64, String> {
-    match value {
-        None => Ok(default),
-        Some(v) => v
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("setting `{key}` = {v:?} is not a whole number: write digits only, e.g. `{default}`")),
-    }
+    blockferry_guest::settings::parse_endpoint(key, url, "a local emulator")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

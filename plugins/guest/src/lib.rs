@@ -8,6 +8,8 @@
 //! - [`retry`]: the retry policy (exponential backoff with full jitter, capped,
 //!   `Retry-After`, attempt and elapsed-time limits) and a driver running many
 //!   retried calls with bounded concurrency.
+//! - [`settings`]: helpers of the providers' settings parsers (numbers,
+//!   endpoint URLs, the `retry_*` and `request_timeout_ms` settings).
 //! - [`sigv4`]: AWS Signature Version 4 request signing.
 //! - [`xml`]: the few XML elements S3 answers with.
 //! - [`s3`]: the S3 provider itself, generic over a [`s3::Flavor`] (defaults
@@ -20,6 +22,7 @@
 pub mod http;
 pub mod retry;
 pub mod s3;
+pub mod settings;
 pub mod sigv4;
 pub mod xml;
 
@@ -50,4 +53,23 @@ pub use bindings::exports::blockferry::uploader::bucket_uploader::{Bucket, Guest
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// URI-encodes `s` as SigV4 and Google's APIs ask: every byte but
+/// `A-Za-z0-9-._~` (and `/` when `keep_slash`) becomes `%XX` with upper-case hex.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The current time in seconds since the Unix epoch (from `wasi:clocks/wall-clock`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -144,7 +144,7 @@ impl Config {
             Body::Bytes(bytes) => sigv4::sha256_hex(bytes),
             Body::Stream { .. } => sigv4::UNSIGNED_PAYLOAD.to_string(),
         };
-        let date = sigv4::amz_date(sigv4::unix_now());
+        let date = sigv4::amz_date(crate::unix_now());
         headers.push(("x-amz-date".into(), date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
         if let Some(token) = &self.credentials.session_token {
@@ -612,7 +612,7 @@ impl<T> Call for S3Call<'_, T> {
                 why,
                 retry_after: response
                     .header("retry-after")
-                    .and_then(|v| retry::parse_retry_after(v, sigv4::unix_now())),
+                    .and_then(|v| retry::parse_retry_after(v, crate::unix_now())),
             },
             ErrorClass::Transient => Verdict::Done(Err(UploadError::Transient(why))),
             ErrorClass::Permanent => Verdict::Done(Err(UploadError::Permanent(why))),

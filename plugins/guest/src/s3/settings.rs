@@ -1,13 +1,12 @@
 //! The settings of an S3 bucket, parsed and checked in `bucket.open`.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 
 use crate::http::Timeouts;
 use crate::retry::Policy;
+use crate::settings::{Endpoint, RetryDefaults, number, parse_endpoint, retry_settings, setting};
 use crate::sigv4::Credentials;
 
 /// One MiB.
@@ -63,6 +62,15 @@ impl std::fmt::Debug for Sse {
         }
     }
 }
+
+/// Defaults of the `retry_*` and `request_timeout_ms` settings (those of [`Policy::default`]).
+const RETRY_DEFAULTS: RetryDefaults = RetryDefaults {
+    max_attempts: 5,
+    base_delay_ms: 100,
+    max_delay_ms: 5_000,
+    max_elapsed_ms: 20_000,
+    request_timeout_ms: 15_000,
+};
 
 /// Defaults that differ between the S3 and MinIO flavours.
 #[derive(Clone, Copy, Debug)]
@@ -136,8 +144,7 @@ impl Config {
     /// Parses and checks `settings`; the error names the bad key and the fix.
     /// Also returns the keys it does not know (for a warning).
     pub fn parse(settings: &[(String, String)], defaults: &Defaults) -> Result<(Config, Vec<String>), String> {
-        let get =
-            |key: &str| settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim()).filter(|v| !v.is_empty());
+        let get = |key: &str| setting(settings, key);
         let unknown = settings.iter().map(|(k, _)| k.clone()).filter(|k| !KNOWN_KEYS.contains(&k.as_str())).collect();
 
         let endpoint = get("endpoint").ok_or_else(|| {
@@ -146,7 +153,8 @@ impl Config {
              (the host lets the plugin reach only the endpoints named in its settings)"
                 .to_string()
         })?;
-        let (https, endpoint_authority) = parse_endpoint(endpoint)?;
+        let Endpoint { https, authority: endpoint_authority } =
+            parse_endpoint("endpoint", endpoint, "a local test server")?;
 
         let region = match (get("region"), defaults.region) {
             (Some(region), _) => region.to_string(),
@@ -240,35 +248,7 @@ impl Config {
             return Err(format!("setting `parts_in_flight` = {parts_in_flight} is out of range: set 1 to 64"));
         }
 
-        let max_attempts = number(get("retry_max_attempts"), "retry_max_attempts", 5)?;
-        if !(1..=100).contains(&max_attempts) {
-            return Err(format!(
-                "setting `retry_max_attempts` = {max_attempts} is out of range: set 1 (no retry) to 100"
-            ));
-        }
-        let ms = |key: &str, default: u64| number(get(key), key, default).map(Duration::from_millis);
-        let policy = Policy {
-            max_attempts: max_attempts as u32,
-            base_delay: ms("retry_base_delay_ms", 100)?,
-            max_delay: ms("retry_max_delay_ms", 5_000)?,
-            max_elapsed: ms("retry_max_elapsed_ms", 20_000)?,
-        };
-        if policy.base_delay > policy.max_delay {
-            return Err(format!(
-                "setting `retry_base_delay_ms` ({} ms) is above `retry_max_delay_ms` ({} ms): lower it or raise the maximum",
-                policy.base_delay.as_millis(),
-                policy.max_delay.as_millis()
-            ));
-        }
-        let request_timeout = ms("request_timeout_ms", 15_000)?;
-        if request_timeout.is_zero() {
-            return Err("setting `request_timeout_ms` is 0: set a positive number of milliseconds".into());
-        }
-        let timeouts = Timeouts {
-            connect: request_timeout.min(Duration::from_secs(5)),
-            first_byte: request_timeout,
-            between_bytes: request_timeout,
-        };
+        let (policy, timeouts) = retry_settings(settings, &RETRY_DEFAULTS)?;
 
         Ok((
             Config {
@@ -297,42 +277,6 @@ impl Config {
         let wanted = self.part_size.unwrap_or(DEFAULT_PART_SIZE);
         let least = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
         wanted.max(least).max(MIN_PART_SIZE)
-    }
-}
-
-/// Splits an endpoint URL into (https?, authority).
-fn parse_endpoint(endpoint: &str) -> Result<(bool, String), String> {
-    let bad = |why: &str| {
-        format!(
-            "setting `endpoint` = {endpoint:?} {why}: write `https://host[:port]` \
-             (or `http://` for a local test server), without a path"
-        )
-    };
-    let (https, rest) = if let Some(rest) = endpoint.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = endpoint.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(bad("is not an http(s) URL"));
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err(bad("has no host"));
-    }
-    if authority.contains(['/', '?', '#', '@', ' ']) {
-        return Err(bad("has a path, query or user part"));
-    }
-    Ok((https, authority.to_ascii_lowercase()))
-}
-
-/// Parses a number setting, or returns `default` when unset.
-fn number(value: Option<&str>, key: &str, default: u64) -> Result<u64, String> {
-    match value {
-        None => Ok(default),
-        Some(v) => v
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("setting `{key}` = {v:?} is not a whole number: write digits only, e.g. `{default}`")),
     }
 }
 
