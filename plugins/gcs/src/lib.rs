@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use blockferry_guest::block::{checked_size, existing_outcome};
 use blockferry_guest::http::{Body, HttpError, Request, Response};
 use blockferry_guest::retry::{self, Call, Policy, Verdict};
 use blockferry_guest::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
@@ -90,21 +91,7 @@ impl GuestBucket for GcsBucket {
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
         let key = self.full_key(&block.key)?;
         let cfg = &self.cfg;
-        if block.md5.len() != 16 {
-            return Err(UploadError::Permanent(format!(
-                "objects.insert {}: the host gave an MD5 of {} bytes, not 16",
-                cfg.location(&key),
-                block.md5.len()
-            )));
-        }
-        let size = body.size();
-        if size != block.size {
-            return Err(UploadError::Permanent(format!(
-                "objects.insert {}: block-info says {} bytes but the body has {size}",
-                cfg.location(&key),
-                block.size
-            )));
-        }
+        let size = checked_size("objects.insert", &cfg.location(&key), &block, body)?;
         let created = if size > cfg.resumable_threshold {
             self.put_resumable(&block, body, &key)?
         } else {
@@ -129,17 +116,13 @@ impl GuestBucket for GcsBucket {
                 blockferry_guest::log(Level::Debug, &format!("uploaded {size} bytes to {}", cfg.location(&key)));
                 Ok(Outcome::Uploaded)
             }
-            Created::Exists => match self.get_metadata(&key)? {
-                Some(there) if there.size == block.size && there.md5.as_deref() == Some(&block.md5[..]) => {
-                    Ok(Outcome::AlreadyPresent)
-                }
-                Some(there) => Err(UploadError::HashMismatch(there)),
-                None => Err(UploadError::Transient(format!(
+            Created::Exists => existing_outcome(&block, self.get_metadata(&key)?, || {
+                format!(
                     "objects.insert {}: the server said an object exists (HTTP 412) but objects.get found \
                      none (deleted meanwhile?); retry later",
                     cfg.location(&key)
-                ))),
-            },
+                )
+            }),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Shared guest-side code of blockferry's provider plugins (WebAssembly
 //! components for `wasm32-wasip2`).
 //!
+//! - [`block`]: the checks of `put_block` every provider makes (block info
+//!   against body, what an object already under the key means).
 //! - [`http`]: HTTP/1.1 exchanges over raw `wasi:http`, request bodies either
 //!   from memory or spliced from a host `input-stream` (the block's bytes never
 //!   pass through guest memory), several exchanges driven at once with
@@ -19,6 +21,7 @@
 //! A future provider (GCS, ...) reuses [`http`], [`retry`] and the bindings,
 //! and exports its own `GuestBucket` type with [`export_provider!`].
 
+pub mod block;
 pub mod http;
 pub mod retry;
 pub mod s3;

@@ -19,6 +19,7 @@ use wasip2::http::types::Method;
 
 pub use settings::{Addressing, Config, Defaults, Sse};
 
+use crate::block::{checked_size, existing_outcome};
 use crate::http::{Body, HttpError, Request, Response};
 use crate::retry::{self, Call, Verdict};
 use crate::sigv4::{self, Signable};
@@ -74,21 +75,7 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
 
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
         let key = self.full_key(&block.key)?;
-        if block.md5.len() != 16 {
-            return Err(UploadError::Permanent(format!(
-                "PutObject {}: the host gave an MD5 of {} bytes, not 16",
-                self.cfg.location(&key),
-                block.md5.len()
-            )));
-        }
-        let size = body.size();
-        if size != block.size {
-            return Err(UploadError::Permanent(format!(
-                "PutObject {}: block-info says {} bytes but the body has {size}",
-                self.cfg.location(&key),
-                block.size
-            )));
-        }
+        let size = checked_size("PutObject", &self.cfg.location(&key), &block, body)?;
         let created = if size > self.cfg.multipart_threshold {
             self.put_multipart(&block, body, &key)?
         } else {
@@ -99,17 +86,13 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
                 crate::log(Level::Debug, &format!("uploaded {size} bytes to {}", self.cfg.location(&key)));
                 Ok(Outcome::Uploaded)
             }
-            Created::Exists => match self.head(&key)? {
-                Some(there) if there.size == block.size && there.md5.as_deref() == Some(&block.md5[..]) => {
-                    Ok(Outcome::AlreadyPresent)
-                }
-                Some(there) => Err(UploadError::HashMismatch(there)),
-                None => Err(UploadError::Transient(format!(
+            Created::Exists => existing_outcome(&block, self.head(&key)?, || {
+                format!(
                     "PutObject {}: the server said an object exists (412 PreconditionFailed) but HEAD \
                      found none (deleted meanwhile?); retry later",
                     self.cfg.location(&key)
-                ))),
-            },
+                )
+            }),
         }
     }
 
