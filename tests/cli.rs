@@ -2,22 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::*;
-
-fn blockferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockferry"))
-        .args(args)
-        .current_dir(workspace())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running blockferry")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 #[test]
 fn plugin_check_accepts_the_bundled_providers() {

@@ -6,29 +6,15 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
-
-/// Run the binary from the workspace root (where the default `--fs-plugin` is).
-fn blockferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockferry"))
-        .args(args)
-        .current_dir(workspace())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running blockferry")
-}
 
 /// Run `blockferry <command> --dir <work> <args>`.
 fn on(command: &str, work: &Path, args: &[&str]) -> Output {
     let mut all = vec![command, "--dir", work.to_str().unwrap()];
     all.extend_from_slice(args);
     blockferry(&all)
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// Run and require success.

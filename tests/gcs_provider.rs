@@ -35,18 +35,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use blockferry::plugin::{BlockBody, BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
+use blockferry::plugin::{BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
+use common::servers::{RequestHead, free_port, read_body, read_head};
 use common::*;
 use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KIB: usize = 1024;
 const INSTALL: &str = "install it with scripts/install-test-servers.sh";
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A child process killed on drop, with the temp dir of its log.
 struct Process {
@@ -318,19 +314,6 @@ fn reset(stream: tokio::net::TcpStream) {
     drop(stream);
 }
 
-/// Reads from `client` into `buf` until it holds `until` bytes.
-async fn read_body(client: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, until: usize) -> std::io::Result<()> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    while buf.len() < until {
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(())
-}
-
 /// Serves one request on `client`.
 async fn proxy_one(
     mut client: tokio::net::TcpStream,
@@ -340,29 +323,11 @@ async fn proxy_one(
     sessions: &Mutex<HashMap<String, Session>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let Some(RequestHead { end: head_end, request_line, method, target, headers, length }) =
+        read_head(&mut client, &mut buf).await?
+    else {
+        return Ok(());
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default().to_string();
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize =
-        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut request = Seen { method, target, headers, fault: None, status_query: false };
     request.fault = plan(&request);
     let upload_id = request.target.split_once("upload_id=").map(|(_, id)| id.split('&').next().unwrap().to_string());
@@ -449,16 +414,10 @@ async fn proxy_one(
 
 /// Settings for `bucket` at `endpoint`, fast retries, plus `extra`.
 fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut all: Vec<(String, String)> =
-        [("endpoint", endpoint), ("bucket", bucket), ("retry_base_delay_ms", "20"), ("retry_max_delay_ms", "500")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-    for (k, v) in extra {
-        all.retain(|(key, _)| key != k);
-        all.push((k.to_string(), v.to_string()));
-    }
-    all
+    settings_with(
+        &[("endpoint", endpoint), ("bucket", bucket), ("retry_base_delay_ms", "20"), ("retry_max_delay_ms", "500")],
+        extra,
+    )
 }
 
 /// Opens a GCS bucket with `settings`, a 30 s call deadline.
@@ -469,37 +428,15 @@ async fn open(runtime: &PluginRuntime, settings: Vec<(String, String)>) -> Bucke
     BucketClient::open(load(runtime, "blockferry_gcs"), spec).await.unwrap_or_else(|e| panic!("open gcs: {e}"))
 }
 
-async fn put(client: &BucketClient, number: u64, key: &str, bytes: &[u8]) -> Result<Outcome, CallError> {
-    client.put_block(&block(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await
-}
-
 fn md5_b64(bytes: &[u8]) -> String {
     B64.encode(Md5::digest(bytes))
-}
-
-fn permanent(err: CallError) -> String {
-    match err {
-        CallError::Plugin(PluginFailure::Permanent(m)) => m,
-        other => panic!("expected a permanent failure, got {other:?}"),
-    }
-}
-
-fn transient(err: CallError) -> String {
-    match err {
-        CallError::Plugin(PluginFailure::Transient(m)) => m,
-        other => panic!("expected a transient failure, got {other:?}"),
-    }
 }
 
 #[test]
 fn plugin_check_accepts_the_component() {
     let path = plugin_path("blockferry_gcs");
-    let out = Command::new(env!("CARGO_BIN_EXE_blockferry"))
-        .args(["plugin", "check", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = blockferry(&["plugin", "check", path.to_str().unwrap()]);
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("provider: gcs"), "{text}");
     assert!(text.contains("blockferry:uploader/provider@0.1.0"), "{text}");

@@ -18,22 +18,17 @@ const MIB: usize = 1 << 20;
 
 /// Settings for `bucket` at `endpoint`: path-style, us-east-1, the test keys, plus `extra`.
 fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut all: Vec<(String, String)> = [
-        ("endpoint", endpoint),
-        ("bucket", bucket),
-        ("region", "us-east-1"),
-        ("addressing", "path"),
-        ("access_key_id", ACCESS_KEY),
-        ("secret_access_key", SECRET_KEY),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in extra {
-        all.retain(|(key, _)| key != k);
-        all.push((k.to_string(), v.to_string()));
-    }
-    all
+    settings_with(
+        &[
+            ("endpoint", endpoint),
+            ("bucket", bucket),
+            ("region", "us-east-1"),
+            ("addressing", "path"),
+            ("access_key_id", ACCESS_KEY),
+            ("secret_access_key", SECRET_KEY),
+        ],
+        extra,
+    )
 }
 
 /// Opens a bucket with plugin `plugin` and `settings`, a 60 s call deadline
@@ -44,10 +39,6 @@ async fn open(runtime: &PluginRuntime, plugin: &str, settings: Vec<(String, Stri
     spec.call_timeout = Duration::from_secs(60);
     spec.max_concurrency = 8;
     BucketClient::open(load(runtime, plugin), spec).await.unwrap_or_else(|e| panic!("open {plugin}: {e}"))
-}
-
-async fn put(client: &BucketClient, number: u64, key: &str, bytes: &[u8]) -> Result<Outcome, CallError> {
-    client.put_block(&block(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
@@ -85,30 +76,12 @@ fn open_uploads(endpoint: &str, bucket: &str) -> usize {
         .unwrap()
 }
 
-fn permanent(err: CallError) -> String {
-    match err {
-        CallError::Plugin(PluginFailure::Permanent(m)) => m,
-        other => panic!("expected a permanent failure, got {other:?}"),
-    }
-}
-
-fn transient(err: CallError) -> String {
-    match err {
-        CallError::Plugin(PluginFailure::Transient(m)) => m,
-        other => panic!("expected a transient failure, got {other:?}"),
-    }
-}
-
 #[test]
 fn plugin_check_accepts_both_components() {
     for (name, provider) in [("blockferry_s3", "s3"), ("blockferry_minio", "minio")] {
         let path = plugin_path(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockferry"))
-            .args(["plugin", "check", path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = blockferry(&["plugin", "check", path.to_str().unwrap()]);
+        let text = text(&out);
         assert!(out.status.success(), "{name}: {text}");
         assert!(text.contains(&format!("provider: {provider}")), "{text}");
         assert!(text.contains("blockferry:uploader/provider@0.1.0"), "{text}");

@@ -1,13 +1,18 @@
 //! Shared helpers of the end-to-end tests: where the built plugins are, a
-//! runtime with a shared compile cache, bucket specs, blocks.
+//! runtime with a shared compile cache, bucket specs, blocks, calls and their
+//! failures, the `blockferry` binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
-use blockferry::plugin::{BlockInfo, BucketSpec, EngineSettings, Plugin, PluginRuntime};
+use blockferry::plugin::{
+    BlockBody, BlockInfo, BucketClient, BucketSpec, CallError, EngineSettings, Outcome, Plugin, PluginFailure,
+    PluginRuntime,
+};
 use md5::{Digest, Md5};
 
 pub mod servers;
@@ -77,4 +82,51 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// Settings from `base`, each pair of `extra` replacing the base key's value or added.
+pub fn settings_with(base: &[(&str, &str)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = base.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    for (k, v) in extra {
+        all.retain(|(key, _)| key != k);
+        all.push((k.to_string(), v.to_string()));
+    }
+    all
+}
+
+/// Puts `bytes` as block `number` under `key`.
+pub async fn put(client: &BucketClient, number: u64, key: &str, bytes: &[u8]) -> Result<Outcome, CallError> {
+    client.put_block(&block(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await
+}
+
+/// The message of a permanent failure (panics on any other result).
+pub fn permanent(err: CallError) -> String {
+    match err {
+        CallError::Plugin(PluginFailure::Permanent(m)) => m,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+/// The message of a transient failure (panics on any other result).
+pub fn transient(err: CallError) -> String {
+    match err {
+        CallError::Plugin(PluginFailure::Transient(m)) => m,
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+}
+
+/// Runs the `blockferry` binary with `args` from the workspace root (where
+/// the default `--fs-plugin` is), `RUST_LOG=warn`.
+pub fn blockferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blockferry"))
+        .args(args)
+        .current_dir(workspace())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running blockferry")
+}
+
+/// The output's stdout then stderr, as text.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

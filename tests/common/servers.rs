@@ -249,27 +249,37 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Reads one request from `client`, applies the plan, forwards or fails it.
-async fn serve(
-    mut client: tokio::net::TcpStream,
-    upstream: SocketAddr,
-    plan: &Plan,
-    counter: &AtomicUsize,
-    seen: &Mutex<Vec<SeenRequest>>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let head_end = loop {
+/// The head of a request a test proxy read.
+pub struct RequestHead {
+    /// Its length in bytes, the closing blank line included.
+    pub end: usize,
+    /// The request line, e.g. `PUT /b/k HTTP/1.1`.
+    pub request_line: String,
+    /// Method, e.g. `PUT`.
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// Header lines, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// `content-length`, 0 when absent.
+    pub length: usize,
+}
+
+/// Reads from `client` into `buf` until it holds a request's head, and parses
+/// it; `None` when the client closes before.
+pub async fn read_head(client: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<RequestHead>> {
+    let end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break pos + 4;
         }
         let mut chunk = [0u8; 8192];
         let n = client.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default().to_string();
     let mut parts = request_line.split(' ');
@@ -280,16 +290,38 @@ async fn serve(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let length: usize =
-        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    while buf.len() < head_end + length {
-        let mut chunk = vec![0u8; 64 * 1024];
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    Ok(Some(RequestHead { end, request_line, method, target, headers, length }))
+}
+
+/// Reads from `client` into `buf` until it holds `until` bytes.
+pub async fn read_body(client: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, until: usize) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    while buf.len() < until {
         let n = client.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(());
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    Ok(())
+}
+
+/// Reads one request from `client`, applies the plan, forwards or fails it.
+async fn serve(
+    mut client: tokio::net::TcpStream,
+    upstream: SocketAddr,
+    plan: &Plan,
+    counter: &AtomicUsize,
+    seen: &Mutex<Vec<SeenRequest>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let Some(RequestHead { end: head_end, request_line, method, target, headers, length }) =
+        read_head(&mut client, &mut buf).await?
+    else {
+        return Ok(());
+    };
+    read_body(&mut client, &mut buf, head_end + length).await?;
     let n = counter.fetch_add(1, Ordering::SeqCst);
     let fault = plan(n, &method, &target);
     seen.lock().unwrap().push(SeenRequest {
