@@ -26,7 +26,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry::plugin::{BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
-use common::servers::{RequestHead, free_port, read_body, read_head};
+use common::servers::{RequestHead, free_port, read_body, read_head, serve_on_loopback};
 use common::*;
 use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -267,22 +267,14 @@ struct Proxy {
 impl Proxy {
     /// Starts a proxy to 127.0.0.1:`upstream`.
     fn start(upstream: u16, plan: impl Fn(&Seen) -> Option<Fault> + Send + Sync + 'static) -> Proxy {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sessions: Arc<Mutex<HashMap<String, Session>>> = Arc::default();
         let plan: Arc<Plan> = Arc::new(plan);
         let seen2 = seen.clone();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
-                let (plan, seen, sessions) = (plan.clone(), seen2.clone(), sessions.clone());
-                tokio::spawn(async move {
-                    let _ = proxy_one(client, upstream, &*plan, &seen, &sessions).await;
-                });
+        let (port, runtime) = serve_on_loopback(move |client| {
+            let (plan, seen, sessions) = (plan.clone(), seen2.clone(), sessions.clone());
+            async move {
+                let _ = proxy_one(client, upstream, &*plan, &seen, &sessions).await;
             }
         });
         Proxy { port, seen, runtime: Some(runtime) }

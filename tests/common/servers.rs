@@ -204,22 +204,14 @@ impl FaultProxy {
         upstream: SocketAddr,
         plan: impl Fn(usize, &str, &str) -> Option<Fault> + Send + Sync + 'static,
     ) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Plan> = Arc::new(plan);
         let counter = Arc::new(AtomicUsize::new(0));
         let seen2 = seen.clone();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
-                let (plan, counter, seen) = (plan.clone(), counter.clone(), seen2.clone());
-                tokio::spawn(async move {
-                    let _ = serve(client, upstream, &*plan, &counter, &seen).await;
-                });
+        let (port, runtime) = serve_on_loopback(move |client| {
+            let (plan, counter, seen) = (plan.clone(), counter.clone(), seen2.clone());
+            async move {
+                let _ = serve(client, upstream, &*plan, &counter, &seen).await;
             }
         });
         FaultProxy { port, seen, runtime: Some(runtime) }
@@ -247,6 +239,27 @@ impl Drop for FaultProxy {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Serves each connection to a free loopback port with `handle`, on a task of
+/// a new 2-thread runtime; returns the port and the runtime (which stops it).
+pub fn serve_on_loopback<F, Fut>(handle: F) -> (u16, tokio::runtime::Runtime)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((client, _)) = listener.accept().await else { continue };
+            tokio::spawn(handle(client));
+        }
+    });
+    (port, runtime)
 }
 
 /// The head of a request a test proxy read.
