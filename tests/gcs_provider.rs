@@ -842,11 +842,10 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
     );
 }
 
-/// Upload throughput of the plugin against the emulator (a benchmark, not a
-/// check): `cargo nextest run -p blockferry --test gcs_provider --run-ignored only throughput`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run on demand"]
-async fn throughput_against_the_emulator() {
+/// Upload throughput of the plugin against the emulator. A benchmark, not a
+/// test: `cargo bench -p blockferry --bench gcs_throughput` runs it (BENCHMARKS.md).
+#[allow(dead_code)]
+pub async fn throughput_against_the_emulator() {
     let gcs = FakeGcs::start();
     gcs.create_bucket("bench");
     let runtime = runtime();
