@@ -24,7 +24,7 @@ use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything the host grants one bucket's plugin.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BucketSpec {
     /// The bucket's name in the config (used in log lines and errors).
     pub name: String,
@@ -44,6 +44,21 @@ pub struct BucketSpec {
     pub call_timeout: Duration,
     /// Calls that may run at once on this bucket.
     pub max_concurrency: usize,
+}
+
+/// Shows setting names only: setting values include the bucket's secrets.
+impl std::fmt::Debug for BucketSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketSpec")
+            .field("name", &self.name)
+            .field("settings", &self.settings.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("directory", &self.directory)
+            .field("allow_hosts", &self.allow_hosts)
+            .field("memory_limit", &self.memory_limit)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BucketSpec {
@@ -348,6 +363,8 @@ mod tests {
         let key = r#"{"type":"service_account","token_uri":"https://oauth2.googleapis.com/token","client_email":"x"}"#;
         let gcs = spec(&[("service_account_json", key)], &[]);
         assert_eq!(gcs.allowed_authorities().into_iter().collect::<Vec<_>>(), ["oauth2.googleapis.com:443"]);
+        let shown = format!("{:?}", spec(&[("secret_access_key", "hunter2")], &[]));
+        assert!(shown.contains("secret_access_key") && !shown.contains("hunter2"), "{shown}");
         assert_eq!(
             allowed,
             ["blocks.s3.eu-west-1.amazonaws.com:443", "proxy.internal:3128", "s3.eu-west-1.amazonaws.com:443"]
