@@ -12,6 +12,11 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An MD5 digest in the base64 form `.meta` files and log lines use.
+pub fn md5_base64(md5: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
 /// Where one block stands with one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -94,7 +99,7 @@ impl BlockMeta {
             number,
             file,
             size,
-            md5: base64::engine::general_purpose::STANDARD.encode(md5),
+            md5: md5_base64(md5),
             created_at_ms: now_ms(),
             buckets: buckets.iter().map(|b| (b.clone(), BucketStatus::Pending)).collect(),
             hash_mismatch: false,

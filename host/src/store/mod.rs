@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
-pub use meta::{BlockMeta, BucketStatus, now_ms};
+pub use meta::{BlockMeta, BucketStatus, md5_base64, now_ms};
 
 use crate::config::Compression;
 
@@ -152,11 +152,7 @@ impl BlockStore {
             return if existing.md5_bytes() == md5.as_slice() {
                 Ok(existing)
             } else {
-                Err(StoreError::Conflict {
-                    number,
-                    stored: existing.md5,
-                    received: BlockMeta::new(number, String::new(), 0, &md5, &[]).md5,
-                })
+                Err(StoreError::Conflict { number, stored: existing.md5, received: md5_base64(&md5) })
             };
         }
         let file = format!("{number:0DIGITS$}{}", self.ext());

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::{BucketStats, Target};
 use crate::config::UploadConfig;
 use crate::plugin::{BlockBody, BlockInfo, CallError, Outcome, PluginFailure};
-use crate::store::{BlockStore, BucketStatus, StoreError, now_ms};
+use crate::store::{BlockStore, BucketStatus, StoreError, md5_base64, now_ms};
 
 /// What one upload attempt came to.
 enum Attempt {
@@ -196,8 +196,7 @@ async fn try_upload(
         }
         Err(CallError::Plugin(PluginFailure::HashMismatch(remote))) => {
             stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
-            let remote_md5 =
-                remote.md5.as_deref().map(|m| crate::store::BlockMeta::new(0, String::new(), 0, m, &[]).md5);
+            let remote_md5 = remote.md5.as_deref().map(md5_base64);
             tracing::error!(
                 bucket = %target.name, block = n, key = %info.key, local_md5 = %meta.md5,
                 remote_md5 = remote_md5.as_deref().unwrap_or("unknown"),
