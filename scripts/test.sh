@@ -19,4 +19,4 @@ cargo clippy --target wasm32-wasip2 --profile plugin \
 scripts/install-test-servers.sh
 
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast -p blockferry -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
+cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
