@@ -1,0 +1,22 @@
+//! A consensus-node simulator for blockferry.
+//!
+//! It streams generated blocks to a block node (blockferry's ingest) over the
+//! real `org.hiero.block.api` publish protocol, follows the node's answers
+//! (acknowledgements, `SkipBlock`, `ResendBlock`, `BehindPublisher`,
+//! `EndOfStream`) and reports throughput and acknowledgement latency.
+//!
+//! - [`blocks`]: deterministic blocks with a consensus node's item mix;
+//! - [`publish`]: the consensus node, paced and bounded like a real one;
+//! - [`Session`]: a raw stream for tests that send arbitrary requests.
+
+#![warn(missing_docs)]
+
+pub mod blocks;
+mod error;
+pub mod publisher;
+pub mod session;
+
+pub use blocks::{block_bytes, generate_block};
+pub use error::{PublishError, Result};
+pub use publisher::{PublishReport, PublisherOptions, publish};
+pub use session::Session;
