@@ -70,6 +70,11 @@ fn init_writes_the_example_config_which_loads() {
     let config = blockferry::config::Config::load(&path).expect("the example config loads");
     assert_eq!(config.buckets.len(), 1);
     assert_eq!(config.buckets[0].name, "local");
+    // It lists the defaults, so what it says is what a missing key means.
+    use blockferry::config::{BufferConfig, IngestConfig, UploadConfig};
+    assert_eq!(format!("{:?}", config.ingest), format!("{:?}", IngestConfig::default()));
+    assert_eq!(format!("{:?}", config.buffer), format!("{:?}", BufferConfig::default()));
+    assert_eq!(format!("{:?}", config.upload), format!("{:?}", UploadConfig::default()));
     // It refuses to overwrite.
     let again = blockferry(&["init", path.to_str().unwrap()]);
     assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));

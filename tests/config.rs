@@ -85,6 +85,15 @@ fn invalid_values_name_the_key_and_the_fix() {
             "<=",
         ),
         ("mode = \"file-and-bucket\"\n", "`buckets`", "mode = \"file\""),
+        ("mode = \"file\"\n[ingest]\nlisten = \"nowhere\"\n", "ingest.listen", "host:port"),
+        ("mode = \"file\"\n[ingest]\nhard_limit_bytes = 10\n", "ingest.hard_limit_bytes", "6292480"),
+        (
+            "mode = \"file\"\n[ingest]\nhard_limit_bytes = 9000000\nmax_block_bytes = 8000000\n",
+            "ingest.max_block_bytes",
+            ">= hard_limit_bytes",
+        ),
+        ("mode = \"file\"\n[buffer]\nttl_secs = 0\n", "buffer.ttl_secs", ">= 1"),
+        ("mode = \"file\"\n[buffer]\nrecovery_percent = 100\n", "buffer.recovery_percent", "e.g. 85"),
     ];
     for (config, key, fix) in cases {
         let msg = load_err(config);

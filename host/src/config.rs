@@ -100,6 +100,12 @@ pub struct Config {
     /// The local block store.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The gRPC endpoint the consensus node publishes its block stream to.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// The in-memory buffer of recent blocks and its backpressure.
+    #[serde(default)]
+    pub buffer: BufferConfig,
     /// The plugin runtime.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -124,6 +130,108 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self { dir: default_store_dir(), compression: Compression::None }
     }
+}
+
+/// `[ingest]`: where the consensus node publishes its block stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address (`host:port`) of the `publishBlockStream` gRPC endpoint.
+    #[serde(default = "default_ingest_listen")]
+    pub listen: String,
+    /// Largest request accepted, in bytes (a consensus node's hard limit:
+    /// 6 MB + 1 KB by default; deployments raise it).
+    #[serde(default = "default_hard_limit")]
+    pub hard_limit_bytes: usize,
+    /// Largest block accepted, in bytes (all its items together).
+    #[serde(default = "default_max_block_bytes")]
+    pub max_block_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_ingest_listen(),
+            hard_limit_bytes: default_hard_limit(),
+            max_block_bytes: default_max_block_bytes(),
+        }
+    }
+}
+
+fn default_ingest_listen() -> String {
+    "127.0.0.1:40840".into()
+}
+fn default_hard_limit() -> usize {
+    6_292_480
+}
+fn default_max_block_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+/// `[buffer]`: recent blocks kept in memory until block nodes acknowledge
+/// them (seed 004), and the backpressure toward the consensus node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// How long an acknowledged block stays in memory, in seconds.
+    #[serde(default = "default_buffer_ttl_secs")]
+    pub ttl_secs: u64,
+    /// The expected time between blocks, in milliseconds; the ideal buffer
+    /// size is `ttl_secs` ÷ this (150 blocks by default).
+    #[serde(default = "default_block_period_ms")]
+    pub block_period_ms: u64,
+    /// Bytes of unacknowledged blocks that count as a full buffer; also the
+    /// most acknowledged blocks are kept in memory.
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: u64,
+    /// How often acknowledged blocks past their TTL are pruned, in milliseconds.
+    #[serde(default = "default_prune_interval_ms")]
+    pub prune_interval_ms: u64,
+    /// Saturation (percent) at which a warning is logged and counted.
+    #[serde(default = "default_action_stage_percent")]
+    pub action_stage_percent: f64,
+    /// Saturation (percent) below which backpressure, engaged at 100 %, is released.
+    #[serde(default = "default_recovery_percent")]
+    pub recovery_percent: f64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: default_buffer_ttl_secs(),
+            block_period_ms: default_block_period_ms(),
+            max_bytes: default_buffer_max_bytes(),
+            prune_interval_ms: default_prune_interval_ms(),
+            action_stage_percent: default_action_stage_percent(),
+            recovery_percent: default_recovery_percent(),
+        }
+    }
+}
+
+impl BufferConfig {
+    /// The ideal number of blocks in the buffer: TTL ÷ block period (at least 1).
+    pub fn ideal_blocks(&self) -> u64 {
+        (self.ttl_secs * 1000 / self.block_period_ms.max(1)).max(1)
+    }
+}
+
+fn default_buffer_ttl_secs() -> u64 {
+    300
+}
+fn default_block_period_ms() -> u64 {
+    2_000
+}
+fn default_buffer_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_prune_interval_ms() -> u64 {
+    1_000
+}
+fn default_action_stage_percent() -> f64 {
+    50.0
+}
+fn default_recovery_percent() -> f64 {
+    85.0
 }
 
 /// Block file compression. `gzip` is deterministic (fixed level, no name or
@@ -384,6 +492,7 @@ impl Config {
                 "set it to at least the sum of the buckets' `concurrency`",
             ));
         }
+        self.validate_stream(&invalid)?;
         let u = &self.upload;
         if u.retry_initial_backoff_ms == 0 || u.retry_max_backoff_ms < u.retry_initial_backoff_ms {
             return Err(invalid(
@@ -482,6 +591,58 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Check `[ingest]` and `[buffer]`.
+    fn validate_stream(&self, invalid: &dyn Fn(String, String, &str) -> ConfigError) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        if i.listen.parse::<std::net::SocketAddr>().is_err() && !i.listen.contains(':') {
+            return Err(invalid(
+                "ingest.listen".into(),
+                format!("= {:?} is not an address", i.listen),
+                "use host:port, e.g. \"127.0.0.1:40840\"",
+            ));
+        }
+        if i.hard_limit_bytes < 1024 {
+            return Err(invalid(
+                "ingest.hard_limit_bytes".into(),
+                format!("= {} is too small", i.hard_limit_bytes),
+                "use at least 6292480 (6 MB + 1 KB), a consensus node's default",
+            ));
+        }
+        if i.max_block_bytes < i.hard_limit_bytes {
+            return Err(invalid(
+                "ingest.max_block_bytes".into(),
+                format!("= {} is below hard_limit_bytes = {}", i.max_block_bytes, i.hard_limit_bytes),
+                "a block may hold several requests: use max_block_bytes >= hard_limit_bytes",
+            ));
+        }
+        let b = &self.buffer;
+        for (key, value) in [
+            ("buffer.ttl_secs", b.ttl_secs),
+            ("buffer.block_period_ms", b.block_period_ms),
+            ("buffer.max_bytes", b.max_bytes),
+            ("buffer.prune_interval_ms", b.prune_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.into(), "is 0".into(), "use a value >= 1"));
+            }
+        }
+        if !(b.recovery_percent > 0.0 && b.recovery_percent < 100.0) {
+            return Err(invalid(
+                "buffer.recovery_percent".into(),
+                format!("= {} is not between 0 and 100", b.recovery_percent),
+                "backpressure engages at 100 % and is released below this: use e.g. 85",
+            ));
+        }
+        if !(b.action_stage_percent > 0.0 && b.action_stage_percent <= 100.0) {
+            return Err(invalid(
+                "buffer.action_stage_percent".into(),
+                format!("= {} is not between 0 and 100", b.action_stage_percent),
+                "use e.g. 50",
+            ));
         }
         Ok(())
     }

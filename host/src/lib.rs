@@ -4,8 +4,10 @@
 //!
 //! Modules are named after the stage they own; see `ARCHITECTURE.md`.
 
+pub mod buffer;
 pub mod config;
 pub mod credentials;
+pub mod ingest;
 pub mod plugin;
 pub mod store;
 pub mod upload;

@@ -16,6 +16,7 @@ use blockferry::plugin::{
 use md5::{Digest, Md5};
 
 pub mod servers;
+pub mod sidecar;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -122,6 +123,8 @@ pub fn blockferry(args: &[&str]) -> Output {
         .args(args)
         .current_dir(workspace())
         .env("RUST_LOG", "warn")
+        // Tests run side by side: every sidecar listens on a free port.
+        .env("BLOCKFERRY_INGEST_LISTEN", "127.0.0.1:0")
         .output()
         .expect("running blockferry")
 }

@@ -26,7 +26,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port`, or panics naming `what`.
-fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+pub fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

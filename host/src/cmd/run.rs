@@ -1,9 +1,10 @@
-//! `blockferry run`: the sidecar. Stores blocks durably, uploads them to every
-//! bucket through their plugins, resumes unfinished uploads at start-up and
-//! deletes local blocks once retention allows.
+//! `blockferry run`: the sidecar. Receives the consensus node's block stream
+//! (`ingest`), stores blocks durably, uploads them to every bucket through
+//! their plugins, resumes unfinished uploads at start-up and deletes local
+//! blocks once retention allows.
 //!
-//! Until ingest from the consensus node lands, blocks come from `--generate`
-//! (deterministic generated blocks) or `blockferry import`.
+//! `--generate N` feeds it from the built-in consensus-node simulator, over
+//! real gRPC to its own ingest endpoint.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,10 +13,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use blockferry::buffer::BlockBuffer;
 use blockferry::config::Config;
+use blockferry::ingest::Ingest;
 use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
 use blockferry::store::BlockStore;
 use blockferry::upload::{Target, UploadManager, run_retention};
+use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
 
 /// Where `scripts/build-plugins.sh` puts the `fs` provider.
@@ -33,13 +37,22 @@ pub struct RunArgs {
     /// The `fs` provider component used by the embedded default.
     #[arg(long, env = "BLOCKFERRY_FS_PLUGIN", default_value = DEFAULT_FS_PLUGIN)]
     pub fs_plugin: PathBuf,
-    /// Generate this many blocks (1 to 64 KiB, deterministic) and store them.
+    /// Listen for the consensus node here instead of `ingest.listen`
+    /// (`127.0.0.1:0` picks a free port).
+    #[arg(long, value_name = "ADDR", env = "BLOCKFERRY_INGEST_LISTEN")]
+    pub listen: Option<String>,
+    /// Publish this many generated blocks to the ingest endpoint from the
+    /// built-in consensus-node simulator (deterministic blocks).
     #[arg(long, default_value_t = 0)]
     pub generate: u64,
-    /// Number of the first generated block.
-    #[arg(long, default_value_t = 0)]
-    pub first: u64,
-    /// Pause between generated blocks, in milliseconds.
+    /// Number of the first generated block (default: the block after the
+    /// newest stored one).
+    #[arg(long)]
+    pub first: Option<u64>,
+    /// Size of each generated block, in bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub block_size: usize,
+    /// Time between generated blocks, in milliseconds (0: as fast as acknowledged).
     #[arg(long, default_value_t = 0)]
     pub block_interval_ms: u64,
     /// Exit once every stored block is final in every bucket (after one
@@ -71,21 +84,6 @@ pub fn config_of(config: Option<&Path>, dir: &Path, fs_plugin: &Path) -> anyhow:
         Some(path) => Ok(Config::load(path)?),
         None => embedded_default(dir, fs_plugin),
     }
-}
-
-/// Deterministic block bytes: 1 to 64 KiB, different for every number.
-pub fn generated_block(number: u64) -> Vec<u8> {
-    let size = 1024 + (number.wrapping_mul(2_654_435_761) % (63 * 1024)) as usize;
-    let mut state = number ^ 0x9e37_79b9_7f4a_7c15;
-    let mut bytes = format!("generated block {number}\n").into_bytes();
-    while bytes.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    bytes
 }
 
 /// Load every bucket's plugin and open the bucket.
@@ -146,15 +144,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    for n in args.first..args.first + args.generate {
-        let bytes = generated_block(n);
-        let s = store.clone();
-        let names = names.clone();
-        tokio::task::spawn_blocking(move || s.write_block(n, &bytes, &names)).await??;
-        manager.block_stored(n);
-        if args.block_interval_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(args.block_interval_ms)).await;
-        }
+    let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), false));
+    let pruner = buffer.spawn_pruner();
+    let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
+    let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen for the consensus node on {listen} (ingest.listen): is another process using it? choose another address")
+    })?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, next_block = ?ingest.latest().map(|l| l + 1), "ingest: waiting for the consensus node");
+    let (stop_ingest, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ingest.clone().serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    if args.generate > 0 {
+        let first = args.first.unwrap_or_else(|| ingest.latest().map_or(0, |l| l + 1));
+        let options = PublisherOptions {
+            endpoint: format!("http://{address}"),
+            first_block: first,
+            blocks: args.generate,
+            block_size: args.block_size,
+            interval: Duration::from_millis(args.block_interval_ms),
+            ..PublisherOptions::default()
+        };
+        let report = publish(&options).await.context("publishing generated blocks to the ingest endpoint")?;
+        println!("consensus-node simulator:\n{}", report.summary());
+        anyhow::ensure!(report.complete(), "the generated blocks were not all acknowledged: {}", report.summary());
     }
 
     if args.exit_when_drained {
@@ -169,6 +185,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("shutting down; unfinished uploads resume at the next start");
     }
     retention.abort();
+    pruner.abort();
+    // A connected publisher's stream would hold a graceful shutdown open:
+    // give it a moment, then stop. Nothing unacknowledged is lost.
+    let _ = stop_ingest.send(());
+    let mut server = server;
+    match tokio::time::timeout(Duration::from_secs(2), &mut server).await {
+        Ok(result) => result?.context("ingest endpoint")?,
+        Err(_) => server.abort(),
+    }
     for (name, s) in manager.stats() {
         println!(
             "bucket {name}: {} uploaded, {} already present, {} hash mismatches, {} failed attempts",

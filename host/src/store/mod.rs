@@ -161,7 +161,9 @@ impl BlockStore {
         write_synced(&tmp, data).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
         let meta = BlockMeta::new(number, file, data.len() as u64, &md5, buckets);
         self.write_meta(&meta)?;
         sync_dir(&self.dir)?;

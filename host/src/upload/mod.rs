@@ -115,6 +115,17 @@ impl UploadManager {
         }
     }
 
+    /// A handle that queues newly stored blocks for every bucket, for a stage
+    /// that outlives a borrow of the manager (ingest).
+    pub fn notifier(&self) -> Arc<dyn Fn(u64) + Send + Sync> {
+        let senders: Vec<_> = self.senders.iter().map(|(_, tx)| tx.clone()).collect();
+        Arc::new(move |number| {
+            for tx in &senders {
+                let _ = tx.send(number);
+            }
+        })
+    }
+
     /// Counters per bucket name.
     pub fn stats(&self) -> &[(String, Arc<BucketStats>)] {
         &self.stats

@@ -1,0 +1,187 @@
+//! Ingest: the `publishBlockStream` endpoint the consensus node streams its
+//! blocks to, exactly as it streams to a block node.
+//!
+//! A block starts with its header and ends with `BlockEnd` (or the next
+//! block's header); once its file and `.meta` are durable it is acknowledged.
+//! What the node hears back follows a block node's answers:
+//!
+//! | situation | response |
+//! |---|---|
+//! | block stored (fsynced) | `BlockAcknowledgement(n)` |
+//! | header of a block already stored | `SkipBlock(n)`; if the whole block still arrives (its `BlockEnd` too) with other bytes, `EndOfStream DUPLICATE_BLOCK` |
+//! | header beyond the next block (a gap) | `BehindPublisher(latest)`: send from `latest + 1` |
+//! | malformed request or item, request above `hard_limit_bytes`, block above `max_block_bytes`, items before a header, a block without proof | `EndOfStream INVALID_REQUEST` |
+//! | the store cannot write | `EndOfStream PERSISTENCE_FAILED` |
+//!
+//! Every `EndOfStream` carries the last block stored, where the node resumes.
+//! Nothing is written before a block is complete, so an ended stream leaves
+//! nothing half-written. One publisher at a time: a second one is refused
+//! with `RESOURCE_EXHAUSTED` naming the one streaming.
+
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blockferry_proto::PublishStreamResponse;
+use blockferry_proto::api::block_stream_publish_service_server::{
+    BlockStreamPublishService, BlockStreamPublishServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::buffer::BlockBuffer;
+use crate::config::IngestConfig;
+use crate::store::{BlockStore, StoreError};
+
+/// Called with each newly stored block's number (the upload manager's hook).
+pub type OnStored = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Blocks stored and acknowledged.
+    pub blocks: AtomicU64,
+    /// Bytes of those blocks (serialized, before compression).
+    pub bytes: AtomicU64,
+    /// Headers of blocks already stored (answered `SkipBlock`).
+    pub duplicates: AtomicU64,
+    /// Headers beyond the next block (answered `BehindPublisher`).
+    pub gaps: AtomicU64,
+    /// Streams ended with `INVALID_REQUEST`.
+    pub invalid: AtomicU64,
+    /// Streams ended with `PERSISTENCE_FAILED`.
+    pub persistence_failed: AtomicU64,
+    /// Publishers refused because another was streaming.
+    pub refused_publishers: AtomicU64,
+}
+
+/// The ingest endpoint's shared state.
+pub struct Ingest {
+    store: Arc<BlockStore>,
+    buffer: Arc<BlockBuffer>,
+    buckets: Arc<[String]>,
+    on_stored: OnStored,
+    limits: IngestConfig,
+    /// The highest block stored: the next one expected is this + 1.
+    latest: Mutex<Option<u64>>,
+    /// The address of the publisher streaming now.
+    publisher: Mutex<Option<SocketAddr>>,
+    counters: IngestCounters,
+}
+
+impl Ingest {
+    /// Ingest into `store` (blocks pending in `buckets`) and `buffer`;
+    /// `on_stored` hears of every new block. The next block expected follows
+    /// the highest one in the store; an empty store accepts any first block.
+    pub fn new(
+        store: Arc<BlockStore>,
+        buffer: Arc<BlockBuffer>,
+        buckets: Vec<String>,
+        limits: IngestConfig,
+        on_stored: OnStored,
+    ) -> Result<Arc<Self>, StoreError> {
+        let latest = store.numbers()?.last().copied();
+        Ok(Arc::new(Self {
+            store,
+            buffer,
+            buckets: buckets.into(),
+            on_stored,
+            limits,
+            latest: Mutex::new(latest),
+            publisher: Mutex::new(None),
+            counters: IngestCounters::default(),
+        }))
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &IngestCounters {
+        &self.counters
+    }
+
+    /// The highest block stored.
+    pub fn latest(&self) -> Option<u64> {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_latest(&self, number: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        *latest = (*latest).max(Some(number));
+    }
+
+    /// Serve `publishBlockStream` on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let limit = self.limits.hard_limit_bytes;
+        let service = BlockStreamPublishServiceServer::new(Service(self))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        tonic::transport::Server::builder()
+            // A publisher that vanished without closing frees its slot.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    /// Take the single publisher slot for `peer`, or name who holds it.
+    fn claim(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<PublisherSlot, Option<SocketAddr>> {
+        let mut slot = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = *slot {
+            return Err(Some(current));
+        }
+        let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        *slot = Some(peer);
+        Ok(PublisherSlot(self.clone()))
+    }
+}
+
+/// Holds the publisher slot; frees it when the stream ends.
+struct PublisherSlot(Arc<Ingest>);
+
+impl Drop for PublisherSlot {
+    fn drop(&mut self) {
+        *self.0.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+struct Service(Arc<Ingest>);
+
+#[tonic::async_trait]
+impl BlockStreamPublishService for Service {
+    type publishBlockStreamStream = ReceiverStream<Result<PublishStreamResponse, Status>>;
+
+    async fn publish_block_stream(
+        &self,
+        request: Request<Streaming<blockferry_proto::PublishStreamRequest>>,
+    ) -> Result<Response<Self::publishBlockStreamStream>, Status> {
+        let peer = request.remote_addr();
+        let slot = self.0.claim(peer).map_err(|current| {
+            self.0.counters.refused_publishers.fetch_add(1, Ordering::Relaxed);
+            let current = current.map_or("another publisher".to_string(), |a| a.to_string());
+            tracing::warn!(peer = ?peer, current = %current, "refused a second publisher");
+            Status::resource_exhausted(format!(
+                "blockferry accepts one publisher at a time and {current} is streaming now; \
+                 retry when its stream ends"
+            ))
+        })?;
+        tracing::info!(peer = ?peer, next = ?self.0.latest().map(|l| l + 1), "publisher connected");
+        let (tx, rx) = mpsc::channel(64);
+        let ingest = self.0.clone();
+        tokio::spawn(async move {
+            session::Session::new(ingest, tx).run(request.into_inner()).await;
+            drop(slot);
+            tracing::info!(peer = ?peer, "publisher stream ended");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

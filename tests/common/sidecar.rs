@@ -1,0 +1,61 @@
+//! The real `blockferry run` as a child process, fed over gRPC on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use super::servers::{free_port, wait_for_port};
+
+/// A running sidecar; killed when dropped.
+pub struct Sidecar {
+    child: Option<Child>,
+    /// Port of its ingest endpoint on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    /// Start `blockferry run --config CONFIG` listening on a free port, its
+    /// log (debug level for blockferry) in `LOG_DIR/sidecar.log`; wait until it listens.
+    pub fn start(config: &Path, log_dir: &Path, extra: &[&str]) -> Sidecar {
+        let port = free_port();
+        let log = log_dir.join("sidecar.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blockferry"))
+            .args(["run", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "blockferry=debug,warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "blockferry run", &mut child, &log);
+        Sidecar { child: Some(child), port, log }
+    }
+
+    /// Its ingest endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop it with SIGTERM and wait; its exit status and output.
+    pub fn stop(mut self) -> Output {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        Output { status, stdout: Vec::new(), stderr: std::fs::read(&self.log).unwrap_or_default() }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
