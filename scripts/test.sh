@@ -10,7 +10,7 @@ command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 scripts/build-plugins.sh
 
 cargo fmt --all --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 --profile plugin \
     -p blockferry-fs -p blockferry-gcs -p blockferry-guest -p blockferry-s3 -p blockferry-minio -p blockferry-misbehave -p blockferry-wrong-version \
     -p blockferry-wrong-world -p blockferry-plugin-template -- -D warnings
@@ -19,4 +19,4 @@ cargo clippy --target wasm32-wasip2 --profile plugin \
 scripts/install-test-servers.sh
 
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
+cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
