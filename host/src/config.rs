@@ -109,6 +109,12 @@ pub struct Config {
     /// The plugin runtime.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// How blocks are streamed to block nodes.
+    #[serde(default)]
+    pub publish: PublishConfig,
+    /// The block nodes blocks are streamed to (when the mode streams).
+    #[serde(default)]
+    pub block_nodes: Vec<BlockNodeConfig>,
     /// Buckets every block is uploaded to.
     #[serde(default, rename = "buckets")]
     pub buckets: Vec<BucketConfig>,
@@ -232,6 +238,126 @@ fn default_action_stage_percent() -> f64 {
 }
 fn default_recovery_percent() -> f64 {
     85.0
+}
+
+/// `[publish]`: streaming to block nodes (seed 003). Durations in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Deadline of creating a stream, sending one request, and closing a
+    /// stream (`pipelineOperationTimeout`).
+    #[serde(default = "default_pipeline_timeout_ms")]
+    pub pipeline_operation_timeout_ms: u64,
+    /// A stream is closed gracefully and reopened this often (`streamResetPeriod`, 24 h).
+    #[serde(default = "default_stream_reset_period_ms")]
+    pub stream_reset_period_ms: u64,
+    /// More `EndOfStream`s than this from one node within the time frame
+    /// close its connection (`maxEndOfStreamsAllowed`).
+    #[serde(default = "default_max_end_of_streams")]
+    pub max_end_of_streams: u32,
+    /// The rate limit's time frame (`endOfStreamTimeFrame`).
+    #[serde(default = "default_eos_time_frame_ms")]
+    pub end_of_stream_time_frame_ms: u64,
+    /// How long a rate-limited node waits before it is tried again (`endOfStreamScheduleDelay`).
+    #[serde(default = "default_eos_schedule_delay_ms")]
+    pub end_of_stream_schedule_delay_ms: u64,
+    /// Fixed delay before a node that ended the stream with SUCCESS, ERROR,
+    /// PERSISTENCE_FAILED or UNKNOWN is tried again (the others are used meanwhile).
+    #[serde(default = "default_retry_delay_ms")]
+    pub retry_delay_ms: u64,
+    /// First delay of the exponential backoff (TIMEOUT, DUPLICATE_BLOCK,
+    /// BAD_BLOCK_PROOF, INVALID_REQUEST, connection failures); doubles with jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest backoff (`maxBackoffDelay`).
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// A node that leaves a sent block unacknowledged this long is stalled:
+    /// its connection is closed and another node used (`highLatencyThreshold`).
+    #[serde(default = "default_ack_latency_bound_ms")]
+    pub ack_latency_bound_ms: u64,
+    /// How often a node of higher priority than the active one is probed,
+    /// to switch back to it once it is reachable.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            pipeline_operation_timeout_ms: default_pipeline_timeout_ms(),
+            stream_reset_period_ms: default_stream_reset_period_ms(),
+            max_end_of_streams: default_max_end_of_streams(),
+            end_of_stream_time_frame_ms: default_eos_time_frame_ms(),
+            end_of_stream_schedule_delay_ms: default_eos_schedule_delay_ms(),
+            retry_delay_ms: default_retry_delay_ms(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            ack_latency_bound_ms: default_ack_latency_bound_ms(),
+            probe_interval_ms: default_probe_interval_ms(),
+        }
+    }
+}
+
+fn default_pipeline_timeout_ms() -> u64 {
+    3_000
+}
+fn default_stream_reset_period_ms() -> u64 {
+    24 * 3600 * 1000
+}
+fn default_max_end_of_streams() -> u32 {
+    5
+}
+fn default_eos_time_frame_ms() -> u64 {
+    30_000
+}
+fn default_eos_schedule_delay_ms() -> u64 {
+    30_000
+}
+fn default_retry_delay_ms() -> u64 {
+    30_000
+}
+fn default_initial_backoff_ms() -> u64 {
+    1_000
+}
+fn default_max_backoff_ms() -> u64 {
+    10_000
+}
+fn default_ack_latency_bound_ms() -> u64 {
+    30_000
+}
+fn default_probe_interval_ms() -> u64 {
+    10_000
+}
+
+/// One `[[block_nodes]]` entry: a block node blocks are streamed to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockNodeConfig {
+    /// Host name or IP address.
+    pub address: String,
+    /// gRPC port.
+    pub port: u16,
+    /// Lower wins; random among equals.
+    #[serde(default)]
+    pub priority: u32,
+    /// Requests are packed up to this many bytes (`messageSizeSoftLimitBytes`, 2 MB).
+    #[serde(default = "default_soft_limit")]
+    pub soft_limit_bytes: usize,
+    /// No request may exceed this (`messageSizeHardLimitBytes`, 6 MB + 1 KB).
+    #[serde(default = "default_hard_limit")]
+    pub hard_limit_bytes: usize,
+}
+
+impl BlockNodeConfig {
+    /// `address:port`, as logs and metrics name the node.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+}
+
+fn default_soft_limit() -> usize {
+    2_097_152
 }
 
 /// Block file compression. `gzip` is deterministic (fixed level, no name or
@@ -619,6 +745,7 @@ impl Config {
                 "a block may hold several requests: use max_block_bytes >= hard_limit_bytes",
             ));
         }
+        self.validate_block_nodes(invalid)?;
         let b = &self.buffer;
         for (key, value) in [
             ("buffer.ttl_secs", b.ttl_secs),
@@ -645,6 +772,76 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Check `[publish]` and `[[block_nodes]]`.
+    fn validate_block_nodes(&self, invalid: &dyn Fn(String, String, &str) -> ConfigError) -> Result<(), ConfigError> {
+        if self.mode.streams() && self.block_nodes.is_empty() {
+            return Err(invalid(
+                "block_nodes".into(),
+                format!("is empty but mode {:?} streams to block nodes", self.mode),
+                "add a [[block_nodes]] table (address, port), or use mode = \"file-and-bucket\"",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, n) in self.block_nodes.iter().enumerate() {
+            let key = |k: &str| format!("block_nodes[{i}].{k}");
+            if n.address.trim().is_empty() || n.port == 0 {
+                return Err(invalid(
+                    key("address"),
+                    format!("= {:?} port {} is not an address", n.address, n.port),
+                    "give a host name or IP and a port > 0",
+                ));
+            }
+            if !seen.insert(n.name()) {
+                return Err(invalid(
+                    key("address"),
+                    format!("{} is listed twice", n.name()),
+                    "list every block node once",
+                ));
+            }
+            if n.hard_limit_bytes < 1024 {
+                return Err(invalid(
+                    key("hard_limit_bytes"),
+                    format!("= {} is too small", n.hard_limit_bytes),
+                    "use at least 6292480 (6 MB + 1 KB)",
+                ));
+            }
+            if n.soft_limit_bytes == 0 || n.soft_limit_bytes > n.hard_limit_bytes {
+                return Err(invalid(
+                    key("soft_limit_bytes"),
+                    format!("= {} is not between 1 and hard_limit_bytes = {}", n.soft_limit_bytes, n.hard_limit_bytes),
+                    "use soft_limit_bytes <= hard_limit_bytes (2097152 and 6292480 by default)",
+                ));
+            }
+        }
+        let p = &self.publish;
+        for (key, value) in [
+            ("publish.pipeline_operation_timeout_ms", p.pipeline_operation_timeout_ms),
+            ("publish.stream_reset_period_ms", p.stream_reset_period_ms),
+            ("publish.max_end_of_streams", u64::from(p.max_end_of_streams)),
+            ("publish.end_of_stream_time_frame_ms", p.end_of_stream_time_frame_ms),
+            ("publish.initial_backoff_ms", p.initial_backoff_ms),
+            ("publish.ack_latency_bound_ms", p.ack_latency_bound_ms),
+            ("publish.probe_interval_ms", p.probe_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.into(), "is 0".into(), "use a value >= 1"));
+            }
+        }
+        if p.max_backoff_ms < p.initial_backoff_ms {
+            return Err(invalid(
+                "publish.max_backoff_ms".into(),
+                format!("= {} is below initial_backoff_ms = {}", p.max_backoff_ms, p.initial_backoff_ms),
+                "use initial_backoff_ms <= max_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether blocks are streamed to block nodes.
+    pub fn streams(&self) -> bool {
+        self.mode.streams() && !self.block_nodes.is_empty()
     }
 
     /// The parsed denied networks (validated at load).

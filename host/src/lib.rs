@@ -9,5 +9,6 @@ pub mod config;
 pub mod credentials;
 pub mod ingest;
 pub mod plugin;
+pub mod publish;
 pub mod store;
 pub mod upload;

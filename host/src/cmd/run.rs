@@ -17,8 +17,9 @@ use blockferry::buffer::BlockBuffer;
 use blockferry::config::Config;
 use blockferry::ingest::Ingest;
 use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
+use blockferry::publish::Publisher;
 use blockferry::store::BlockStore;
-use blockferry::upload::{Target, UploadManager, run_retention};
+use blockferry::upload::{BlockNodeAcks, Target, UploadManager, run_retention};
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
 
@@ -125,15 +126,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let targets = if config.mode.uploads() { open_targets(&config).await? } else { Vec::new() };
     let manager = UploadManager::start(store.clone(), targets, config.upload.clone())?;
 
+    let streams = config.streams();
+    let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), streams));
+    let pruner = buffer.spawn_pruner();
+    let publisher = streams.then(|| {
+        Publisher::start(config.publish.clone(), config.block_nodes.clone(), buffer.clone(), Some(store.clone()))
+    });
+    let acks = {
+        let buffer = buffer.clone();
+        move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
+    };
+
     let period = Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0);
     let retention = {
-        let (store, names) = (store.clone(), names.clone());
+        let (store, names, acks) = (store.clone(), names.clone(), acks.clone());
         let every = Duration::from_secs(config.upload.retention_interval_secs);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let (s, n) = (store.clone(), names.clone());
-                match tokio::task::spawn_blocking(move || run_retention(&s, &n, period)).await {
+                let (s, n, a) = (store.clone(), names.clone(), acks());
+                match tokio::task::spawn_blocking(move || run_retention(&s, &n, period, a)).await {
                     Ok(Ok(r)) if r.deleted > 0 => {
                         tracing::info!(deleted = r.deleted, retained = r.retained, "retention")
                     }
@@ -144,8 +156,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), false));
-    let pruner = buffer.spawn_pruner();
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
     let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
@@ -174,11 +184,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     if args.exit_when_drained {
-        while !drained(&store, &manager, &names).await? {
+        // Drained: final in every bucket and acknowledged by a block node.
+        while !drained(&store, &manager, &names).await? || buffer.state().unacked_blocks > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (s, n) = (store.clone(), names.clone());
-        let r = tokio::task::spawn_blocking(move || run_retention(&s, &n, period)).await??;
+        let (s, n, a) = (store.clone(), names.clone(), acks());
+        let r = tokio::task::spawn_blocking(move || run_retention(&s, &n, period, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
         shutdown_signal().await;
@@ -186,6 +197,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     retention.abort();
     pruner.abort();
+    if let Some(publisher) = publisher {
+        let status = publisher.status();
+        println!(
+            "block nodes: streaming block {} to {} ({:?})",
+            status.streaming_block.map_or("-".into(), |b| b.to_string()),
+            status.node.as_deref().unwrap_or("no node"),
+            status.state
+        );
+        publisher.shutdown().await;
+    }
     // A connected publisher's stream would hold a graceful shutdown open:
     // give it a moment, then stop. Nothing unacknowledged is lost.
     let _ = stop_ingest.send(());

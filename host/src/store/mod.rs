@@ -130,6 +130,22 @@ impl BlockStore {
         self.dir.join(&meta.file)
     }
 
+    /// The bytes of block `number` as received (decompressed if stored gzipped).
+    pub fn read_block(&self, number: u64) -> Result<Vec<u8>, StoreError> {
+        let meta = self.read_meta(number)?;
+        let path = self.block_path(&meta);
+        let data = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound(number),
+            _ => StoreError::Io { op: "reading", path: path.clone(), source: e },
+        })?;
+        if !meta.file.ends_with(".gz") {
+            return Ok(data);
+        }
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut out).map_err(io_err("decompressing", &path))?;
+        Ok(out)
+    }
+
     fn tmp_path(&self, name: &str) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         self.dir.join(TMP_DIR).join(format!("{name}.{}.{n}", std::process::id()))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use retention::{RetentionReport, run_retention};
+pub use retention::{BlockNodeAcks, RetentionReport, run_retention};
 
 use crate::config::UploadConfig;
 use crate::plugin::BucketClient;

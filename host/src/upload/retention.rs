@@ -1,5 +1,6 @@
 //! Local retention: delete a block only when it is safe in every bucket,
-//! never hash-mismatched, and older than the retention period.
+//! never hash-mismatched, acknowledged by a block node when blocks are
+//! streamed to block nodes, and older than the retention period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,33 @@ pub struct RetentionReport {
     pub retained: u64,
 }
 
+/// What block nodes have acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockNodeAcks {
+    /// Blocks are not streamed to block nodes: nothing to wait for.
+    NotStreaming,
+    /// Blocks are streamed; every block up to this one is acknowledged
+    /// (`None`: none yet, so every block is kept).
+    UpTo(Option<u64>),
+}
+
+impl BlockNodeAcks {
+    fn covers(self, number: u64) -> bool {
+        match self {
+            BlockNodeAcks::NotStreaming => true,
+            BlockNodeAcks::UpTo(acked) => acked.is_some_and(|a| number <= a),
+        }
+    }
+}
+
 /// One retention pass over the store: delete blocks older than `retention`
-/// that are safe in every one of `buckets` (and never mismatched).
+/// that are safe in every one of `buckets` (and never mismatched) and, when
+/// streaming, acknowledged by a block node.
 pub fn run_retention(
     store: &Arc<BlockStore>,
     buckets: &[String],
     retention: Duration,
+    acks: BlockNodeAcks,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
     if buckets.is_empty() {
@@ -37,7 +59,7 @@ pub fn run_retention(
             }
             Err(e) => return Err(e),
         };
-        if meta.created_at_ms <= cutoff && meta.safe_in_all(buckets.iter().map(String::as_str)) {
+        if meta.created_at_ms <= cutoff && meta.safe_in_all(buckets.iter().map(String::as_str)) && acks.covers(n) {
             store.delete_block(&meta)?;
             tracing::debug!(block = n, "retention deleted the local copy; it is safe in every bucket");
             report.deleted += 1;

@@ -1,0 +1,385 @@
+//! Publishing: streaming every block to the best available block node, as a
+//! consensus node does (seed 003), and reporting acknowledgements to the
+//! block buffer.
+//!
+//! The manager keeps one `ACTIVE` [`connection`] at a time, chosen by
+//! priority (lower wins, random among equals). After a connection ends it
+//! applies seed 003's tables ([`policy`]): which node next, after which
+//! delay, from which block. While a node of lower priority is active, nodes
+//! of higher priority are probed and switched back to once reachable. A new
+//! connection to another node after a failure starts at the lowest
+//! unacknowledged block, so the fleet misses nothing; blocks evicted from the
+//! buffer are read back from the store.
+//!
+//! `maxRequestDelay` has no counterpart: blockferry streams only whole blocks
+//! (a block enters the buffer once durable), so every request is sent as soon
+//! as it is full or its block's items are all packed.
+
+pub mod connection;
+pub mod packer;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blockferry_proto::framing::split_block;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::buffer::{Block, BlockBuffer};
+use crate::config::{BlockNodeConfig, PublishConfig};
+use crate::store::BlockStore;
+pub use connection::{ConnectionState, Ended};
+use policy::{Backoff, EndOfStreamLimit, Restart, Retry};
+
+/// What a running connection is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Keep going.
+    None,
+    /// Close gracefully: a node of higher priority is reachable.
+    Switch,
+    /// Close now: the publisher shuts down.
+    Shutdown,
+}
+
+/// Upper bounds (seconds) of the ack latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+/// Counters and the header-sent → acknowledged latency histogram.
+#[derive(Debug, Default)]
+pub struct PublishCounters {
+    /// `(metric, labels)` → count; labels are `node` or `node,detail`.
+    counts: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Counts per bucket of [`LATENCY_BUCKETS`] (plus one for +Inf), and the sum in µs.
+    latency: Mutex<([u64; 13], u64)>,
+}
+
+impl PublishCounters {
+    /// Every counter: `(metric, labels, value)`.
+    pub fn snapshot(&self) -> Vec<(&'static str, String, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|((m, l), v)| (*m, l.clone(), *v)).collect()
+    }
+
+    /// The value of `metric` with `labels`.
+    pub fn get(&self, metric: &str, labels: &str) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().find(|((m, l), _)| *m == metric && l == labels).map_or(0, |(_, v)| *v)
+    }
+
+    /// The latency histogram: per-bucket counts (not cumulative) and the sum in seconds.
+    pub fn latency(&self) -> ([u64; 13], f64) {
+        let l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        (l.0, l.1 as f64 / 1e6)
+    }
+}
+
+/// Where publishing is now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PublishStatus {
+    /// The node of the current connection.
+    pub node: Option<String>,
+    /// That connection's state.
+    pub state: ConnectionState,
+    /// The block being streamed.
+    pub streaming_block: Option<u64>,
+}
+
+/// The shared context of the manager and its connections.
+pub(crate) struct Ctx {
+    config: PublishConfig,
+    buffer: Arc<BlockBuffer>,
+    store: Option<Arc<BlockStore>>,
+    status: Mutex<PublishStatus>,
+    counters: PublishCounters,
+    streaming: AtomicU64,
+}
+
+impl Ctx {
+    fn pipeline_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.pipeline_operation_timeout_ms)
+    }
+
+    fn set_state(&self, node: &str, state: ConnectionState, block: Option<u64>) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.node = Some(node.to_string());
+        status.state = state;
+        if block.is_some() {
+            status.streaming_block = block;
+        }
+    }
+
+    fn set_streaming(&self, block: u64) {
+        self.streaming.store(block, Ordering::Relaxed);
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).streaming_block = Some(block);
+    }
+
+    fn count(&self, metric: &'static str, labels: &str) {
+        let mut counts = self.counters.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry((metric, labels.to_string())).or_default() += 1;
+    }
+
+    fn observe_ack_latency(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        let mut l = self.counters.latency.lock().unwrap_or_else(|e| e.into_inner());
+        l.0[bucket] += 1;
+        l.1 += latency.as_micros() as u64;
+    }
+
+    /// Block `number` from the buffer, or read back from the store.
+    async fn block(&self, number: u64) -> Option<Arc<Block>> {
+        if let Some(block) = self.buffer.get(number) {
+            return Some(block);
+        }
+        let store = self.store.clone()?;
+        let bytes = tokio::task::spawn_blocking(move || store.read_block(number)).await.ok()?.ok()?;
+        let items = split_block(&Bytes::from(bytes)).ok()?;
+        Some(Arc::new(Block::new(number, items)))
+    }
+
+    /// The newest block in the store.
+    async fn store_latest(&self) -> Option<u64> {
+        let store = self.store.clone()?;
+        tokio::task::spawn_blocking(move || store.numbers().ok()?.last().copied()).await.ok()?
+    }
+
+    /// The oldest block held at or after `from`.
+    async fn oldest_available(&self, from: u64) -> Option<u64> {
+        let store = self.store.clone()?;
+        tokio::task::spawn_blocking(move || store.numbers().ok()?.into_iter().find(|n| *n >= from)).await.ok()?
+    }
+
+    /// The range of blocks held (buffer and store), for `EndStream`.
+    async fn held_range(&self) -> (u64, u64) {
+        let state = self.buffer.state();
+        let numbers = match self.store.clone() {
+            Some(store) => {
+                tokio::task::spawn_blocking(move || store.numbers().unwrap_or_default()).await.unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let earliest = numbers.first().copied().or(self.buffer.lowest_unacked()).unwrap_or(0);
+        let latest = state.latest.max(numbers.last().copied()).unwrap_or(0);
+        (earliest, latest)
+    }
+}
+
+/// One configured node and when it may be tried again.
+struct Node {
+    config: BlockNodeConfig,
+    available_at: Instant,
+    backoff: Backoff,
+    end_of_streams: EndOfStreamLimit,
+}
+
+/// The running publisher (connection manager).
+pub struct Publisher {
+    ctx: Arc<Ctx>,
+    stop: watch::Sender<Stop>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Start streaming the blocks of `buffer` (and, for blocks it no longer
+    /// holds, `store`) to `nodes`.
+    pub fn start(
+        config: PublishConfig,
+        nodes: Vec<BlockNodeConfig>,
+        buffer: Arc<BlockBuffer>,
+        store: Option<Arc<BlockStore>>,
+    ) -> Self {
+        let ctx = Arc::new(Ctx {
+            config,
+            buffer,
+            store,
+            status: Mutex::new(PublishStatus::default()),
+            counters: PublishCounters::default(),
+            streaming: AtomicU64::new(0),
+        });
+        let (stop, stop_rx) = watch::channel(Stop::None);
+        let task = tokio::spawn(manage(ctx.clone(), nodes, stop_rx));
+        Self { ctx, stop, task }
+    }
+
+    /// Where publishing is now.
+    pub fn status(&self) -> PublishStatus {
+        self.ctx.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &PublishCounters {
+        &self.ctx.counters
+    }
+
+    /// Stop at once: the connection closes without the graceful steps.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(Stop::Shutdown);
+        let _ = self.task.await;
+    }
+}
+
+/// The manager's loop: pick a node, run a connection, apply the outcome.
+async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::Receiver<Stop>) {
+    let now = Instant::now();
+    let mut nodes: Vec<Node> = configs
+        .into_iter()
+        .map(|config| Node {
+            config,
+            available_at: now,
+            backoff: Backoff::from_config(&ctx.config),
+            end_of_streams: EndOfStreamLimit::new(
+                ctx.config.max_end_of_streams,
+                Duration::from_millis(ctx.config.end_of_stream_time_frame_ms),
+            ),
+        })
+        .collect();
+    let mut restart = Restart::Latest;
+    let mut previous: Option<usize> = None;
+    loop {
+        if *stop.borrow() == Stop::Shutdown {
+            return;
+        }
+        let Some(index) = pick(&nodes) else {
+            let wake =
+                nodes.iter().map(|n| n.available_at).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        // Another node than the last one starts where the fleet is: the
+        // lowest unacknowledged block; the same node where the table says.
+        let fleet = if previous.is_some_and(|p| p != index) { ctx.buffer.lowest_unacked() } else { None };
+        let start = match (fleet, restart) {
+            (Some(n), _) | (None, Restart::At(n)) => n,
+            (None, Restart::Latest) => match wait_for_latest(&ctx, &mut stop).await {
+                Some(n) => n,
+                None => return,
+            },
+        };
+        let (conn_stop, conn_stop_rx) = watch::channel(Stop::None);
+        let node = nodes[index].config.clone();
+        let connection = connection::run(&ctx, &node, start, conn_stop_rx);
+        tokio::pin!(connection);
+        let better = nodes.iter().filter(|n| n.config.priority < node.priority).map(|n| n.config.clone()).collect();
+        let probe = probe_higher(&ctx, better);
+        tokio::pin!(probe);
+        let mut probing = true;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut connection => break outcome,
+                _ = &mut probe, if probing => {
+                    probing = false;
+                    let _ = conn_stop.send(Stop::Switch);
+                }
+                _ = stop.changed() => {
+                    let _ = conn_stop.send(*stop.borrow());
+                }
+            }
+        };
+        previous = Some(index);
+        let now = Instant::now();
+        let n = &mut nodes[index];
+        if outcome.acknowledged {
+            n.backoff.reset();
+        }
+        restart = match outcome.ended {
+            Ended::Shutdown => return,
+            Ended::Switched => {
+                // The better node is tried next, whatever its schedule said.
+                let active = n.config.priority;
+                for better in nodes.iter_mut().filter(|b| b.config.priority < active) {
+                    better.available_at = now;
+                }
+                Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start))
+            }
+            Ended::Reset => Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start)),
+            Ended::EndOfStream { code, block } => {
+                if n.end_of_streams.record(now.into_std()) {
+                    tracing::warn!(
+                        node = %n.config.name(),
+                        "more than {} EndOfStreams within {} ms: node rescheduled in {} ms",
+                        ctx.config.max_end_of_streams,
+                        ctx.config.end_of_stream_time_frame_ms,
+                        ctx.config.end_of_stream_schedule_delay_ms
+                    );
+                    ctx.count("end_of_stream_rate_limited_total", &n.config.name());
+                    n.end_of_streams.clear();
+                    n.available_at = now + Duration::from_millis(ctx.config.end_of_stream_schedule_delay_ms);
+                    Restart::Latest
+                } else {
+                    let (retry, restart) = policy::on_end_of_stream(code, block);
+                    n.available_at = now
+                        + match retry {
+                            Retry::SwitchFixed => Duration::from_millis(ctx.config.retry_delay_ms),
+                            Retry::SameNodeBackoff => n.backoff.next_delay(),
+                        };
+                    restart
+                }
+            }
+            Ended::TooFarBehind(_) | Ended::FutureBlock(_) | Ended::TooLarge(..) => {
+                n.available_at = now + Duration::from_millis(ctx.config.retry_delay_ms);
+                Restart::Latest
+            }
+            Ended::Failed(_) | Ended::Timeout(_) | Ended::Stalled(_) => {
+                if matches!(outcome.ended, Ended::Timeout(_) | Ended::Stalled(_)) {
+                    ctx.count("timeouts_total", &n.config.name());
+                }
+                n.available_at = now + n.backoff.next_delay();
+                Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start))
+            }
+        };
+    }
+}
+
+/// The available node of best priority, random among equals.
+fn pick(nodes: &[Node]) -> Option<usize> {
+    let now = Instant::now();
+    let best = nodes.iter().filter(|n| n.available_at <= now).map(|n| n.config.priority).min()?;
+    let candidates: Vec<usize> =
+        (0..nodes.len()).filter(|i| nodes[*i].available_at <= now && nodes[*i].config.priority == best).collect();
+    Some(candidates[fastrand::usize(..candidates.len())])
+}
+
+/// Wait for the first block; `None` on shutdown.
+async fn wait_for_latest(ctx: &Ctx, stop: &mut watch::Receiver<Stop>) -> Option<u64> {
+    let mut latest = ctx.buffer.subscribe_latest();
+    loop {
+        if let Some(n) = *latest.borrow_and_update() {
+            return Some(n);
+        }
+        tokio::select! {
+            _ = latest.changed() => {}
+            _ = stop.changed() => if *stop.borrow() == Stop::Shutdown { return None },
+        }
+    }
+}
+
+/// Complete once one of the `better` nodes (of higher priority than the
+/// active one) is reachable; never, when there is none.
+async fn probe_higher(ctx: &Ctx, better: Vec<BlockNodeConfig>) {
+    if better.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.probe_interval_ms));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for node in &better {
+            let address = format!("{}:{}", node.address, node.port);
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(ctx.pipeline_timeout(), tokio::net::TcpStream::connect(&address)).await
+            {
+                tracing::info!(node = %node.name(), "a block node of higher priority is reachable: switching to it");
+                return;
+            }
+        }
+    }
+}
