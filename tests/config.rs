@@ -49,6 +49,16 @@ fn syntax_errors_and_unknown_keys_name_the_place() {
 }
 
 #[test]
+fn a_block_node_gets_a_consensus_node_s_default_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "c.toml", "mode = \"grpc\"\n[[block_nodes]]\naddress = \"bn\"\nport = 40840\n", 0o644);
+    let config = blockferry::config::Config::load(&path).unwrap();
+    let node = &config.block_nodes[0];
+    assert_eq!((node.priority, node.soft_limit_bytes, node.hard_limit_bytes), (0, 2_097_152, 6_292_480));
+    assert!(config.streams());
+}
+
+#[test]
 fn invalid_values_name_the_key_and_the_fix() {
     let cases = [
         (
@@ -93,6 +103,22 @@ fn invalid_values_name_the_key_and_the_fix() {
             ">= hard_limit_bytes",
         ),
         ("mode = \"file\"\n[buffer]\nttl_secs = 0\n", "buffer.ttl_secs", ">= 1"),
+        ("mode = \"grpc\"\n", "`block_nodes`", "[[block_nodes]]"),
+        (
+            "mode = \"grpc\"\n[[block_nodes]]\naddress = \"bn\"\nport = 1\nsoft_limit_bytes = 7000000\n",
+            "block_nodes[0].soft_limit_bytes",
+            "soft_limit_bytes <= hard_limit_bytes",
+        ),
+        (
+            "mode = \"grpc\"\n[[block_nodes]]\naddress = \"bn\"\nport = 1\n[[block_nodes]]\naddress = \"bn\"\nport = 1\n",
+            "block_nodes[1].address",
+            "once",
+        ),
+        (
+            "mode = \"file\"\n[publish]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 10\n",
+            "publish.max_backoff_ms",
+            "<=",
+        ),
         ("mode = \"file\"\n[buffer]\nrecovery_percent = 100\n", "buffer.recovery_percent", "e.g. 85"),
     ];
     for (config, key, fix) in cases {
