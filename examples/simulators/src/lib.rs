@@ -1,4 +1,4 @@
-//! A consensus-node simulator for blockferry.
+//! Simulators for blockferry: a consensus node and a block node.
 //!
 //! It streams generated blocks to a block node (blockferry's ingest) over the
 //! real `org.hiero.block.api` publish protocol, follows the node's answers
@@ -7,15 +7,19 @@
 //!
 //! - [`blocks`]: deterministic blocks with a consensus node's item mix;
 //! - [`publish`]: the consensus node, paced and bounded like a real one;
-//! - [`Session`]: a raw stream for tests that send arbitrary requests.
+//! - [`Session`]: a raw stream for tests that send arbitrary requests;
+//! - [`BlockNode`]: the other side, a scriptable block node that records what
+//!   a publisher sends and answers anything at any block.
 
 #![warn(missing_docs)]
 
+pub mod block_node;
 pub mod blocks;
 mod error;
 pub mod publisher;
 pub mod session;
 
+pub use block_node::{Action, BlockNode, Record, RequestKind, RequestRecord, Rule, Trigger};
 pub use blocks::{block_bytes, generate_block};
 pub use error::{PublishError, Result};
 pub use publisher::{PublishReport, PublisherOptions, publish};
