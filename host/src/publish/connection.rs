@@ -116,6 +116,8 @@ struct Worker<'a> {
     /// Blocks whose header went out and that await an acknowledgement.
     sent_at: BTreeMap<u64, Instant>,
     acknowledged: bool,
+    /// Our `EndStream` went out: end our side and let it reach the node.
+    ended_stream: bool,
 }
 
 /// Open a stream to `node` and stream blocks from `start` until something
@@ -134,7 +136,16 @@ pub(super) async fn run(ctx: &Ctx, node: &BlockNodeConfig, start: u64, mut stop:
     ctx.set_state(&name, ConnectionState::Active, Some(start));
     tracing::info!(node = %name, block = start, "streaming to block node");
 
-    let mut w = Worker { ctx, node, tx, current: start, cursor: None, sent_at: BTreeMap::new(), acknowledged: false };
+    let mut w = Worker {
+        ctx,
+        node,
+        tx,
+        current: start,
+        cursor: None,
+        sent_at: BTreeMap::new(),
+        acknowledged: false,
+        ended_stream: false,
+    };
     let mut latest = ctx.buffer.subscribe_latest();
     let reset_at = Instant::now() + Duration::from_millis(ctx.config.stream_reset_period_ms);
     let bound = Duration::from_millis(ctx.config.ack_latency_bound_ms);
@@ -182,6 +193,9 @@ pub(super) async fn run(ctx: &Ctx, node: &BlockNodeConfig, start: u64, mut stop:
             _ = sleep_until(reset_at) => break w.close_gracefully(&mut responses, Ended::Reset).await,
         }
     };
+    if w.ended_stream && !matches!(ended, Ended::Switched | Ended::Reset) {
+        w.end_our_side(&mut responses).await;
+    }
     let acknowledged = w.acknowledged;
     closed(ctx, &name, ended, acknowledged)
 }
@@ -375,7 +389,7 @@ impl Worker<'_> {
     }
 
     /// Send our `EndStream` with the range of blocks we hold.
-    async fn send_end_stream(&self, code: EndStreamCode) -> Result<(), ()> {
+    async fn send_end_stream(&mut self, code: EndStreamCode) -> Result<(), ()> {
         let (earliest, latest) = self.ctx.held_range().await;
         let request = PublishStreamRequest {
             request: Some(Request::EndStream(EndStream {
@@ -386,8 +400,31 @@ impl Worker<'_> {
         };
         self.ctx.count("end_streams_sent_total", &format!("{},{}", self.node.name(), code.as_str_name()));
         match timeout(self.ctx.pipeline_timeout(), self.tx.send(request)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.ended_stream = true;
+                Ok(())
+            }
             _ => Err(()),
+        }
+    }
+
+    /// End our side of the stream and wait (bounded) for the node to end
+    /// its side, handling acknowledgements that still arrive: what we sent,
+    /// our `EndStream` included, reaches the node before the connection
+    /// closes. `false` if the node did not end its side in time.
+    async fn end_our_side(&mut self, responses: &mut Streaming<PublishStreamResponse>) -> bool {
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed_tx));
+        let deadline = Instant::now() + self.ctx.pipeline_timeout();
+        loop {
+            match tokio::time::timeout_at(deadline, responses.message()).await {
+                Ok(Ok(Some(PublishStreamResponse { response: Some(Response::Acknowledgement(a)) }))) => {
+                    self.on_ack(a.block_number)
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+            }
         }
     }
 
@@ -410,19 +447,6 @@ impl Worker<'_> {
         if self.send_end_stream(EndStreamCode::Reset).await.is_err() {
             return Ended::Timeout("sending EndStream");
         }
-        // End our side; acknowledgements may still arrive until the node ends its side.
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed_tx));
-        let deadline = Instant::now() + pipeline;
-        loop {
-            match tokio::time::timeout_at(deadline, responses.message()).await {
-                Ok(Ok(Some(PublishStreamResponse { response: Some(Response::Acknowledgement(a)) }))) => {
-                    self.on_ack(a.block_number)
-                }
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) | Ok(Err(_)) => return why,
-                Err(_) => return Ended::Timeout("closing the stream"),
-            }
-        }
+        if self.end_our_side(responses).await { why } else { Ended::Timeout("closing the stream") }
     }
 }

@@ -241,11 +241,22 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
         .collect();
     let mut restart = Restart::Latest;
     let mut previous: Option<usize> = None;
+    // A node to retry after its backoff, without trying others meanwhile.
+    let mut sticky: Option<usize> = None;
     loop {
         if *stop.borrow() == Stop::Shutdown {
             return;
         }
-        let Some(index) = pick(&nodes) else {
+        if let Some(index) = sticky
+            && nodes[index].available_at > Instant::now()
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(nodes[index].available_at) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let Some(index) = sticky.take().or_else(|| pick(&nodes)) else {
             let wake =
                 nodes.iter().map(|n| n.available_at).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
@@ -268,7 +279,11 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
         let node = nodes[index].config.clone();
         let connection = connection::run(&ctx, &node, start, conn_stop_rx);
         tokio::pin!(connection);
-        let better = nodes.iter().filter(|n| n.config.priority < node.priority).map(|n| n.config.clone()).collect();
+        let better = nodes
+            .iter()
+            .filter(|n| n.config.priority < node.priority)
+            .map(|n| (n.config.clone(), n.available_at))
+            .collect();
         let probe = probe_higher(&ctx, better);
         tokio::pin!(probe);
         let mut probing = true;
@@ -292,14 +307,7 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
         }
         restart = match outcome.ended {
             Ended::Shutdown => return,
-            Ended::Switched => {
-                // The better node is tried next, whatever its schedule said.
-                let active = n.config.priority;
-                for better in nodes.iter_mut().filter(|b| b.config.priority < active) {
-                    better.available_at = now;
-                }
-                Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start))
-            }
+            Ended::Switched => Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start)),
             Ended::Reset => Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start)),
             Ended::EndOfStream { code, block } => {
                 if n.end_of_streams.record(now.into_std()) {
@@ -319,7 +327,10 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
                     n.available_at = now
                         + match retry {
                             Retry::SwitchFixed => Duration::from_millis(ctx.config.retry_delay_ms),
-                            Retry::SameNodeBackoff => n.backoff.next_delay(),
+                            Retry::SameNodeBackoff => {
+                                sticky = Some(index);
+                                n.backoff.next_delay()
+                            }
                         };
                     restart
                 }
@@ -363,8 +374,8 @@ async fn wait_for_latest(ctx: &Ctx, stop: &mut watch::Receiver<Stop>) -> Option<
 }
 
 /// Complete once one of the `better` nodes (of higher priority than the
-/// active one) is reachable; never, when there is none.
-async fn probe_higher(ctx: &Ctx, better: Vec<BlockNodeConfig>) {
+/// active one) is due to be tried again and reachable; never, when there is none.
+async fn probe_higher(ctx: &Ctx, better: Vec<(BlockNodeConfig, Instant)>) {
     if better.is_empty() {
         return std::future::pending().await;
     }
@@ -372,7 +383,7 @@ async fn probe_higher(ctx: &Ctx, better: Vec<BlockNodeConfig>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        for node in &better {
+        for (node, _) in better.iter().filter(|(_, due)| *due <= Instant::now()) {
             let address = format!("{}:{}", node.address, node.port);
             if let Ok(Ok(_)) =
                 tokio::time::timeout(ctx.pipeline_timeout(), tokio::net::TcpStream::connect(&address)).await
