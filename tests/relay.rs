@@ -15,24 +15,72 @@ use common::*;
 const BLOCKS: u64 = 60;
 const SIZE: usize = 16 * 1024;
 
+/// A config streaming (mode `grpc`) to block nodes on `ports`, in priority order.
+fn config_text(ports: &[u16]) -> String {
+    let mut text = format!(
+        "mode = \"grpc\"\n[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = {:?}\n\
+         [publish]\npipeline_operation_timeout_ms = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 400\n",
+        workspace().join("target/test-plugin-cache").display().to_string(),
+    );
+    for (priority, port) in ports.iter().enumerate() {
+        text += &format!("[[block_nodes]]\naddress = \"127.0.0.1\"\nport = {port}\npriority = {priority}\n");
+    }
+    text
+}
+
+async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
+    let options = PublisherOptions {
+        endpoint: sidecar.endpoint(),
+        first_block: first,
+        blocks,
+        block_size: SIZE,
+        ..PublisherOptions::default()
+    };
+    let report = publish(&options).await.unwrap();
+    assert!(report.complete(), "{}", report.summary());
+}
+
+async fn wait_for(what: &str, sidecar: &Sidecar, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}: {}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_block_node_list_follows_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (BlockNode::start().await, BlockNode::start().await);
+    let config = dir.path().join("blockferry.toml");
+    std::fs::write(&config, config_text(&[a.addr().port()])).unwrap();
+    let sidecar = Sidecar::start(&config, dir.path(), &[]);
+    feed(&sidecar, 0, 5).await;
+    wait_for("node a has blocks 0-4", &sidecar, || (0..5).all(|n| a.blocks().contains_key(&n))).await;
+
+    // A broken file is rejected, and the running list stays in force.
+    std::fs::write(&config, "mode = \"grpc\"\n[[block_nodes]]\naddress = \"\"\nport = 0\n").unwrap();
+    wait_for("the rejection is logged", &sidecar, || sidecar.log().contains("config reload rejected")).await;
+    assert!(sidecar.log().contains("block_nodes[0].address"), "the same clear error as at start-up");
+    feed(&sidecar, 5, 2).await;
+    wait_for("node a has blocks 5-6", &sidecar, || a.blocks().contains_key(&6)).await;
+
+    // Now node b replaces node a: a's stream closes gracefully, b takes over.
+    std::fs::write(&config, config_text(&[b.addr().port()])).unwrap();
+    wait_for("node a got EndStream RESET", &sidecar, || !a.end_streams().is_empty()).await;
+    feed(&sidecar, 7, 5).await;
+    wait_for("node b has blocks 7-11", &sidecar, || (7..12).all(|n| b.blocks().contains_key(&n))).await;
+    assert!(!a.blocks().contains_key(&11), "the removed node gets nothing more");
+    let out = sidecar.stop();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_active_block_node_killed_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (BlockNode::start().await, BlockNode::start().await);
     let config = dir.path().join("blockferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "mode = \"grpc\"\n[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = {:?}\n\
-             [publish]\npipeline_operation_timeout_ms = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 400\n\
-             [[block_nodes]]\naddress = \"127.0.0.1\"\nport = {}\npriority = 0\n\
-             [[block_nodes]]\naddress = \"127.0.0.1\"\nport = {}\npriority = 1\n",
-            workspace().join("target/test-plugin-cache").display().to_string(),
-            a.addr().port(),
-            b.addr().port()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(&[a.addr().port(), b.addr().port()])).unwrap();
     let sidecar = Sidecar::start(&config, dir.path(), &[]);
 
     // The consensus node publishes at a steady pace.

@@ -10,5 +10,6 @@ pub mod credentials;
 pub mod ingest;
 pub mod plugin;
 pub mod publish;
+pub mod reload;
 pub mod store;
 pub mod upload;

@@ -130,8 +130,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), streams));
     let pruner = buffer.spawn_pruner();
     let publisher = streams.then(|| {
-        Publisher::start(config.publish.clone(), config.block_nodes.clone(), buffer.clone(), Some(store.clone()))
+        Arc::new(Publisher::start(
+            config.publish.clone(),
+            config.block_nodes.clone(),
+            buffer.clone(),
+            Some(store.clone()),
+        ))
     });
+    // The block node list follows the config file.
+    let watcher = match (&args.config, &publisher) {
+        (Some(path), Some(publisher)) => {
+            let publisher = publisher.clone();
+            Some(blockferry::reload::watch(path.clone(), Duration::from_secs(1), move |new| {
+                publisher.set_nodes(new.block_nodes)
+            }))
+        }
+        _ => None,
+    };
     let acks = {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
@@ -197,6 +212,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     retention.abort();
     pruner.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     if let Some(publisher) = publisher {
         let status = publisher.status();
         println!(

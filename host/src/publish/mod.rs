@@ -182,7 +182,8 @@ struct Node {
 pub struct Publisher {
     ctx: Arc<Ctx>,
     stop: watch::Sender<Stop>,
-    task: JoinHandle<()>,
+    nodes: watch::Sender<Vec<BlockNodeConfig>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Publisher {
@@ -203,8 +204,20 @@ impl Publisher {
             streaming: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(Stop::None);
-        let task = tokio::spawn(manage(ctx.clone(), nodes, stop_rx));
-        Self { ctx, stop, task }
+        let (nodes, nodes_rx) = watch::channel(nodes);
+        let task = tokio::spawn(Manager::new(ctx.clone()).run(stop_rx, nodes_rx));
+        Self { ctx, stop, nodes, task: Mutex::new(Some(task)) }
+    }
+
+    /// Replace the block node list (config reload). Nodes kept keep their
+    /// schedule; if the active node is removed or changed, its connection
+    /// closes gracefully and the best node of the new list takes over.
+    pub fn set_nodes(&self, nodes: Vec<BlockNodeConfig>) {
+        self.nodes.send_if_modified(|current| {
+            let changed = *current != nodes;
+            *current = nodes;
+            changed
+        });
     }
 
     /// Where publishing is now.
@@ -218,107 +231,171 @@ impl Publisher {
     }
 
     /// Stop at once: the connection closes without the graceful steps.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let _ = self.stop.send(Stop::Shutdown);
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
-/// The manager's loop: pick a node, run a connection, apply the outcome.
-async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::Receiver<Stop>) {
-    let now = Instant::now();
-    let mut nodes: Vec<Node> = configs
-        .into_iter()
-        .map(|config| Node {
-            config,
-            available_at: now,
-            backoff: Backoff::from_config(&ctx.config),
-            end_of_streams: EndOfStreamLimit::new(
-                ctx.config.max_end_of_streams,
-                Duration::from_millis(ctx.config.end_of_stream_time_frame_ms),
-            ),
-        })
-        .collect();
-    let mut restart = Restart::Latest;
-    let mut previous: Option<usize> = None;
-    // A node to retry after its backoff, without trying others meanwhile.
-    let mut sticky: Option<usize> = None;
-    loop {
-        if *stop.borrow() == Stop::Shutdown {
-            return;
-        }
-        if let Some(index) = sticky
-            && nodes[index].available_at > Instant::now()
-        {
-            tokio::select! {
-                _ = tokio::time::sleep_until(nodes[index].available_at) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        let Some(index) = sticky.take().or_else(|| pick(&nodes)) else {
-            let wake =
-                nodes.iter().map(|n| n.available_at).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        };
-        // Another node than the last one starts where the fleet is: the
-        // lowest unacknowledged block; the same node where the table says.
-        let fleet = if previous.is_some_and(|p| p != index) { ctx.buffer.lowest_unacked() } else { None };
-        let start = match (fleet, restart) {
-            (Some(n), _) | (None, Restart::At(n)) => n,
-            (None, Restart::Latest) => match wait_for_latest(&ctx, &mut stop).await {
-                Some(n) => n,
-                None => return,
-            },
-        };
-        let (conn_stop, conn_stop_rx) = watch::channel(Stop::None);
-        let node = nodes[index].config.clone();
-        let connection = connection::run(&ctx, &node, start, conn_stop_rx);
-        tokio::pin!(connection);
-        let better = nodes
-            .iter()
-            .filter(|n| n.config.priority < node.priority)
-            .map(|n| (n.config.clone(), n.available_at))
-            .collect();
-        let probe = probe_higher(&ctx, better);
-        tokio::pin!(probe);
-        let mut probing = true;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut connection => break outcome,
-                _ = &mut probe, if probing => {
-                    probing = false;
-                    let _ = conn_stop.send(Stop::Switch);
-                }
-                _ = stop.changed() => {
-                    let _ = conn_stop.send(*stop.borrow());
-                }
-            }
-        };
-        previous = Some(index);
+/// The connection manager: picks a node, runs a connection, applies the outcome.
+struct Manager {
+    ctx: Arc<Ctx>,
+    nodes: Vec<Node>,
+    /// Where the next stream to the same node starts.
+    restart: Restart,
+    /// The node of the last connection.
+    previous: Option<String>,
+    /// A node to retry after its backoff, without trying others meanwhile.
+    sticky: Option<String>,
+}
+
+impl Manager {
+    fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx, nodes: Vec::new(), restart: Restart::Latest, previous: None, sticky: None }
+    }
+
+    /// Take a new node list, keeping the schedule of nodes that stay.
+    fn set_nodes(&mut self, configs: Vec<BlockNodeConfig>) {
         let now = Instant::now();
-        let n = &mut nodes[index];
+        let mut old = std::mem::take(&mut self.nodes);
+        for config in configs {
+            let node = match old.iter().position(|n| n.config == config) {
+                Some(i) => old.swap_remove(i),
+                None => Node {
+                    config,
+                    available_at: now,
+                    backoff: Backoff::from_config(&self.ctx.config),
+                    end_of_streams: EndOfStreamLimit::new(
+                        self.ctx.config.max_end_of_streams,
+                        Duration::from_millis(self.ctx.config.end_of_stream_time_frame_ms),
+                    ),
+                },
+            };
+            self.nodes.push(node);
+        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.config.name()).collect();
+        self.sticky = self.sticky.take().filter(|s| names.contains(s));
+        tracing::info!(nodes = ?names, "block nodes");
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.config.name() == name)
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<Stop>, mut configs: watch::Receiver<Vec<BlockNodeConfig>>) {
+        self.set_nodes(configs.borrow_and_update().clone());
+        loop {
+            if *stop.borrow() == Stop::Shutdown {
+                return;
+            }
+            let sticky = self.sticky.as_deref().and_then(|s| self.index_of(s));
+            let wait = match sticky {
+                Some(i) if self.nodes[i].available_at > Instant::now() => Some(self.nodes[i].available_at),
+                Some(_) => None,
+                None if pick(&self.nodes).is_none() => Some(
+                    self.nodes
+                        .iter()
+                        .map(|n| n.available_at)
+                        .min()
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(1)),
+                ),
+                None => None,
+            };
+            if let Some(wake) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = stop.changed() => {}
+                    _ = configs.changed() => self.set_nodes(configs.borrow_and_update().clone()),
+                }
+                continue;
+            }
+            self.sticky = None;
+            let Some(index) = sticky.or_else(|| pick(&self.nodes)) else { continue };
+            let node = self.nodes[index].config.clone();
+            let Some(start) = self.start_for(&node, &mut stop).await else { return };
+
+            let (conn_stop, conn_stop_rx) = watch::channel(Stop::None);
+            let ctx = self.ctx.clone();
+            let connection = connection::run(&ctx, &node, start, conn_stop_rx);
+            tokio::pin!(connection);
+            let better = self
+                .nodes
+                .iter()
+                .filter(|n| n.config.priority < node.priority)
+                .map(|n| (n.config.clone(), n.available_at))
+                .collect();
+            let probe = probe_higher(&ctx, better);
+            tokio::pin!(probe);
+            let mut probing = true;
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut connection => break outcome,
+                    _ = &mut probe, if probing => {
+                        probing = false;
+                        let _ = conn_stop.send(Stop::Switch);
+                    }
+                    _ = stop.changed() => {
+                        let _ = conn_stop.send(*stop.borrow());
+                    }
+                    _ = configs.changed() => {
+                        self.set_nodes(configs.borrow_and_update().clone());
+                        if !self.nodes.iter().any(|n| n.config == node) {
+                            tracing::info!(node = %node.name(), "block node removed or changed by a config reload");
+                            let _ = conn_stop.send(Stop::Switch);
+                        }
+                    }
+                }
+            };
+            if let Ended::Shutdown = outcome.ended {
+                return;
+            }
+            self.previous = Some(node.name());
+            self.apply(&node, start, outcome);
+        }
+    }
+
+    /// Where a stream to `node` starts: another node than the last one starts
+    /// where the fleet is (the lowest unacknowledged block); the same node
+    /// where the tables say. `None` on shutdown.
+    async fn start_for(&self, node: &BlockNodeConfig, stop: &mut watch::Receiver<Stop>) -> Option<u64> {
+        let other = self.previous.as_ref().is_some_and(|p| *p != node.name());
+        let fleet = if other { self.ctx.buffer.lowest_unacked() } else { None };
+        match (fleet, self.restart) {
+            (Some(n), _) | (None, Restart::At(n)) => Some(n),
+            (None, Restart::Latest) => wait_for_latest(&self.ctx, stop).await,
+        }
+    }
+
+    /// Seed 003's tables: when `node` may be tried again and where its next stream starts.
+    fn apply(&mut self, node: &BlockNodeConfig, start: u64, outcome: connection::Outcome) {
+        let ctx = self.ctx.clone();
+        let now = Instant::now();
+        let lowest_unacked = Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start));
+        let name = node.name();
+        let Some(index) = self.index_of(&name).filter(|i| self.nodes[*i].config == *node) else {
+            // Removed by a reload meanwhile.
+            self.restart = lowest_unacked;
+            return;
+        };
+        let n = &mut self.nodes[index];
         if outcome.acknowledged {
             n.backoff.reset();
         }
-        restart = match outcome.ended {
-            Ended::Shutdown => return,
-            Ended::Switched => Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start)),
-            Ended::Reset => Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start)),
+        self.restart = match outcome.ended {
+            Ended::Shutdown | Ended::Switched | Ended::Reset => lowest_unacked,
             Ended::EndOfStream { code, block } => {
                 if n.end_of_streams.record(now.into_std()) {
                     tracing::warn!(
-                        node = %n.config.name(),
+                        node = %name,
                         "more than {} EndOfStreams within {} ms: node rescheduled in {} ms",
                         ctx.config.max_end_of_streams,
                         ctx.config.end_of_stream_time_frame_ms,
                         ctx.config.end_of_stream_schedule_delay_ms
                     );
-                    ctx.count("end_of_stream_rate_limited_total", &n.config.name());
+                    ctx.count("end_of_stream_rate_limited_total", &name);
                     n.end_of_streams.clear();
                     n.available_at = now + Duration::from_millis(ctx.config.end_of_stream_schedule_delay_ms);
                     Restart::Latest
@@ -328,7 +405,7 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
                         + match retry {
                             Retry::SwitchFixed => Duration::from_millis(ctx.config.retry_delay_ms),
                             Retry::SameNodeBackoff => {
-                                sticky = Some(index);
+                                self.sticky = Some(name);
                                 n.backoff.next_delay()
                             }
                         };
@@ -341,10 +418,10 @@ async fn manage(ctx: Arc<Ctx>, configs: Vec<BlockNodeConfig>, mut stop: watch::R
             }
             Ended::Failed(_) | Ended::Timeout(_) | Ended::Stalled(_) => {
                 if matches!(outcome.ended, Ended::Timeout(_) | Ended::Stalled(_)) {
-                    ctx.count("timeouts_total", &n.config.name());
+                    ctx.count("timeouts_total", &name);
                 }
                 n.available_at = now + n.backoff.next_delay();
-                Restart::At(ctx.buffer.lowest_unacked().unwrap_or(start))
+                lowest_unacked
             }
         };
     }
