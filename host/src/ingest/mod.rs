@@ -125,6 +125,10 @@ impl Ingest {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         tonic::transport::Server::builder()
+            // Windows that fit a large block in flight: a 64 KiB window costs
+            // a round trip per 64 KiB of every block.
+            .initial_stream_window_size(Some(8 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
             // A publisher that vanished without closing frees its slot.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
