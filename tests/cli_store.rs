@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Output;
 
+use blockferry_proto::framing::encode_block;
+use blockferry_sim::{block_bytes, generate_block};
 use common::*;
 
 /// Run `blockferry <command> --dir <work> <args>`.
@@ -55,7 +57,7 @@ fn status_json(work: &Path) -> serde_json::Value {
 fn import_backfills_node_files_which_run_uploads_and_refuses_conflicts() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, work) = (tmp.path().join("src"), tmp.path().join("work"));
-    let block = |n: u64| bytes(500 + 97 * n as usize, n + 1);
+    let block = |n: u64| block_bytes(n, 500 + 97 * n as usize);
     // As a consensus node writes them, plus short all-digit names and files that are no blocks.
     let mut files: Vec<(String, Vec<u8>)> =
         (0..4).map(|n| (format!("block-0.0.3/{n:036}.blk.gz"), gzip(&block(n)))).collect();
@@ -88,12 +90,13 @@ fn import_backfills_node_files_which_run_uploads_and_refuses_conflicts() {
     let t = ok(on("import", &work, &[src.to_str().unwrap()]));
     assert!(t.contains("imported 0 blocks (6 already present, 2 skipped)"), "{t}");
 
-    // Different bytes for block 2 (and a new block 9): reported, exit 1, nothing overwritten.
+    // Different bytes for block 2 (a valid block 2 all the same) and a new block 9: reported, exit 1,
+    // nothing overwritten.
     let other = tmp.path().join("other");
     lay_out(
         &other,
         &[
-            (format!("block-0.0.3/{:036}.blk.gz", 2), gzip(b"a different block two")),
+            (format!("block-0.0.3/{:036}.blk.gz", 2), gzip(&block_bytes(2, 4000))),
             (format!("block-0.0.3/{:036}.blk.gz", 9), gzip(&block(9))),
         ],
     );
@@ -112,6 +115,72 @@ fn import_backfills_node_files_which_run_uploads_and_refuses_conflicts() {
 }
 
 #[test]
+fn import_takes_complete_node_blocks_byte_for_byte_reports_pending_ones_and_refuses_invalid_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, work) = (tmp.path().join("src"), tmp.path().join("work"));
+    let name = |n: u64, ext: &str| format!("block-0.0.3/{n:036}.{ext}");
+    let size = |n: u64| 3000 + 700 * n as usize;
+    let stored = |n: u64| work.join("blocks").join(format!("{n:036}.blk"));
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    // Blocks 0-2 complete, each with its marker.
+    for n in 0..3 {
+        files.push((name(n, "blk.gz"), gzip(&block_bytes(n, size(n)))));
+        files.push((name(n, "mf"), Vec::new()));
+    }
+    // Block 3 still being written.
+    files.push((name(3, "pnd.gz"), gzip(&block_bytes(3, size(3))[..1000])));
+    files.push((name(3, "pnd.json"), br#"{"blockNumber":3}"#.to_vec()));
+    // Block 4's file holds block 5; block 6 lacks its proof; block 7 is no Block at all.
+    files.push((name(4, "blk.gz"), gzip(&block_bytes(5, size(4)))));
+    files.push((name(4, "mf"), Vec::new()));
+    let mut unproven = generate_block(6, size(6));
+    unproven.pop();
+    files.push((name(6, "blk.gz"), gzip(&encode_block(&unproven))));
+    files.push((name(7, "blk.gz"), gzip(b"not a block at all")));
+    lay_out(&src, &files);
+
+    let out = on("import", &work, &[src.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("imported 3 blocks (0 already present, 0 skipped)"), "{t}");
+    assert!(!t.contains("warning"), "markers and pending files are no foreign files: {t}");
+    assert!(
+        t.contains(
+            "1 blocks still being written (.pnd.gz) were not imported; import again once the node has finished them"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("3 block files could not be read or are not valid blocks"), "{t}");
+    assert!(
+        t.contains(&format!("{}: header says block 5 but the file is named for block 4", name(4, "blk.gz"))),
+        "{t}"
+    );
+    assert!(t.contains(&format!("{}: no block_proof item", name(6, "blk.gz"))), "{t}");
+    assert!(t.contains(&format!("{}: not a serialized Block: ", name(7, "blk.gz"))), "{t}");
+    assert!(t.contains("0 conflicting, 3 unreadable or invalid"), "{t}");
+    for n in 0..3 {
+        assert_eq!(fs::read(stored(n)).unwrap(), block_bytes(n, size(n)), "block {n} stored byte for byte");
+    }
+    for n in 3..8 {
+        assert!(!stored(n).exists(), "block {n} is not stored");
+    }
+    assert!(ok(on("status", &work, &[])).contains("3 blocks on disk"));
+
+    // The node finishes block 3; the refused files are taken away: import again.
+    for ext in ["pnd.gz", "pnd.json"] {
+        fs::remove_file(src.join(name(3, ext))).unwrap();
+    }
+    for n in [4, 6, 7] {
+        fs::remove_file(src.join(name(n, "blk.gz"))).unwrap();
+    }
+    lay_out(&src, &[(name(3, "blk.gz"), gzip(&block_bytes(3, size(3)))), (name(3, "mf"), Vec::new())]);
+    let t = ok(on("import", &work, &[src.to_str().unwrap()]));
+    assert!(t.contains("imported 1 blocks (3 already present, 0 skipped)"), "{t}");
+    assert!(!t.contains("still being written") && !t.contains("error"), "{t}");
+    assert_eq!(fs::read(stored(3)).unwrap(), block_bytes(3, size(3)));
+}
+
+#[test]
 fn status_counts_change_as_run_uploads_and_json_parses() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, work) = (tmp.path().join("src"), tmp.path().join("work"));
@@ -124,7 +193,7 @@ fn status_counts_change_as_run_uploads_and_json_parses() {
     assert!(s["buckets"][0]["oldest_pending"].is_null(), "{s}");
 
     // Three more blocks, one of which the bucket already holds with other content.
-    lay_out(&src, &(100..103).map(|n| (format!("{n}.blk"), bytes(2000, n))).collect::<Vec<_>>());
+    lay_out(&src, &(100..103).map(|n| (format!("{n}.blk"), block_bytes(n, 2000))).collect::<Vec<_>>());
     ok(on("import", &work, &[src.to_str().unwrap()]));
     fs::write(object(&work, 102), b"someone else's block 102").unwrap();
     let s = status_json(&work);
@@ -190,7 +259,7 @@ fn verify_finds_mismatched_and_missing_objects() {
 
     // A block imported but not uploaded yet is absent remotely without being "missing".
     let src = tmp.path().join("src");
-    lay_out(&src, &[("20.blk".into(), bytes(100, 20))]);
+    lay_out(&src, &[("20.blk".into(), block_bytes(20, 100))]);
     ok(on("import", &work, &[src.to_str().unwrap()]));
     let t = ok(on("verify", &work, &["--range", "20..=20"]));
     assert!(t.contains("0 matching, 0 missing, 0 mismatched, 0 unknown MD5, 1 not uploaded yet"), "{t}");
@@ -215,7 +284,7 @@ fn two_buckets_from_a_config_with_gzip_store() {
     )
     .unwrap();
     let c = config.to_str().unwrap();
-    lay_out(&src, &(0..5).map(|n| (format!("block-0.0.3/{n:036}.blk"), bytes(3000, n))).collect::<Vec<_>>());
+    lay_out(&src, &(0..5).map(|n| (format!("block-0.0.3/{n:036}.blk"), block_bytes(n, 3000))).collect::<Vec<_>>());
     let t = ok(blockferry(&["import", src.to_str().unwrap(), "--config", c]));
     assert!(t.contains("imported 5 blocks") && t.contains("uploads them to a, b"), "{t}");
     let s: serde_json::Value =
@@ -229,7 +298,7 @@ fn two_buckets_from_a_config_with_gzip_store() {
             let object = fs::read(dir.join(b).join(format!("{n:036}.blk.gz"))).unwrap();
             let mut raw = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&object[..]), &mut raw).unwrap();
-            assert_eq!(raw, bytes(3000, n), "bucket {b}, block {n}");
+            assert_eq!(raw, block_bytes(n, 3000), "bucket {b}, block {n}");
         }
     }
     let t = ok(blockferry(&["verify", "--config", c]));

@@ -2,7 +2,21 @@
 //! consensus node's `block-<shard.realm.num>/<36 digits>.blk.gz` files, or
 //! any `<number>.blk` / `<number>.blk.gz`) into the block store, pending in
 //! every bucket. It does not upload: `blockferry run` does.
+//!
+//! Each block file is checked before it is stored: its (decompressed) bytes
+//! must be a serialized `Block` with at least one item, the first a
+//! `block_header` whose number is the one in the file name, and a
+//! `block_proof` among them. A file that fails is not stored; it is listed
+//! with what is wrong, as are files that cannot be read, and the import exits
+//! non-zero. The bytes stored are the file's, decompressed, never re-encoded.
+//!
+//! The consensus node's writer leaves other files beside its blocks: a
+//! zero-length `<number>.mf` marker once a block is complete (accepted
+//! silently) and `<number>.pnd.gz` / `<number>.pnd.json` while a block is
+//! still being written (not imported; counted, so that the operator knows to
+//! import again later). Any other file is skipped with a warning.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -10,6 +24,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use blockferry::store::{BlockStore, StoreError};
+use blockferry_proto::framing::split_block;
+use blockferry_proto::item::{ItemError, ItemKind, header_number};
+use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,25 +51,100 @@ pub struct ImportArgs {
 struct Tally {
     imported: u64,
     present: u64,
-    /// Files whose name is not a block file's.
+    /// Files whose name is neither a block file's nor one the node's writer
+    /// leaves beside its blocks.
     skipped: Vec<PathBuf>,
+    /// Blocks still being written by the node (`.pnd.gz` / `.pnd.json`): the
+    /// directory and block number of each, once.
+    pending: BTreeSet<(PathBuf, u64)>,
     /// Blocks already stored with different bytes (kept), with the message.
     conflicts: Vec<String>,
-    /// Block files that could not be read or decompressed, with the error.
+    /// Block files that could not be read or decompressed, or whose content
+    /// is not a valid block, with the error.
     unreadable: Vec<String>,
 }
 
-/// The block number of a file name and whether it is gzip-compressed:
-/// `<digits>.blk` or `<digits>.blk.gz`, any number of digits.
-fn block_file(name: &str) -> Option<(u64, bool)> {
-    let (stem, gz) = match name.strip_suffix(".blk.gz") {
-        Some(stem) => (stem, true),
-        None => (name.strip_suffix(".blk")?, false),
-    };
+/// What a file is, by its name.
+#[derive(Debug, PartialEq, Eq)]
+enum FileKind {
+    /// `<digits>.blk` (`gz: false`) or `<digits>.blk.gz`: a block to import.
+    Block { number: u64, gz: bool },
+    /// `<digits>.mf`: the node's marker of a complete block.
+    Marker,
+    /// `<digits>.pnd.gz` or `<digits>.pnd.json`: a block the node is still writing.
+    Pending(u64),
+    /// Anything else.
+    Foreign,
+}
+
+/// The number of `<digits><suffix>`, any number of digits.
+fn numbered(name: &str, suffix: &str) -> Option<u64> {
+    let stem = name.strip_suffix(suffix)?;
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((stem.parse().ok()?, gz))
+    stem.parse().ok()
+}
+
+/// What the file named `name` is.
+fn classify(name: &str) -> FileKind {
+    if let Some(number) = numbered(name, ".blk.gz") {
+        FileKind::Block { number, gz: true }
+    } else if let Some(number) = numbered(name, ".blk") {
+        FileKind::Block { number, gz: false }
+    } else if numbered(name, ".mf").is_some() {
+        FileKind::Marker
+    } else if let Some(number) = numbered(name, ".pnd.gz").or_else(|| numbered(name, ".pnd.json")) {
+        FileKind::Pending(number)
+    } else {
+        FileKind::Foreign
+    }
+}
+
+/// The `BlockItem` field name of `kind`, as in the protobuf definition.
+fn kind_name(kind: ItemKind) -> &'static str {
+    use ItemKind::*;
+    match kind {
+        BlockHeader => "block_header",
+        EventHeader => "event_header",
+        RoundHeader => "round_header",
+        SignedTransaction => "signed_transaction",
+        TransactionResult => "transaction_result",
+        TransactionOutput => "transaction_output",
+        StateChanges => "state_changes",
+        FilteredItemHash => "filtered_item_hash",
+        BlockProof => "block_proof",
+        RecordFile => "record_file",
+        TraceData => "trace_data",
+        FilteredSingleItem => "filtered_single_item",
+        BlockFooter => "block_footer",
+    }
+}
+
+/// Check that `bytes` are block `number`: a serialized `Block` with at least
+/// one item, the first a `block_header` for `number`, and a `block_proof`.
+/// The error says what is wrong.
+fn check_block(number: u64, bytes: &Bytes) -> Result<(), String> {
+    let items = split_block(bytes).map_err(|e| match e {
+        ItemError::Malformed(m) => format!("not a serialized Block: {m}"),
+        e => format!("not a serialized Block: {e}"),
+    })?;
+    let Some(first) = items.first() else {
+        return Err(format!("not a serialized Block: no items ({} bytes)", bytes.len()));
+    };
+    match header_number(first) {
+        Ok(header) if header == number => {}
+        Ok(header) => return Err(format!("header says block {header} but the file is named for block {number}")),
+        Err(ItemError::NotAHeader(kind)) => {
+            return Err(format!("the first item is a {}, not a block_header", kind_name(kind)));
+        }
+        Err(e) => return Err(format!("the first item is not a readable block_header: {e}")),
+    }
+    // The proof comes last: look from the end.
+    if !items.iter().rev().any(|item| ItemKind::of(item) == Ok(ItemKind::BlockProof)) {
+        return Err(format!("no block_proof item (among {} items)", items.len()));
+    }
+    Ok(())
 }
 
 /// Every file under `root` (following symlinks to files, not to directories),
@@ -99,17 +191,30 @@ fn import(
     for path in files {
         bar.inc(1);
         let shown = path.strip_prefix(root).unwrap_or(path).display();
-        let Some((number, gz)) = path.file_name().and_then(|n| block_file(&n.to_string_lossy())) else {
-            tally.skipped.push(path.clone());
-            continue;
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let (number, gz) = match classify(&name) {
+            FileKind::Block { number, gz } => (number, gz),
+            FileKind::Marker => continue,
+            FileKind::Pending(number) => {
+                tally.pending.insert((path.parent().unwrap_or(root).to_path_buf(), number));
+                continue;
+            }
+            FileKind::Foreign => {
+                tally.skipped.push(path.clone());
+                continue;
+            }
         };
         let bytes = match read_block(path, gz) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
                 tally.unreadable.push(format!("{shown}: {e:#}"));
                 continue;
             }
         };
+        if let Err(e) = check_block(number, &bytes) {
+            tally.unreadable.push(format!("{shown}: {e}"));
+            continue;
+        }
         let existed = store.has_block(number);
         match store.write_block(number, &bytes, buckets) {
             Ok(_) if existed => tally.present += 1,
@@ -171,11 +276,23 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         &format!("error: {} blocks conflict with stored ones, which are kept", tally.conflicts.len()),
         &tally.conflicts,
     );
-    list(&format!("error: {} block files could not be read", tally.unreadable.len()), &tally.unreadable);
+    list(
+        &format!(
+            "error: {} block files could not be read or are not valid blocks, and were not imported",
+            tally.unreadable.len()
+        ),
+        &tally.unreadable,
+    );
     println!("imported {} blocks ({} already present, {} skipped)", tally.imported, tally.present, tally.skipped.len());
+    if !tally.pending.is_empty() {
+        println!(
+            "{} blocks still being written (.pnd.gz) were not imported; import again once the node has finished them",
+            tally.pending.len()
+        );
+    }
     if !tally.conflicts.is_empty() || !tally.unreadable.is_empty() {
         println!(
-            "{} conflicting, {} unreadable: nothing was overwritten",
+            "{} conflicting, {} unreadable or invalid: nothing was overwritten",
             tally.conflicts.len(),
             tally.unreadable.len()
         );
@@ -196,15 +313,50 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::block_file;
+    use super::*;
+    use blockferry_proto::framing::encode_block;
+    use blockferry_sim::generate_block;
 
     #[test]
-    fn block_file_names() {
-        assert_eq!(block_file(&format!("{:036}.blk.gz", 42)), Some((42, true)));
-        assert_eq!(block_file("7.blk"), Some((7, false)));
-        assert_eq!(block_file(".blk"), None);
-        assert_eq!(block_file("12a.blk"), None);
-        assert_eq!(block_file("12.blk.tmp"), None);
-        assert_eq!(block_file("99999999999999999999999.blk"), None, "beyond u64");
+    fn file_names() {
+        assert_eq!(classify(&format!("{:036}.blk.gz", 42)), FileKind::Block { number: 42, gz: true });
+        assert_eq!(classify("7.blk"), FileKind::Block { number: 7, gz: false });
+        assert_eq!(classify(&format!("{:036}.mf", 42)), FileKind::Marker);
+        assert_eq!(classify(&format!("{:036}.pnd.gz", 43)), FileKind::Pending(43));
+        assert_eq!(classify("43.pnd.json"), FileKind::Pending(43));
+        assert_eq!(classify(".blk"), FileKind::Foreign);
+        assert_eq!(classify("12a.blk"), FileKind::Foreign);
+        assert_eq!(classify("12.blk.tmp"), FileKind::Foreign);
+        assert_eq!(classify("x.mf"), FileKind::Foreign);
+        assert_eq!(classify(".pnd.gz"), FileKind::Foreign);
+        assert_eq!(classify("99999999999999999999999.blk"), FileKind::Foreign, "beyond u64");
+    }
+
+    fn block(items: &[Bytes]) -> Bytes {
+        Bytes::from(encode_block(items))
+    }
+
+    #[test]
+    fn a_real_block_passes() {
+        for n in [0, 1, 7, u64::MAX] {
+            assert_eq!(check_block(n, &block(&generate_block(n, 2000))), Ok(()), "block {n}");
+        }
+    }
+
+    #[test]
+    fn each_defect_is_named() {
+        let items = generate_block(7, 2000);
+        let err = |number, bytes: Bytes| check_block(number, &bytes).unwrap_err();
+
+        assert_eq!(err(8, block(&items)), "header says block 7 but the file is named for block 8");
+        assert!(err(7, block(&items[..items.len() - 1])).starts_with("no block_proof item"));
+        assert_eq!(err(7, block(&items[1..])), "the first item is a round_header, not a block_header");
+        assert_eq!(err(7, Bytes::new()), "not a serialized Block: no items (0 bytes)");
+        let e = err(7, Bytes::from_static(b"\x0a\xff\xff\xff\x0f garbage"));
+        assert!(e.starts_with("not a serialized Block: an item claims"), "{e}");
+        let e = err(7, Bytes::from_static(&[0x0b]));
+        assert!(e.starts_with("not a serialized Block: "), "{e}");
+        let e = err(7, block(&[Bytes::from_static(&[0xff])]));
+        assert!(e.starts_with("the first item is not a readable block_header: "), "{e}");
     }
 }
