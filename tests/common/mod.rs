@@ -125,6 +125,7 @@ pub fn blockferry(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         // Tests run side by side: every sidecar listens on a free port.
         .env("BLOCKFERRY_INGEST_LISTEN", "127.0.0.1:0")
+        .env("BLOCKFERRY_HTTP_LISTEN", "127.0.0.1:0")
         .output()
         .expect("running blockferry")
 }

@@ -10,6 +10,8 @@ pub struct Sidecar {
     child: Option<Child>,
     /// Port of its ingest endpoint on 127.0.0.1.
     pub port: u16,
+    /// Port of its HTTP endpoints (metrics, health, status page) on 127.0.0.1.
+    pub http_port: u16,
     log: PathBuf,
 }
 
@@ -17,11 +19,12 @@ impl Sidecar {
     /// Start `blockferry run --config CONFIG` listening on a free port, its
     /// log (debug level for blockferry) in `LOG_DIR/sidecar.log`; wait until it listens.
     pub fn start(config: &Path, log_dir: &Path, extra: &[&str]) -> Sidecar {
-        let port = free_port();
+        let (port, http_port) = (free_port(), free_port());
         let log = log_dir.join("sidecar.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_blockferry"))
             .args(["run", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .args(extra)
             .env("RUST_LOG", "blockferry=debug,warn")
             .stdout(Stdio::null())
@@ -29,12 +32,18 @@ impl Sidecar {
             .spawn()
             .unwrap();
         wait_for_port(port, "blockferry run", &mut child, &log);
-        Sidecar { child: Some(child), port, log }
+        wait_for_port(http_port, "blockferry run (http)", &mut child, &log);
+        Sidecar { child: Some(child), port, http_port, log }
     }
 
     /// Its ingest endpoint, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:HTTP_PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// What it logged so far.

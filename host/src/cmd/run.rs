@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use blockferry::buffer::BlockBuffer;
 use blockferry::config::Config;
+use blockferry::http::Http;
 use blockferry::ingest::Ingest;
+use blockferry::metrics::{BucketSource, Sources};
 use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::store::BlockStore;
@@ -42,6 +44,9 @@ pub struct RunArgs {
     /// (`127.0.0.1:0` picks a free port).
     #[arg(long, value_name = "ADDR", env = "BLOCKFERRY_INGEST_LISTEN")]
     pub listen: Option<String>,
+    /// Serve metrics, health and the status page here instead of `http.listen`.
+    #[arg(long, value_name = "ADDR", env = "BLOCKFERRY_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Publish this many generated blocks to the ingest endpoint from the
     /// built-in consensus-node simulator (deterministic blocks).
     #[arg(long, default_value_t = 0)]
@@ -124,6 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "store recovered"
     );
     let targets = if config.mode.uploads() { open_targets(&config).await? } else { Vec::new() };
+    let clients: Vec<_> = targets.iter().map(|t| t.client.clone()).collect();
     let manager = UploadManager::start(store.clone(), targets, config.upload.clone())?;
 
     let streams = config.streams();
@@ -137,16 +143,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(store.clone()),
         ))
     });
-    // The block node list follows the config file.
-    let watcher = match (&args.config, &publisher) {
-        (Some(path), Some(publisher)) => {
-            let publisher = publisher.clone();
-            Some(blockferry::reload::watch(path.clone(), Duration::from_secs(1), move |new| {
-                publisher.set_nodes(new.block_nodes)
-            }))
-        }
-        _ => None,
-    };
     let acks = {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
@@ -183,6 +179,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = stopped.await;
     }));
 
+    let sources = Arc::new(Sources {
+        store: store.clone(),
+        buckets: manager
+            .stats()
+            .iter()
+            .zip(clients)
+            .map(|((name, stats), client)| BucketSource { name: name.clone(), stats: stats.clone(), client })
+            .collect(),
+        buffer: buffer.clone(),
+        ingest: ingest.clone(),
+        publisher: publisher.clone(),
+        readiness: Arc::default(),
+        retained_blocks: Default::default(),
+        config_generation: 1.into(),
+    });
+    let http_listen = args.http_listen.as_deref().unwrap_or(&config.http.listen);
+    let http_listener = tokio::net::TcpListener::bind(http_listen).await.with_context(|| {
+        format!("cannot serve metrics and the status page on {http_listen} (http.listen): is another process using it? choose another address")
+    })?;
+    tracing::info!(address = %http_listener.local_addr()?, "http: /metrics, /healthz, /readyz, /api/status, status page");
+    let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
+    http.sample();
+    let http_server = tokio::spawn(http.serve(http_listener));
+
+    // The block node list follows the config file.
+    let watcher = match (&args.config, &publisher) {
+        (Some(path), Some(publisher)) => {
+            let (publisher, sources) = (publisher.clone(), sources.clone());
+            Some(blockferry::reload::watch(path.clone(), Duration::from_secs(1), move |new| {
+                sources.config_generation.fetch_add(1, Ordering::Relaxed);
+                publisher.set_nodes(new.block_nodes)
+            }))
+        }
+        _ => None,
+    };
+
     if args.generate > 0 {
         let first = args.first.unwrap_or_else(|| ingest.latest().map_or(0, |l| l + 1));
         let options = PublisherOptions {
@@ -212,6 +244,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     retention.abort();
     pruner.abort();
+    http_server.abort();
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -104,6 +104,11 @@ impl Ingest {
         &self.counters
     }
 
+    /// The address of the publisher streaming now.
+    pub fn publisher(&self) -> Option<SocketAddr> {
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The highest block stored.
     pub fn latest(&self) -> Option<u64> {
         *self.latest.lock().unwrap_or_else(|e| e.into_inner())

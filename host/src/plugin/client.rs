@@ -100,6 +100,8 @@ pub struct CallStats {
     pub out_of_memory: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
+    /// Time of each call (waiting for a free instance not included).
+    pub call_seconds: crate::metrics::Histogram,
 }
 
 /// An opened instance of the plugin with its bucket resource.
@@ -263,10 +265,13 @@ impl BucketClient {
                 Err(e) => Err(self.classify(name, &instance, e)),
             }
         };
-        match tokio::time::timeout(self.timeout + DEADLINE_GRACE, run).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout + DEADLINE_GRACE, run).await {
             Ok(result) => result,
             Err(_) => Err(self.timed_out(name)),
-        }
+        };
+        self.stats.call_seconds.observe(started.elapsed());
+        result
     }
 
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {

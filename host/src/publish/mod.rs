@@ -47,16 +47,13 @@ pub(crate) enum Stop {
     Shutdown,
 }
 
-/// Upper bounds (seconds) of the ack latency histogram's buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
-
 /// Counters and the header-sent → acknowledged latency histogram.
 #[derive(Debug, Default)]
 pub struct PublishCounters {
     /// `(metric, labels)` → count; labels are `node` or `node,detail`.
     counts: Mutex<BTreeMap<(&'static str, String), u64>>,
-    /// Counts per bucket of [`LATENCY_BUCKETS`] (plus one for +Inf), and the sum in µs.
-    latency: Mutex<([u64; 13], u64)>,
+    /// From a block's header sent to its acknowledgement.
+    ack_latency: crate::metrics::Histogram,
 }
 
 impl PublishCounters {
@@ -72,10 +69,9 @@ impl PublishCounters {
         counts.iter().find(|((m, l), _)| *m == metric && l == labels).map_or(0, |(_, v)| *v)
     }
 
-    /// The latency histogram: per-bucket counts (not cumulative) and the sum in seconds.
-    pub fn latency(&self) -> ([u64; 13], f64) {
-        let l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        (l.0, l.1 as f64 / 1e6)
+    /// The header-sent → acknowledged latency histogram.
+    pub fn ack_latency(&self) -> &crate::metrics::Histogram {
+        &self.ack_latency
     }
 }
 
@@ -125,11 +121,7 @@ impl Ctx {
     }
 
     fn observe_ack_latency(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let bucket = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
-        let mut l = self.counters.latency.lock().unwrap_or_else(|e| e.into_inner());
-        l.0[bucket] += 1;
-        l.1 += latency.as_micros() as u64;
+        self.counters.ack_latency.observe(latency);
     }
 
     /// Block `number` from the buffer, or read back from the store.

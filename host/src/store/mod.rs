@@ -87,6 +87,18 @@ pub struct BlockStore {
     compression: Compression,
     stripes: Vec<Mutex<()>>,
     tmp_counter: AtomicU64,
+    stats: StoreStats,
+}
+
+/// Counters of the block files written.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Blocks written (not counting a block received again).
+    pub blocks_written: AtomicU64,
+    /// Bytes of block files written.
+    pub bytes_written: AtomicU64,
+    /// Time to write one block durably.
+    pub write_seconds: crate::metrics::Histogram,
 }
 
 impl BlockStore {
@@ -99,7 +111,21 @@ impl BlockStore {
             compression,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_counter: AtomicU64::new(0),
+            stats: StoreStats::default(),
         })
+    }
+
+    /// Counters of the block files written.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Whether a file can be created (and synced) in the store now.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let probe = self.tmp_path("writable-probe");
+        let result = write_synced(&probe, b"probe");
+        let _ = fs::remove_file(&probe);
+        result
     }
 
     /// The store's directory.
@@ -155,6 +181,7 @@ impl BlockStore {
     /// `buckets`. Receiving the same block again is harmless (the stored
     /// metadata is returned); different bytes for a stored number are refused.
     pub fn write_block(&self, number: u64, bytes: &[u8], buckets: &[String]) -> Result<BlockMeta, StoreError> {
+        let started = std::time::Instant::now();
         let encoded;
         let data = match self.compression {
             Compression::None => bytes,
@@ -183,6 +210,9 @@ impl BlockStore {
         let meta = BlockMeta::new(number, file, data.len() as u64, &md5, buckets);
         self.write_meta(&meta)?;
         sync_dir(&self.dir)?;
+        self.stats.blocks_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats.write_seconds.observe(started.elapsed());
         Ok(meta)
     }
 

@@ -55,6 +55,10 @@ pub struct BucketStats {
     pub pending: AtomicU64,
     /// Sum of successful upload latencies, in microseconds.
     pub latency_us_total: AtomicU64,
+    /// Latency of successful uploads.
+    pub upload_seconds: crate::metrics::Histogram,
+    /// The oldest block not yet final in the bucket (`u64::MAX`: none).
+    pub oldest_pending: AtomicU64,
 }
 
 impl BucketStats {

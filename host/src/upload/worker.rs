@@ -44,8 +44,7 @@ impl Worker {
         initial: Vec<u64>,
     ) -> Self {
         let pending: BTreeSet<u64> = initial.into_iter().collect();
-        stats.pending.store(pending.len() as u64, Ordering::Relaxed);
-        Self {
+        let worker = Self {
             store,
             target,
             config,
@@ -54,11 +53,15 @@ impl Worker {
             in_flight: BTreeSet::new(),
             consecutive_failures: 0,
             paused_until: None,
-        }
+        };
+        worker.update_pending();
+        worker
     }
 
     fn update_pending(&self) {
         self.stats.pending.store((self.pending.len() + self.in_flight.len()) as u64, Ordering::Relaxed);
+        let oldest = self.pending.first().into_iter().chain(self.in_flight.first()).min().copied();
+        self.stats.oldest_pending.store(oldest.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Upload until shut down.
@@ -183,6 +186,7 @@ async fn try_upload(
     let (status, attempt) = match result {
         Ok(outcome) => {
             stats.latency_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats.upload_seconds.observe(started.elapsed());
             let at_ms = now_ms();
             if outcome == Outcome::Uploaded {
                 stats.uploaded.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,244 @@
+//! The operators' HTTP endpoints, on `[http] listen`:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/metrics` | every metric, Prometheus (OpenMetrics) text format |
+//! | `/healthz` | 200 while the process serves |
+//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable, buffer saturated) |
+//! | `/api/status` | the state as JSON (what the status page shows) |
+//! | `/` | the status page: one small HTML file, no build step |
+//!
+//! A sampler records each bucket's upload lag every `history_sample_secs`
+//! for the status page's one-hour chart, counts the blocks in the store and
+//! re-checks readiness.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::metrics::Sources;
+use crate::publish::PublishStatus;
+use crate::store::now_ms;
+
+/// The status page.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// How long the lag history reaches back.
+const HISTORY: Duration = Duration::from_secs(3600);
+
+/// The state behind the endpoints.
+pub struct Http {
+    sources: Arc<Sources>,
+    sample_every: Duration,
+    /// Per bucket (same order as `sources.buckets`): `(unix ms, lag seconds)`.
+    history: Mutex<Vec<VecDeque<(u64, f64)>>>,
+}
+
+/// `/api/status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// blockferry's version.
+    pub version: &'static str,
+    /// Whether the host is ready.
+    pub ready: bool,
+    /// Why not.
+    pub not_ready: Vec<String>,
+    /// The config generation in force.
+    pub config_generation: u64,
+    /// Blocks in the local store.
+    pub retained_blocks: u64,
+    /// Seconds between lag samples.
+    pub history_sample_secs: u64,
+    /// Per bucket.
+    pub buckets: Vec<BucketView>,
+    /// The block buffer.
+    pub buffer: BufferView,
+    /// Ingest from the consensus node.
+    pub ingest: IngestView,
+    /// Streaming to block nodes (`null` when not streaming).
+    pub block_nodes: Option<PublishStatus>,
+}
+
+/// One bucket on the status page.
+#[derive(Debug, Serialize)]
+pub struct BucketView {
+    /// Its name.
+    pub name: String,
+    /// Its provider.
+    pub provider: String,
+    /// Blocks uploaded by this host.
+    pub uploaded: u64,
+    /// Blocks found already present.
+    pub already_present: u64,
+    /// Blocks not yet safe in it.
+    pub pending: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Hash mismatches.
+    pub mismatched: u64,
+    /// Age of the oldest block not yet safe, in seconds.
+    pub lag_seconds: f64,
+    /// `[unix ms, lag seconds]` over the last hour.
+    pub lag_history: Vec<(u64, f64)>,
+}
+
+/// The buffer on the status page.
+#[derive(Debug, Serialize)]
+pub struct BufferView {
+    /// Blocks in memory.
+    pub blocks: u64,
+    /// Blocks waiting for a block node's acknowledgement.
+    pub unacked_blocks: u64,
+    /// Saturation in percent.
+    pub saturation_percent: f64,
+    /// Whether backpressure is engaged.
+    pub backpressure: bool,
+}
+
+/// Ingest on the status page.
+#[derive(Debug, Serialize)]
+pub struct IngestView {
+    /// The publisher streaming now.
+    pub publisher: Option<String>,
+    /// The newest block stored.
+    pub latest_block: Option<u64>,
+    /// Blocks received since start.
+    pub blocks: u64,
+}
+
+impl Http {
+    /// Endpoints over `sources`, sampling the lag every `sample_every`.
+    pub fn new(sources: Arc<Sources>, sample_every: Duration) -> Arc<Self> {
+        let history = Mutex::new(vec![VecDeque::new(); sources.buckets.len()]);
+        Arc::new(Self { sources, sample_every, history })
+    }
+
+    /// Serve on `listener` until the task is dropped; also runs the sampler.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let sampler = tokio::spawn(self.clone().sample_forever());
+        let app = Router::new()
+            .route("/", get(page))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/api/status", get(status))
+            .with_state(self);
+        let served = axum::serve(listener, app).await;
+        sampler.abort();
+        served
+    }
+
+    async fn sample_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.sample_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.sample()).await;
+        }
+    }
+
+    /// One sample: lags, blocks in the store, readiness.
+    pub fn sample(&self) {
+        let now = now_ms();
+        let s = &self.sources;
+        {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            for (h, b) in history.iter_mut().zip(&s.buckets) {
+                h.push_back((now, s.lag_seconds(&b.stats)));
+                while h.front().is_some_and(|(t, _)| now.saturating_sub(*t) > HISTORY.as_millis() as u64) {
+                    h.pop_front();
+                }
+            }
+        }
+        if let Ok(numbers) = s.store.numbers() {
+            s.retained_blocks.store(numbers.len() as u64, Ordering::Relaxed);
+        }
+        let mut reasons = Vec::new();
+        if let Err(e) = s.store.check_writable() {
+            reasons.push(format!("the block store is not writable: {e}"));
+        }
+        if s.buffer.backpressure() {
+            reasons.push("the block buffer is saturated: backpressure holds the consensus node".into());
+        }
+        s.readiness.set(reasons);
+    }
+
+    /// The state now.
+    pub fn status(&self) -> Status {
+        let s = &self.sources;
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let buckets = s
+            .buckets
+            .iter()
+            .zip(history.iter())
+            .map(|(b, h)| BucketView {
+                name: b.name.clone(),
+                provider: b.client.provider().to_string(),
+                uploaded: load(&b.stats.uploaded),
+                already_present: load(&b.stats.already_present),
+                pending: load(&b.stats.pending),
+                failed: load(&b.stats.failures),
+                mismatched: load(&b.stats.hash_mismatches),
+                lag_seconds: s.lag_seconds(&b.stats),
+                lag_history: h.iter().copied().collect(),
+            })
+            .collect();
+        let buffer = s.buffer.state();
+        let not_ready = s.readiness.reasons();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            ready: not_ready.is_empty(),
+            not_ready,
+            config_generation: load(&s.config_generation),
+            retained_blocks: load(&s.retained_blocks),
+            history_sample_secs: self.sample_every.as_secs(),
+            buckets,
+            buffer: BufferView {
+                blocks: buffer.blocks,
+                unacked_blocks: buffer.unacked_blocks,
+                saturation_percent: buffer.saturation,
+                backpressure: buffer.backpressure,
+            },
+            ingest: IngestView {
+                publisher: s.ingest.publisher().map(|a| a.to_string()),
+                latest_block: s.ingest.latest(),
+                blocks: load(&s.ingest.counters().blocks),
+            },
+            block_nodes: s.publisher.as_ref().map(|p| p.status()),
+        }
+    }
+}
+
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], STATUS_PAGE).into_response()
+}
+
+async fn metrics(State(http): State<Arc<Http>>) -> Response {
+    let sources = http.sources.clone();
+    let text = tokio::task::spawn_blocking(move || sources.render()).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+async fn readyz(State(http): State<Arc<Http>>) -> Response {
+    let reasons = http.sources.readiness.reasons();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", reasons.join("\n"))).into_response()
+    }
+}
+
+async fn status(State(http): State<Arc<Http>>) -> Response {
+    axum::Json(http.status()).into_response()
+}

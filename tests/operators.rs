@@ -1,0 +1,194 @@
+//! The operators' view of a running host (the real binary): `/metrics`,
+//! `/healthz`, `/readyz`, `/api/status`, the status page rendered by a real
+//! headless browser (Debian's `chromium`, installed by
+//! `scripts/install-test-servers.sh`), and logs that never show a secret.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use blockferry_sim::{PublisherOptions, publish};
+use common::sidecar::Sidecar;
+use common::*;
+
+const SECRET: &str = "sup3r-s3cret-t0ken-4242";
+
+/// `GET url` over HTTP/1.0: status code and body.
+fn get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The value of a metric line `name{labels} value` (first match; labels as written).
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A config with one `fs` bucket and a credentials file holding [`SECRET`].
+fn config(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("bucket")).unwrap();
+    let creds = dir.join("credentials.toml");
+    std::fs::write(&creds, format!("[buckets.local]\napi_token = \"{SECRET}\"\n")).unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = dir.join("blockferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "credentials = \"credentials.toml\"\n[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = {:?}\n\
+             [http]\nhistory_sample_secs = 1\n\
+             [[buckets]]\nname = \"local\"\nplugin = {:?}\ndirectory = \"bucket\"\n",
+            workspace().join("target/test-plugin-cache").display().to_string(),
+            plugin_path("blockferry_fs").display().to_string(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
+    let options = PublisherOptions {
+        endpoint: sidecar.endpoint(),
+        first_block: first,
+        blocks,
+        block_size: 8192,
+        ..Default::default()
+    };
+    assert!(publish(&options).await.unwrap().complete());
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_readiness_follow_the_running_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&config(dir.path()), dir.path(), &[]);
+    assert_eq!(get(&sidecar.url("/healthz")).0, 200);
+    wait_for("ready", || get(&sidecar.url("/readyz")).0 == 200).await;
+
+    feed(&sidecar, 0, 12).await;
+    wait_for("12 uploads counted", || {
+        metric(&get(&sidecar.url("/metrics")).1, "blockferry_upload_succeeded_total{bucket=\"local\",provider=\"fs\"}")
+            == Some(12.0)
+    })
+    .await;
+    let (status, scraped) = get(&sidecar.url("/metrics"));
+    assert_eq!(status, 200);
+    for (line, value) in [
+        ("blockferry_ingest_blocks_total", 12.0),
+        ("blockferry_store_blocks_written_total", 12.0),
+        ("blockferry_upload_pending_blocks{bucket=\"local\"}", 0.0),
+        ("blockferry_upload_hash_mismatch_total{bucket=\"local\",provider=\"fs\"}", 0.0),
+        ("blockferry_ingest_latest_block", 11.0),
+        ("blockferry_buffer_backpressure", 0.0),
+        ("blockferry_ready", 1.0),
+        ("blockferry_plugin_errors_total{bucket=\"local\",provider=\"fs\",kind=\"trap\"}", 0.0),
+    ] {
+        assert_eq!(metric(&scraped, line), Some(value), "{line} in\n{scraped}");
+    }
+    // Histograms with base units, and counts that match.
+    assert_eq!(
+        metric(&scraped, "blockferry_upload_duration_seconds_count{bucket=\"local\",provider=\"fs\"}"),
+        Some(12.0)
+    );
+    assert_eq!(metric(&scraped, "blockferry_store_write_duration_seconds_count"), Some(12.0));
+    assert!(metric(&scraped, "blockferry_plugin_calls_total{bucket=\"local\",provider=\"fs\"}").unwrap() >= 12.0);
+    // Every metric the alert rules and dashboard may use is exported (with
+    // blocks streamed to block nodes, the publish family too: see tests/relay.rs).
+    for name in ["blockferry_upload_lag_seconds", "blockferry_retained_blocks", "blockferry_buffer_saturation_ratio"] {
+        assert!(scraped.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+
+    // The store turns unwritable: not ready, with the reason; writable again: ready.
+    let tmp = dir.path().join("blocks/.tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    wait_for("not ready", || get(&sidecar.url("/readyz")).0 == 503).await;
+    let (_, why) = get(&sidecar.url("/readyz"));
+    assert!(why.contains("the block store is not writable"), "{why}");
+    assert_eq!(metric(&get(&sidecar.url("/metrics")).1, "blockferry_ready"), Some(0.0));
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    wait_for("ready again", || get(&sidecar.url("/readyz")).0 == 200).await;
+
+    // A full run's logs (debug level) and every endpoint never show the secret.
+    let status_json = get(&sidecar.url("/api/status")).1;
+    let metrics_text = get(&sidecar.url("/metrics")).1;
+    let out = sidecar.stop();
+    let logs = text(&out);
+    assert!(logs.contains("DEBUG"), "the run logged at debug level");
+    for (what, body) in [("logs", &logs), ("/api/status", &status_json), ("/metrics", &metrics_text)] {
+        assert!(!body.contains(SECRET), "the secret appears in the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_the_host_s_state_in_a_real_browser() {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("chromium is not installed: run scripts/install-test-servers.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&config(dir.path()), dir.path(), &[]);
+    feed(&sidecar, 0, 7).await;
+    wait_for("7 uploads", || get(&sidecar.url("/api/status")).1.contains("\"uploaded\":7")).await;
+    // Two lag samples, for the chart.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let profile = dir.path().join("chromium-profile");
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(sidecar.url("/"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page loaded its data: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What the page shows matches the running host.
+    let status: serde_json::Value = serde_json::from_str(&get(&sidecar.url("/api/status")).1).unwrap();
+    let cell = |class: &str| {
+        let marker = format!("class=\"{class}\">");
+        let at = dom.find(&marker).unwrap_or_else(|| panic!("no {class} cell in {dom}")) + marker.len();
+        dom[at..at + dom[at..].find('<').unwrap()].to_string()
+    };
+    assert_eq!(cell("name"), "local");
+    assert_eq!(cell("provider"), "fs");
+    assert_eq!(cell("uploaded"), status["buckets"][0]["uploaded"].to_string());
+    assert_eq!(cell("uploaded"), "7");
+    assert_eq!(cell("pending"), "0");
+    assert_eq!(cell("mismatched"), "0");
+    assert!(dom.contains("<polyline"), "the lag chart is drawn");
+    let text_of = |id: &str| {
+        let marker = format!("id=\"{id}\"");
+        let at = dom.find(&marker).unwrap() + marker.len();
+        let start = at + dom[at..].find('>').unwrap() + 1;
+        dom[start..start + dom[start..].find('<').unwrap()].to_string()
+    };
+    assert_eq!(text_of("ready"), "yes");
+    assert_eq!(text_of("latest"), "6");
+    assert_eq!(text_of("backpressure"), "off");
+    assert_eq!(text_of("saturation"), "0 %");
+    assert!(text_of("block-node").starts_with("not streaming"));
+    sidecar.stop();
+}
