@@ -71,10 +71,13 @@ fn init_writes_the_example_config_which_loads() {
     assert_eq!(config.buckets.len(), 1);
     assert_eq!(config.buckets[0].name, "local");
     // It lists the defaults, so what it says is what a missing key means.
-    use blockferry::config::{BufferConfig, IngestConfig, UploadConfig};
+    use blockferry::config::{BufferConfig, HttpConfig, IngestConfig, LogConfig, PublishConfig, UploadConfig};
     assert_eq!(format!("{:?}", config.ingest), format!("{:?}", IngestConfig::default()));
     assert_eq!(format!("{:?}", config.buffer), format!("{:?}", BufferConfig::default()));
     assert_eq!(format!("{:?}", config.upload), format!("{:?}", UploadConfig::default()));
+    assert_eq!(format!("{:?}", config.publish), format!("{:?}", PublishConfig::default()));
+    assert_eq!(format!("{:?}", config.http), format!("{:?}", HttpConfig::default()));
+    assert_eq!(format!("{:?}", config.log), format!("{:?}", LogConfig::default()));
     // It refuses to overwrite.
     let again = blockferry(&["init", path.to_str().unwrap()]);
     assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));

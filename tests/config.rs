@@ -103,6 +103,8 @@ fn invalid_values_name_the_key_and_the_fix() {
             ">= hard_limit_bytes",
         ),
         ("mode = \"file\"\n[buffer]\nttl_secs = 0\n", "buffer.ttl_secs", ">= 1"),
+        ("mode = \"file\"\n[log]\nlevel = \"loud=please=yes\"\n", "log.level", "error, warn, info"),
+        ("mode = \"file\"\n[http]\nlisten = \"nowhere\"\n", "http.listen", "host:port"),
         ("mode = \"grpc\"\n", "`block_nodes`", "[[block_nodes]]"),
         (
             "mode = \"grpc\"\n[[block_nodes]]\naddress = \"bn\"\nport = 1\nsoft_limit_bytes = 7000000\n",

@@ -192,3 +192,30 @@ async fn the_status_page_shows_the_host_s_state_in_a_real_browser() {
     assert!(text_of("block-node").starts_with("not streaming"));
     sidecar.stop();
 }
+
+#[test]
+fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path());
+    let run = |level: &str, rust_log: Option<&str>| {
+        let base = std::fs::read_to_string(&path).unwrap();
+        let base = match base.find("[log]") {
+            Some(at) => base[..at].to_string(),
+            None => base,
+        };
+        std::fs::write(&path, format!("{base}[log]\nlevel = \"{level}\"\n")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blockferry"));
+        command.args(["run", "--config", path.to_str().unwrap(), "--generate", "2", "--exit-when-drained"]);
+        command.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]).env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run("debug", None).contains("DEBUG"), "debug from the config");
+    let quiet = run("error", None);
+    assert!(!quiet.contains("INFO") && !quiet.contains("DEBUG"), "error from the config: {quiet}");
+    assert!(run("error", Some("info")).contains("INFO"), "RUST_LOG wins");
+}

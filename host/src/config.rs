@@ -109,6 +109,9 @@ pub struct Config {
     /// The operators' HTTP endpoints (metrics, health, status page).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
     /// The plugin runtime.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -175,6 +178,26 @@ fn default_hard_limit() -> usize {
 }
 fn default_max_block_bytes() -> usize {
     64 * 1024 * 1024
+}
+
+/// `[log]`: what is logged (to stderr; `BLOCKFERRY_LOG_FORMAT=json` for JSON lines).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level or filter directives (`info`, `debug`, `info,blockferry::publish=debug`);
+    /// `RUST_LOG`, when set, takes precedence.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 /// `[http]`: metrics, health and the status page.
@@ -779,6 +802,13 @@ impl Config {
                 "http.listen".into(),
                 format!("= {:?} is not an address", self.http.listen),
                 "use host:port, e.g. \"127.0.0.1:9616\"",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level".into(),
+                format!("= {:?} is not a log level or filter ({e})", self.log.level),
+                "use error, warn, info, debug or trace, optionally per module: \"info,blockferry::publish=debug\"",
             ));
         }
         if self.http.history_sample_secs == 0 {

@@ -117,6 +117,7 @@ pub async fn open_targets(config: &Config) -> anyhow::Result<Vec<Target>> {
 /// Run the sidecar.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = config_of(args.config.as_deref(), &args.dir, &args.fs_plugin)?;
+    super::apply_log_level(&config.log.level);
     let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
     let names: Vec<String> =
         if config.mode.uploads() { config.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() };
