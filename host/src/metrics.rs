@@ -205,12 +205,7 @@ impl Enc<'_, '_> {
         self.family(name, help, MetricType::Gauge, rows, |v, e| ConstGauge::new(v).encode(e))
     }
 
-    fn histograms(
-        &mut self,
-        name: &str,
-        help: &str,
-        rows: &[(Labels, &Histogram)],
-    ) -> Result<(), std::fmt::Error> {
+    fn histograms(&mut self, name: &str, help: &str, rows: &[(Labels, &Histogram)]) -> Result<(), std::fmt::Error> {
         self.family(name, help, MetricType::Histogram, rows, |h, mut e| h.encode(&mut e))
     }
 
