@@ -125,6 +125,17 @@ async fn blocks_reach_both_buckets_and_retention_deletes_exactly_the_safe_ones()
     let manager = UploadManager::start(s.store.clone(), targets, fast_retries()).unwrap();
     assert_eq!(manager.pending(), 0);
     manager.shutdown().await;
+
+    // Mode `file` (no bucket, no block node) keeps everything; mode `grpc`
+    // (no bucket) deletes what block nodes acknowledged.
+    let none: Vec<String> = Vec::new();
+    let late = |n: u64| s.store.write_block(n, &bytes(100, n), &none).unwrap();
+    for n in 20..24 {
+        late(n);
+    }
+    assert_eq!(run_retention(&s.store, &none, Duration::ZERO, NotStreaming).unwrap().deleted, 0);
+    assert_eq!(run_retention(&s.store, &none, Duration::ZERO, UpTo(Some(21))).unwrap().deleted, 2);
+    assert_eq!(s.store.numbers().unwrap(), vec![3, 22, 23]);
 }
 
 #[tokio::test]

@@ -17,23 +17,23 @@ use crate::plugin::egress::DEFAULT_DENIED_NETWORKS;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}; create one with `blockferry init {path}`")]
+    #[error("cannot read config {path}: {error}; create one with `blockferry init {path}`")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The credentials file named by the config could not be read.
     #[error(
-        "cannot read credentials file {path}: {source}; create it (mode 600) with `[buckets.NAME]` tables \
+        "cannot read credentials file {path}: {error}; create it (mode 600) with `[buckets.NAME]` tables \
          of secrets, or remove `credentials` from the config"
     )]
     ReadCredentials {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has a key of the wrong type or name.
     #[error("config {path} is invalid: {message}")]
@@ -61,7 +61,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriterMode {
-    /// Stream to block nodes only; nothing is kept on disk beyond the buffer.
+    /// Store blocks locally and stream them to block nodes; no uploads.
+    /// Retention deletes a block once a block node acknowledged it.
     Grpc,
     /// Write blocks to local disk only.
     File,
@@ -73,6 +74,16 @@ pub enum WriterMode {
 }
 
 impl WriterMode {
+    /// The mode as the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriterMode::Grpc => "grpc",
+            WriterMode::File => "file",
+            WriterMode::FileAndBucket => "file-and-bucket",
+            WriterMode::FileAndBucketAndGrpc => "file-and-bucket-and-grpc",
+        }
+    }
+
     /// Whether blocks are uploaded to buckets in this mode.
     pub fn uploads(self) -> bool {
         matches!(self, WriterMode::FileAndBucket | WriterMode::FileAndBucketAndGrpc)
@@ -586,7 +597,7 @@ impl Config {
     /// names; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::parse(&text, path, base)?;
         if let Some(creds) = config.credentials.clone() {
@@ -698,7 +709,7 @@ impl Config {
         if self.mode.uploads() && self.buckets.is_empty() {
             return Err(invalid(
                 "buckets".into(),
-                format!("is empty but mode {:?} uploads to buckets", self.mode),
+                format!("is empty but mode \"{}\" uploads to buckets", self.mode.name()),
                 "add a [[buckets]] table, or set mode = \"file\"",
             ));
         }
@@ -847,7 +858,7 @@ impl Config {
         if self.mode.streams() && self.block_nodes.is_empty() {
             return Err(invalid(
                 "block_nodes".into(),
-                format!("is empty but mode {:?} streams to block nodes", self.mode),
+                format!("is empty but mode \"{}\" streams to block nodes", self.mode.name()),
                 "add a [[block_nodes]] table (address, port), or use mode = \"file-and-bucket\"",
             ));
         }

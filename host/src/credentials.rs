@@ -52,7 +52,7 @@ impl Credentials {
     /// Load `path`, refusing a file that others may read or write.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let meta = std::fs::metadata(path)
-            .map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::ReadCredentials { path: path.to_path_buf(), error })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(ConfigError::Invalid {
@@ -63,7 +63,7 @@ impl Credentials {
             });
         }
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::ReadCredentials { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::ReadCredentials { path: path.to_path_buf(), error })?;
         // The parser's message may quote the offending line; never let a secret reach it.
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),

@@ -290,7 +290,13 @@ impl Sources {
         for b in &self.buckets {
             let s = &b.client.stats;
             for (kind, v) in [
-                ("transient", load(&b.stats.failures) - load(&b.stats.permanent_failures)),
+                // Failed attempts are one of: permanent, trap, timeout, out of memory, or transient.
+                (
+                    "transient",
+                    load(&b.stats.failures)
+                        .saturating_sub(load(&b.stats.permanent_failures))
+                        .saturating_sub(load(&s.traps) + load(&s.timeouts) + load(&s.out_of_memory)),
+                ),
                 ("permanent", load(&b.stats.permanent_failures)),
                 ("hash_mismatch", load(&b.stats.hash_mismatches)),
                 ("trap", load(&s.traps)),
@@ -437,7 +443,15 @@ impl Sources {
             ("item_too_large_total", "Blocks with an item above the node's hard limit"),
             ("end_of_stream_rate_limited_total", "Nodes rescheduled for sending too many EndOfStreams"),
         ] {
-            let rows = by_metric.remove(metric).unwrap_or_default();
+            let mut rows = by_metric.remove(metric).unwrap_or_default();
+            // Per-node counters start at 0 for every configured node.
+            if !metric.contains("closed") && !metric.contains("responses") && !metric.contains("end_streams") {
+                for node in publisher.node_names() {
+                    if !rows.iter().any(|(l, _)| l[0].1 == node) {
+                        rows.push((vec![("node", node)], 0));
+                    }
+                }
+            }
             let name = format!("blockferry_publish_{}", metric.trim_end_matches("_total"));
             e.counters(&name, help, &rows)?;
         }

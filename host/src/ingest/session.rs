@@ -187,7 +187,7 @@ impl Session {
             let (ingest, block) = (self.ingest.clone(), block.clone());
             tokio::task::spawn_blocking(move || ingest.store.write_block(number, &block.encode(), &ingest.buckets))
                 .await
-                .unwrap_or_else(|e| Err(StoreError::Io { op: "storing", path: "(task)".into(), source: e.into() }))
+                .unwrap_or_else(|e| Err(StoreError::Io { op: "storing", path: "(task)".into(), error: e.into() }))
         };
         match written {
             Ok(_) if stored => Flow::Continue,

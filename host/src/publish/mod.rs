@@ -212,6 +212,11 @@ impl Publisher {
         });
     }
 
+    /// The configured block nodes' names (`address:port`).
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.borrow().iter().map(BlockNodeConfig::name).collect()
+    }
+
     /// Where publishing is now.
     pub fn status(&self) -> PublishStatus {
         self.ctx.status.lock().unwrap_or_else(|e| e.into_inner()).clone()

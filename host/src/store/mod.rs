@@ -28,14 +28,14 @@ const STRIPES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An I/O error on a file of the store.
-    #[error("block store: {op} {path}: {source}")]
+    #[error("block store: {op} {path}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The file.
         path: PathBuf,
         /// The error (a full disk shows here as "No space left on device").
-        source: io::Error,
+        error: io::Error,
     },
     /// Block `number` is already stored with different content.
     #[error(
@@ -64,7 +64,7 @@ pub enum StoreError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+    move |error| StoreError::Io { op, path: path.to_path_buf(), error }
 }
 
 /// What start-up recovery found and did.
@@ -162,7 +162,7 @@ impl BlockStore {
         let path = self.block_path(&meta);
         let data = fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound(number),
-            _ => StoreError::Io { op: "reading", path: path.clone(), source: e },
+            _ => StoreError::Io { op: "reading", path: path.clone(), error: e },
         })?;
         if !meta.file.ends_with(".gz") {
             return Ok(data);

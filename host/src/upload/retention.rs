@@ -45,8 +45,8 @@ pub fn run_retention(
     acks: BlockNodeAcks,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
-    if buckets.is_empty() {
-        // With no bucket to be safe in, the local copy is the only one.
+    if buckets.is_empty() && acks == BlockNodeAcks::NotStreaming {
+        // With no bucket and no block node to be safe in, the local copy is the only one.
         return Ok(report);
     }
     let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);

@@ -172,7 +172,7 @@ async fn try_upload(
         return Ok(Attempt::Done);
     }
     let path = store.block_path(&meta);
-    let body = BlockBody::open(&path).map_err(|source| StoreError::Io { op: "opening", path, source })?;
+    let body = BlockBody::open(&path).map_err(|error| StoreError::Io { op: "opening", path, error })?;
     let ext = meta.ext();
     let info = BlockInfo {
         number: n,
