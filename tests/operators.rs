@@ -5,29 +5,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use blockferry_sim::{PublisherOptions, publish};
-use common::sidecar::Sidecar;
+use common::sidecar::{Sidecar, http_get as get};
 use common::*;
 
 const SECRET: &str = "sup3r-s3cret-t0ken-4242";
-
-/// `GET url` over HTTP/1.0: status code and body.
-fn get(url: &str) -> (u16, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = std::net::TcpStream::connect(authority).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
 
 /// The value of a metric line `name{labels} value` (first match; labels as written).
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {

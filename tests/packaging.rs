@@ -100,23 +100,48 @@ fn ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
 }
 
+/// Tracks whether a scan of PromQL text is inside a string literal.
+#[derive(Default)]
+struct Quotes {
+    quote: Option<char>,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Feed the next character; whether it belongs to a string literal
+    /// (its quotes included).
+    fn inside(&mut self, c: char) -> bool {
+        if let Some(q) = self.quote {
+            match c {
+                _ if self.escaped => self.escaped = false,
+                '\\' => self.escaped = true,
+                _ if c == q => self.quote = None,
+                _ => {}
+            }
+            return true;
+        }
+        if matches!(c, '"' | '\'' | '`') {
+            self.quote = Some(c);
+            return true;
+        }
+        false
+    }
+
+    /// Whether a string literal is still open.
+    fn open(&self) -> bool {
+        self.quote.is_some()
+    }
+}
+
 /// Check that `(`, `[` and `{` balance outside string literals.
 fn check_brackets(expr: &str) -> Result<(), String> {
     let mut stack = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for (i, c) in expr.char_indices() {
-        if let Some(q) = quote {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                _ if c == q => quote = None,
-                _ => {}
-            }
+        if quotes.inside(c) {
             continue;
         }
         match c {
-            '"' | '\'' | '`' => quote = Some(c),
             '(' | '[' | '{' => stack.push(c),
             ')' | ']' | '}' => {
                 let open = match c {
@@ -131,7 +156,7 @@ fn check_brackets(expr: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    if quote.is_some() {
+    if quotes.open() {
         return Err(format!("unterminated string in `{expr}`"));
     }
     if let Some(open) = stack.last() {
@@ -144,20 +169,12 @@ fn check_brackets(expr: &str) -> Result<(), String> {
 /// byte after it (brackets balanced, as checked before).
 fn enclosed(expr: &str, start: usize, open: char, close: char) -> (&str, usize) {
     let mut depth = 0;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for (i, c) in expr[start..].char_indices() {
-        if let Some(q) = quote {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                _ if c == q => quote = None,
-                _ => {}
-            }
+        if quotes.inside(c) {
             continue;
         }
         match c {
-            '"' | '\'' | '`' => quote = Some(c),
             _ if c == open => depth += 1,
             _ if c == close => {
                 depth -= 1;
@@ -174,24 +191,14 @@ fn enclosed(expr: &str, start: usize, open: char, close: char) -> (&str, usize) 
 /// Split `text` at commas outside string literals.
 fn split_commas(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
-    let (mut from, mut quote, mut escaped) = (0, None::<char>, false);
+    let (mut from, mut quotes) = (0, Quotes::default());
     for (i, c) in text.char_indices() {
-        if let Some(q) = quote {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                _ if c == q => quote = None,
-                _ => {}
-            }
+        if quotes.inside(c) {
             continue;
         }
-        match c {
-            '"' | '\'' | '`' => quote = Some(c),
-            ',' => {
-                parts.push(&text[from..i]);
-                from = i + 1;
-            }
-            _ => {}
+        if c == ',' {
+            parts.push(&text[from..i]);
+            from = i + 1;
         }
     }
     parts.push(&text[from..]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use blockferry_sim::block_node::BlockNode;
 use blockferry_sim::{PublisherOptions, generate_block, publish};
-use common::sidecar::Sidecar;
+use common::sidecar::{Sidecar, http_get};
 use common::*;
 
 const BLOCKS: u64 = 60;
@@ -26,18 +26,6 @@ fn config_text(ports: &[u16]) -> String {
         text += &format!("[[block_nodes]]\naddress = \"127.0.0.1\"\nport = {port}\npriority = {priority}\n");
     }
     text
-}
-
-/// The body of `GET url` (HTTP/1.0).
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = std::net::TcpStream::connect(authority).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
@@ -84,7 +72,7 @@ async fn the_block_node_list_follows_the_config_file() {
     wait_for("node b has blocks 7-11", &sidecar, || (7..12).all(|n| b.blocks().contains_key(&n))).await;
     assert!(!a.blocks().contains_key(&11), "the removed node gets nothing more");
     // The streaming metrics show it.
-    let metrics = http_get(&sidecar.url("/metrics"));
+    let metrics = http_get(&sidecar.url("/metrics")).1;
     let b_node = format!("node=\"127.0.0.1:{}\"", b.addr().port());
     assert!(metrics.contains("blockferry_publish_connected 1"), "{metrics}");
     assert!(metrics.contains(&format!("blockferry_publish_connections_opened_total{{{b_node}}} 1")), "{metrics}");

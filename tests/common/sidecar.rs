@@ -5,6 +5,20 @@ use std::process::{Child, Command, Output, Stdio};
 
 use super::servers::{free_port, wait_for_port};
 
+/// `GET url` over HTTP/1.0 (`http://host:port/path`): status code and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(stream, "GET {} HTTP/1.0\r\nHost: {authority}\r\n\r\n", if path.is_empty() { "/" } else { path }).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
 /// A running sidecar; killed when dropped.
 pub struct Sidecar {
     child: Option<Child>,
