@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use blockferry::buffer::BlockBuffer;
 use blockferry::config::Config;
-use blockferry::http::Http;
+use blockferry::http::{Http, Started};
 use blockferry::ingest::Ingest;
 use blockferry::metrics::{BucketSource, Sources};
 use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
@@ -118,6 +118,14 @@ pub async fn open_targets(config: &Config) -> anyhow::Result<Vec<Target>> {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = config_of(args.config.as_deref(), &args.dir, &args.fs_plugin)?;
     super::apply_log_level(&config.log.level);
+    // The operators' endpoints answer at once ("starting" until start-up is done).
+    let http_listen = args.http_listen.as_deref().unwrap_or(&config.http.listen);
+    let http_listener = tokio::net::TcpListener::bind(http_listen).await.with_context(|| {
+        format!("cannot serve metrics and the status page on {http_listen} (http.listen): is another process using it? choose another address")
+    })?;
+    tracing::info!(address = %http_listener.local_addr()?, "http: /metrics, /healthz, /readyz, /api/status, status page");
+    let started = Arc::new(Started::default());
+    let http_server = tokio::spawn(Http::serve(http_listener, started.clone()));
     let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
     let names: Vec<String> =
         if config.mode.uploads() { config.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() };
@@ -195,14 +203,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         retained_blocks: Default::default(),
         config_generation: 1.into(),
     });
-    let http_listen = args.http_listen.as_deref().unwrap_or(&config.http.listen);
-    let http_listener = tokio::net::TcpListener::bind(http_listen).await.with_context(|| {
-        format!("cannot serve metrics and the status page on {http_listen} (http.listen): is another process using it? choose another address")
-    })?;
-    tracing::info!(address = %http_listener.local_addr()?, "http: /metrics, /healthz, /readyz, /api/status, status page");
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
-    http.sample();
-    let http_server = tokio::spawn(http.serve(http_listener));
+    started.start(http);
 
     // The block node list follows the config file.
     let watcher = match (&args.config, &publisher) {

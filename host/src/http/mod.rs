@@ -8,13 +8,17 @@
 //! | `/api/status` | the state as JSON (what the status page shows) |
 //! | `/` | the status page: one small HTML file, no build step |
 //!
+//! The endpoints answer from the moment the process starts: until start-up
+//! (store recovery, loading the plugins) is done, `/healthz` is 200 and
+//! `/readyz`, `/metrics` and `/api/status` are 503 "starting".
+//!
 //! A sampler records each bucket's upload lag every `history_sample_secs`
 //! for the status page's one-hour chart, counts the blocks in the store and
 //! re-checks readiness.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -122,19 +126,17 @@ impl Http {
         Arc::new(Self { sources, sample_every, history })
     }
 
-    /// Serve on `listener` until the task is dropped; also runs the sampler.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        let sampler = tokio::spawn(self.clone().sample_forever());
+    /// Serve on `listener` until the task is dropped: "starting" until
+    /// [`Started::start`] hands over the endpoints.
+    pub async fn serve(listener: TcpListener, started: Arc<Started>) -> std::io::Result<()> {
         let app = Router::new()
             .route("/", get(page))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/api/status", get(status))
-            .with_state(self);
-        let served = axum::serve(listener, app).await;
-        sampler.abort();
-        served
+            .with_state(started);
+        axum::serve(listener, app).await
     }
 
     async fn sample_forever(self: Arc<Self>) {
@@ -220,18 +222,63 @@ impl Http {
     }
 }
 
+/// The endpoints once start-up is done.
+#[derive(Default)]
+pub struct Started {
+    http: OnceLock<Arc<Http>>,
+    sampler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Started {
+    /// Start-up is done: serve `http` and start its sampler.
+    pub fn start(&self, http: Arc<Http>) {
+        http.sample();
+        let sampler = tokio::spawn(http.clone().sample_forever());
+        *self.sampler.lock().unwrap_or_else(|e| e.into_inner()) = Some(sampler);
+        let _ = self.http.set(http);
+    }
+
+    fn get(&self) -> Result<&Arc<Http>, Starting> {
+        self.http.get().ok_or(Starting)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(sampler) = self.sampler.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            sampler.abort();
+        }
+    }
+}
+
+/// The answer while start-up is not done.
+struct Starting;
+
+impl IntoResponse for Starting {
+    fn into_response(self) -> Response {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting: recovering the block store and loading the plugins\n")
+            .into_response()
+    }
+}
+
 async fn page() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], STATUS_PAGE).into_response()
 }
 
-async fn metrics(State(http): State<Arc<Http>>) -> Response {
-    let sources = http.sources.clone();
+async fn metrics(State(started): State<Arc<Started>>) -> Response {
+    let sources = match started.get() {
+        Ok(http) => http.sources.clone(),
+        Err(starting) => return starting.into_response(),
+    };
     let text = tokio::task::spawn_blocking(move || sources.render()).await.unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
-async fn readyz(State(http): State<Arc<Http>>) -> Response {
-    let reasons = http.sources.readiness.reasons();
+async fn readyz(State(started): State<Arc<Started>>) -> Response {
+    let reasons = match started.get() {
+        Ok(http) => http.sources.readiness.reasons(),
+        Err(starting) => return starting.into_response(),
+    };
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -239,6 +286,9 @@ async fn readyz(State(http): State<Arc<Http>>) -> Response {
     }
 }
 
-async fn status(State(http): State<Arc<Http>>) -> Response {
-    axum::Json(http.status()).into_response()
+async fn status(State(started): State<Arc<Started>>) -> Response {
+    match started.get() {
+        Ok(http) => axum::Json(http.status()).into_response(),
+        Err(starting) => starting.into_response(),
+    }
 }
