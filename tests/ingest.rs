@@ -72,14 +72,7 @@ fn end_of_stream(r: Response) -> (EndOfStreamCode, u64) {
 
 /// Publish blocks `first..first + count` with the simulator.
 async fn feed(sidecar: &Sidecar, first: u64, count: u64, size: usize) -> blockferry_sim::PublishReport {
-    let options = PublisherOptions {
-        endpoint: sidecar.endpoint(),
-        first_block: first,
-        blocks: count,
-        block_size: size,
-        ..PublisherOptions::default()
-    };
-    publish(&options).await.unwrap()
+    publish(&PublisherOptions::new(sidecar.endpoint(), first, count, size)).await.unwrap()
 }
 
 /// Send one whole block on a session: its items in one request, then `BlockEnd`.

@@ -42,14 +42,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
 }
 
 async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
-    let options = PublisherOptions {
-        endpoint: sidecar.endpoint(),
-        first_block: first,
-        blocks,
-        block_size: 8192,
-        ..Default::default()
-    };
-    assert!(publish(&options).await.unwrap().complete());
+    assert!(publish(&PublisherOptions::new(sidecar.endpoint(), first, blocks, 8192)).await.unwrap().complete());
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

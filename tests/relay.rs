@@ -29,14 +29,7 @@ fn config_text(ports: &[u16]) -> String {
 }
 
 async fn feed(sidecar: &Sidecar, first: u64, blocks: u64) {
-    let options = PublisherOptions {
-        endpoint: sidecar.endpoint(),
-        first_block: first,
-        blocks,
-        block_size: SIZE,
-        ..PublisherOptions::default()
-    };
-    let report = publish(&options).await.unwrap();
+    let report = publish(&PublisherOptions::new(sidecar.endpoint(), first, blocks, SIZE)).await.unwrap();
     assert!(report.complete(), "{}", report.summary());
 }
 

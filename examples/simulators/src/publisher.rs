@@ -39,6 +39,13 @@ pub struct PublisherOptions {
     pub ack_timeout: Duration,
 }
 
+impl PublisherOptions {
+    /// Publish `blocks` blocks of `block_size` bytes from `first_block` to `endpoint`, otherwise the defaults.
+    pub fn new(endpoint: impl Into<String>, first_block: u64, blocks: u64, block_size: usize) -> Self {
+        Self { endpoint: endpoint.into(), first_block, blocks, block_size, ..Self::default() }
+    }
+}
+
 impl Default for PublisherOptions {
     fn default() -> Self {
         Self {

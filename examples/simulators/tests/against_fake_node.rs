@@ -13,14 +13,8 @@ use bytes::Bytes;
 use fake_node::{Behaviour, FakeNode, Record, Seen};
 
 fn options(node: &FakeNode, first_block: u64, blocks: u64, block_size: usize) -> PublisherOptions {
-    PublisherOptions {
-        endpoint: node.endpoint.clone(),
-        first_block,
-        blocks,
-        block_size,
-        ack_timeout: Duration::from_secs(60),
-        ..Default::default()
-    }
+    let base = PublisherOptions::new(node.endpoint.clone(), first_block, blocks, block_size);
+    PublisherOptions { ack_timeout: Duration::from_secs(60), ..base }
 }
 
 async fn run(opts: &PublisherOptions) -> PublishReport {

@@ -21,14 +21,8 @@ const LONG: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(300);
 
 fn options(node: &BlockNode, first_block: u64, blocks: u64, block_size: usize) -> PublisherOptions {
-    PublisherOptions {
-        endpoint: node.endpoint(),
-        first_block,
-        blocks,
-        block_size,
-        ack_timeout: Duration::from_secs(60),
-        ..Default::default()
-    }
+    let base = PublisherOptions::new(node.endpoint(), first_block, blocks, block_size);
+    PublisherOptions { ack_timeout: Duration::from_secs(60), ..base }
 }
 
 async fn run(opts: &PublisherOptions) -> PublishReport {
