@@ -354,15 +354,20 @@ impl Manager {
         }
     }
 
-    /// Where a stream to `node` starts: another node than the last one starts
-    /// where the fleet is (the lowest unacknowledged block); the same node
-    /// where the tables say. `None` on shutdown.
+    /// Where a stream to `node` starts: the first stream, and one to another
+    /// node than the last, where the fleet is (the lowest unacknowledged
+    /// block, else the first block to come); the same node where the tables
+    /// say. `None` on shutdown.
     async fn start_for(&self, node: &BlockNodeConfig, stop: &mut watch::Receiver<Stop>) -> Option<u64> {
-        let other = self.previous.as_ref().is_some_and(|p| *p != node.name());
+        let other = self.previous.as_ref().is_none_or(|p| *p != node.name());
         let fleet = if other { self.ctx.buffer.lowest_unacked() } else { None };
         match (fleet, self.restart) {
             (Some(n), _) | (None, Restart::At(n)) => Some(n),
-            (None, Restart::Latest) => wait_for_latest(&self.ctx, stop).await,
+            (None, Restart::Latest) => {
+                let latest = wait_for_latest(&self.ctx, stop).await?;
+                // Blocks may have arrived meanwhile: the fleet starts at the first of them.
+                Some(if other { self.ctx.buffer.lowest_unacked().unwrap_or(latest) } else { latest })
+            }
         }
     }
 
