@@ -20,8 +20,9 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// A config with one `fs` bucket and a credentials file holding [`SECRET`].
-fn config(dir: &Path) -> std::path::PathBuf {
+/// A config with one `fs` bucket and a credentials file holding [`SECRET`];
+/// `extra` is appended (more buckets).
+fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("bucket")).unwrap();
     let creds = dir.join("credentials.toml");
     std::fs::write(&creds, format!("[buckets.local]\napi_token = \"{SECRET}\"\n")).unwrap();
@@ -32,7 +33,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
         format!(
             "credentials = \"credentials.toml\"\n[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = {:?}\n\
              [http]\nhistory_sample_secs = 1\n\
-             [[buckets]]\nname = \"local\"\nplugin = {:?}\ndirectory = \"bucket\"\n",
+             [[buckets]]\nname = \"local\"\nplugin = {:?}\ndirectory = \"bucket\"\n{extra}",
             workspace().join("target/test-plugin-cache").display().to_string(),
             plugin_path("blockferry_fs").display().to_string(),
         ),
@@ -56,14 +57,23 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness_follow_the_running_host() {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&config(dir.path()), dir.path(), &[]);
+    // A second bucket whose plugin reaches for a host it may not: every
+    // upload fails (permanent, refused egress).
+    let flaky = format!(
+        "[[buckets]]\nname = \"flaky\"\nplugin = {:?}\nkey_template = \"egress:http://127.0.0.1:9/{{number}}\"\n",
+        plugin_path("blockferry_misbehave").display().to_string()
+    );
+    // Another node's different block 3 is already in the `fs` bucket: a mismatch.
+    std::fs::create_dir_all(dir.path().join("bucket")).unwrap();
+    std::fs::write(dir.path().join(format!("bucket/{:036}.blk", 3)), b"another node's block 3").unwrap();
+    let sidecar = Sidecar::start(&config(dir.path(), &flaky), dir.path(), &[]);
     assert_eq!(get(&sidecar.url("/healthz")).0, 200);
     wait_for("ready", || get(&sidecar.url("/readyz")).0 == 200).await;
 
     feed(&sidecar, 0, 12).await;
     wait_for("12 uploads counted", || {
         metric(&get(&sidecar.url("/metrics")).1, "blockferry_upload_succeeded_total{bucket=\"local\",provider=\"fs\"}")
-            == Some(12.0)
+            == Some(11.0)
     })
     .await;
     let (status, scraped) = get(&sidecar.url("/metrics"));
@@ -72,7 +82,9 @@ async fn metrics_health_and_readiness_follow_the_running_host() {
         ("blockferry_ingest_blocks_total", 12.0),
         ("blockferry_store_blocks_written_total", 12.0),
         ("blockferry_upload_pending_blocks{bucket=\"local\"}", 0.0),
-        ("blockferry_upload_hash_mismatch_total{bucket=\"local\",provider=\"fs\"}", 0.0),
+        ("blockferry_upload_hash_mismatch_total{bucket=\"local\",provider=\"fs\"}", 1.0),
+        ("blockferry_upload_failed_total{bucket=\"local\",provider=\"fs\"}", 0.0),
+        ("blockferry_upload_pending_blocks{bucket=\"flaky\"}", 12.0),
         ("blockferry_ingest_latest_block", 11.0),
         ("blockferry_buffer_backpressure", 0.0),
         ("blockferry_ready", 1.0),
@@ -83,8 +95,16 @@ async fn metrics_health_and_readiness_follow_the_running_host() {
     // Histograms with base units, and counts that match.
     assert_eq!(
         metric(&scraped, "blockferry_upload_duration_seconds_count{bucket=\"local\",provider=\"fs\"}"),
-        Some(12.0)
+        Some(11.0)
     );
+    // The failing bucket: failed attempts, a permanent plugin error, refused egress.
+    let flaky = |name: &str| metric(&scraped, &format!("{name}{{bucket=\"flaky\",provider=\"misbehave\"}}"));
+    assert!(flaky("blockferry_upload_failed_total") >= Some(1.0), "{scraped}");
+    assert!(flaky("blockferry_plugin_egress_refused_total") >= Some(1.0), "{scraped}");
+    assert_eq!(flaky("blockferry_upload_succeeded_total"), Some(0.0));
+    let permanent = "blockferry_plugin_errors_total{bucket=\"flaky\",provider=\"misbehave\",kind=\"permanent\"}";
+    assert!(metric(&scraped, permanent) >= Some(1.0), "{scraped}");
+    assert!(metric(&scraped, "blockferry_upload_lag_seconds{bucket=\"flaky\"}") > Some(0.0), "the flaky bucket lags");
     assert_eq!(metric(&scraped, "blockferry_store_write_duration_seconds_count"), Some(12.0));
     assert!(metric(&scraped, "blockferry_plugin_calls_total{bucket=\"local\",provider=\"fs\"}").unwrap() >= 12.0);
     // Every metric the alert rules and the dashboard may use is exported
@@ -122,7 +142,7 @@ async fn the_status_page_shows_the_host_s_state_in_a_real_browser() {
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .expect("chromium is not installed: run scripts/install-test-servers.sh");
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&config(dir.path()), dir.path(), &[]);
+    let sidecar = Sidecar::start(&config(dir.path(), ""), dir.path(), &[]);
     feed(&sidecar, 0, 7).await;
     wait_for("7 uploads", || get(&sidecar.url("/api/status")).1.contains("\"uploaded\":7")).await;
     // Two lag samples, for the chart.
@@ -174,7 +194,7 @@ async fn the_status_page_shows_the_host_s_state_in_a_real_browser() {
 #[test]
 fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path());
+    let path = config(dir.path(), "");
     let run = |level: &str, rust_log: Option<&str>| {
         let base = std::fs::read_to_string(&path).unwrap();
         let base = match base.find("[log]") {

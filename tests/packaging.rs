@@ -557,3 +557,34 @@ fn the_checks_catch_mistakes() {
     }
     assert_eq!(template_labels("{{ $labels.bucket }} on {{ $labels.instance }}"), ["bucket", "instance"]);
 }
+
+/// Every key (and table) of the example config, commented-out optional ones
+/// (`# key = value`) included.
+fn example_config_keys() -> (BTreeSet<String>, BTreeSet<String>) {
+    let text = std::fs::read_to_string(workspace().join("examples/blockferry.toml")).unwrap();
+    let (mut keys, mut tables) = (BTreeSet::new(), BTreeSet::new());
+    for line in text.lines() {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        let table = line.strip_prefix('[').and_then(|l| l.split(']').next()).map(|t| t.trim_start_matches('['));
+        if let Some(table) = table.filter(|t| t.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')) {
+            tables.insert(table.to_string());
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            keys.insert(key.to_string());
+        }
+    }
+    (keys, tables)
+}
+
+#[test]
+fn the_operator_guide_documents_every_key_of_the_example_config() {
+    let guide = std::fs::read_to_string(workspace().join("docs/operator-guide.md")).unwrap();
+    let (keys, tables) = example_config_keys();
+    assert!(keys.len() > 40 && keys.contains("hard_limit_bytes") && keys.contains("sha256"), "{keys:?}");
+    let missing: Vec<_> = keys.iter().filter(|k| !guide.contains(&format!("`{k}`"))).collect();
+    assert!(missing.is_empty(), "keys of examples/blockferry.toml not in docs/operator-guide.md: {missing:?}");
+    let missing: Vec<_> = tables.iter().filter(|t| !guide.contains(&format!("[{t}]"))).collect();
+    assert!(missing.is_empty(), "tables of examples/blockferry.toml not in docs/operator-guide.md: {missing:?}");
+}
