@@ -153,7 +153,10 @@ pub(super) async fn run(ctx: &Ctx, node: &BlockNodeConfig, start: u64, mut stop:
     let mut send_deadline: Option<Instant> = None;
     let ended = loop {
         let work = w.ready_to_send().await;
-        if work && send_deadline.is_none() {
+        // The deadline runs only while a request waits to be sent.
+        if !work {
+            send_deadline = None;
+        } else if send_deadline.is_none() {
             send_deadline = Some(Instant::now() + pipeline);
         }
         let stall_at = w.sent_at.values().min().map(|t| *t + bound);
