@@ -232,6 +232,13 @@ impl Session {
             EndStreamCode::Reset => {
                 tracing::info!(earliest, latest, "publisher ended its stream (RESET){open}")
             }
+            EndStreamCode::TooFarBehind => tracing::error!(
+                earliest,
+                latest,
+                "publisher ended its stream with TOO_FAR_BEHIND{open}: it no longer holds block {}; backfill the missing \
+                 blocks from the consensus node's block files with `blockferry import`",
+                self.ingest.latest().map_or(0, |l| l + 1)
+            ),
             code => tracing::warn!(earliest, latest, "publisher ended its stream with {}{open}", code.as_str_name()),
         }
     }
