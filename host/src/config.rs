@@ -96,7 +96,7 @@ impl WriterMode {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Writer mode.
@@ -138,7 +138,7 @@ pub struct Config {
 }
 
 /// `[store]`: where blocks are kept on local disk.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Directory of block files and their `.meta` files.
@@ -156,7 +156,7 @@ impl Default for StoreConfig {
 }
 
 /// `[ingest]`: where the consensus node publishes its block stream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// Address (`host:port`) of the `publishBlockStream` gRPC endpoint.
@@ -192,7 +192,7 @@ fn default_max_block_bytes() -> usize {
 }
 
 /// `[log]`: what is logged (to stderr; `BLOCKFERRY_LOG_FORMAT=json` for JSON lines).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Level or filter directives (`info`, `debug`, `info,blockferry::publish=debug`);
@@ -212,7 +212,7 @@ fn default_log_level() -> String {
 }
 
 /// `[http]`: metrics, health and the status page.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address (`host:port`) of `/metrics`, `/healthz`, `/readyz`, `/api/status` and `/`.
@@ -238,7 +238,7 @@ fn default_history_sample_secs() -> u64 {
 
 /// `[buffer]`: recent blocks kept in memory until block nodes acknowledge
 /// them (seed 004), and the backpressure toward the consensus node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// How long an acknowledged block stays in memory, in seconds.
@@ -303,7 +303,7 @@ fn default_recovery_percent() -> f64 {
 }
 
 /// `[publish]`: streaming to block nodes (seed 003). Durations in milliseconds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
     /// Deadline of creating a stream, sending one request, and closing a
@@ -436,7 +436,7 @@ pub enum Compression {
 }
 
 /// `[upload]`: retries and local retention.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Failed attempts of one block to one bucket before it is reported as
@@ -499,7 +499,7 @@ fn default_store_dir() -> PathBuf {
 }
 
 /// `[plugins]`: how provider components are compiled and run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Directory of compiled components (only the host writes there).
@@ -541,7 +541,7 @@ fn default_denied_networks() -> Vec<String> {
 }
 
 /// `[[buckets]]`: one bucket and the plugin that uploads to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BucketConfig {
     /// Unique name, used in logs, metrics and `.meta` files.
@@ -926,6 +926,32 @@ impl Config {
     /// The parsed denied networks (validated at load).
     pub fn denied_networks(&self) -> Vec<IpNet> {
         self.plugins.denied_networks.iter().filter_map(|n| n.parse().ok()).collect()
+    }
+
+    /// The buckets every stored block is recorded as pending in (none when
+    /// the writer mode does not upload).
+    pub fn upload_buckets(&self) -> Vec<String> {
+        if self.mode.uploads() { self.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() }
+    }
+
+    /// The sections of `self` that differ from `running` and take effect
+    /// only at the next start (a reload applies buckets, uploads, retention,
+    /// block nodes and log level).
+    pub fn restart_only_changes(&self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, name| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check(self.mode != running.mode, "mode");
+        check(self.store != running.store, "[store]");
+        check(self.ingest != running.ingest, "[ingest]");
+        check(self.buffer != running.buffer, "[buffer]");
+        check(self.http != running.http, "[http]");
+        check(self.plugins != running.plugins, "[plugins]");
+        check(self.publish != running.publish, "[publish]");
+        changed
     }
 }
 

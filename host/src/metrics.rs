@@ -21,8 +21,9 @@ use crate::buffer::BlockBuffer;
 use crate::ingest::Ingest;
 use crate::plugin::BucketClient;
 use crate::publish::{ConnectionState, Publisher};
+use crate::reload::ConfigInForce;
 use crate::store::BlockStore;
-use crate::upload::BucketStats;
+use crate::upload::{BucketStats, UploadManager};
 
 /// Upper bounds (seconds) of every latency histogram's buckets.
 pub const LATENCY_BOUNDS: [f64; 15] =
@@ -96,6 +97,7 @@ impl Histogram {
 }
 
 /// One bucket's sources.
+#[derive(Clone)]
 pub struct BucketSource {
     /// The bucket's name.
     pub name: String,
@@ -127,8 +129,8 @@ impl Readiness {
 pub struct Sources {
     /// The block store.
     pub store: Arc<BlockStore>,
-    /// The buckets.
-    pub buckets: Vec<BucketSource>,
+    /// The upload manager (the buckets in force).
+    pub uploads: Arc<UploadManager>,
     /// The block buffer.
     pub buffer: Arc<BlockBuffer>,
     /// Ingest.
@@ -139,8 +141,8 @@ pub struct Sources {
     pub readiness: Arc<Readiness>,
     /// Blocks in the local store (updated by the status sampler).
     pub retained_blocks: AtomicU64,
-    /// The config generation in force (1 at start, +1 per reload applied).
-    pub config_generation: AtomicU64,
+    /// The config in force: generation, when loaded, reloads rejected.
+    pub config: Arc<ConfigInForce>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -150,6 +152,15 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
+    /// The buckets in force, in config order.
+    pub fn buckets(&self) -> Vec<BucketSource> {
+        self.uploads
+            .targets()
+            .into_iter()
+            .map(|(t, stats)| BucketSource { name: t.name, stats, client: t.client })
+            .collect()
+    }
+
     /// The metrics in the Prometheus (OpenMetrics) text format.
     pub fn render(self: &Arc<Self>) -> String {
         let mut registry = Registry::default();
@@ -229,10 +240,16 @@ impl Collector for Sources {
             "1 when ready (plugins loaded, store writable, buffer not saturated)",
             bool_f(self.readiness.reasons().is_empty()),
         )?;
+        e.gauge("blockferry_config_generation", "The config generation in force", self.config.generation() as f64)?;
         e.gauge(
-            "blockferry_config_generation",
-            "The config generation in force",
-            load(&self.config_generation) as f64,
+            "blockferry_config_loaded_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+            self.config.loaded_at_ms() as f64 / 1e3,
+        )?;
+        e.counter(
+            "blockferry_config_reloads_rejected",
+            "Config reloads rejected (invalid config or a plugin that failed its check); the running config stayed",
+            self.config.rejected(),
         )?;
         self.encode_uploads(&mut e)?;
         self.encode_store(&mut e)?;
@@ -247,9 +264,10 @@ fn bool_f(b: bool) -> f64 {
 
 impl Sources {
     fn encode_uploads(&self, e: &mut Enc) -> Result<(), std::fmt::Error> {
+        let buckets = self.buckets();
         let labels = |b: &BucketSource| vec![("bucket", b.name.clone()), ("provider", b.client.provider().to_string())];
         let rows = |f: &dyn Fn(&BucketSource) -> u64| -> Vec<(Labels, u64)> {
-            self.buckets.iter().map(|b| (labels(b), f(b))).collect()
+            buckets.iter().map(|b| (labels(b), f(b))).collect()
         };
         e.counters("blockferry_upload_succeeded", "Blocks uploaded by this host", &rows(&|b| load(&b.stats.uploaded)))?;
         e.counters(
@@ -267,13 +285,13 @@ impl Sources {
             "Failed upload attempts (retried)",
             &rows(&|b| load(&b.stats.failures)),
         )?;
-        let histograms: Vec<_> = self.buckets.iter().map(|b| (labels(b), &b.stats.upload_seconds)).collect();
+        let histograms: Vec<_> = buckets.iter().map(|b| (labels(b), &b.stats.upload_seconds)).collect();
         e.histograms("blockferry_upload_duration_seconds", "Time of one successful upload", &histograms)?;
         let pending: Vec<_> =
-            self.buckets.iter().map(|b| (vec![("bucket", b.name.clone())], load(&b.stats.pending) as f64)).collect();
+            buckets.iter().map(|b| (vec![("bucket", b.name.clone())], load(&b.stats.pending) as f64)).collect();
         e.gauges("blockferry_upload_pending_blocks", "Blocks not yet safe in the bucket", &pending)?;
         let lag: Vec<_> =
-            self.buckets.iter().map(|b| (vec![("bucket", b.name.clone())], self.lag_seconds(&b.stats))).collect();
+            buckets.iter().map(|b| (vec![("bucket", b.name.clone())], self.lag_seconds(&b.stats))).collect();
         e.gauges(
             "blockferry_upload_lag_seconds",
             "Age of the oldest block not yet safe in the bucket (0 when none)",
@@ -287,7 +305,7 @@ impl Sources {
             &rows(&|b| load(&b.client.stats.calls)),
         )?;
         let mut errors = Vec::new();
-        for b in &self.buckets {
+        for b in &buckets {
             let s = &b.client.stats;
             for (kind, v) in [
                 // Failed attempts are one of: permanent, trap, timeout, out of memory, or transient.
@@ -310,11 +328,16 @@ impl Sources {
         }
         e.counters("blockferry_plugin_errors", "Plugin calls that failed, by kind", &errors)?;
         e.counters(
+            "blockferry_plugin_swaps",
+            "Times a config reload replaced the bucket's plugin component",
+            &rows(&|b| load(&b.stats.plugin_swaps)),
+        )?;
+        e.counters(
             "blockferry_plugin_egress_refused",
             "Outbound requests of the plugin refused by the allow-list or denied networks",
             &rows(&|b| b.client.refused_requests()),
         )?;
-        let calls: Vec<_> = self.buckets.iter().map(|b| (labels(b), &b.client.stats.call_seconds)).collect();
+        let calls: Vec<_> = buckets.iter().map(|b| (labels(b), &b.client.stats.call_seconds)).collect();
         e.histograms("blockferry_plugin_call_duration_seconds", "Time of one plugin call", &calls)
     }
 

@@ -48,6 +48,7 @@ pub const METRICS: &[Metric] = &[
     m("blockferry_plugin_calls_total", Counter, BUCKET_PROVIDER),
     m("blockferry_plugin_errors_total", Counter, &["bucket", "provider", "kind"]),
     m("blockferry_plugin_egress_refused_total", Counter, BUCKET_PROVIDER),
+    m("blockferry_plugin_swaps_total", Counter, BUCKET_PROVIDER),
     m("blockferry_plugin_call_duration_seconds", Histogram, BUCKET_PROVIDER),
     // Block store.
     m("blockferry_store_blocks_written_total", Counter, &[]),
@@ -86,6 +87,8 @@ pub const METRICS: &[Metric] = &[
     m("blockferry_ready", Gauge, &[]),
     m("blockferry_build_info", Gauge, &["version"]),
     m("blockferry_config_generation", Gauge, &[]),
+    m("blockferry_config_loaded_timestamp_seconds", Gauge, &[]),
+    m("blockferry_config_reloads_rejected_total", Counter, &[]),
 ];
 
 /// The metrics of `METRICS` accepted by `wanted` that `text` (a `/metrics`

@@ -65,6 +65,12 @@ impl Sidecar {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Send it a signal (`libc::SIGHUP`, …).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0, "signal {signal}");
+    }
+
     /// Stop it with SIGTERM and wait; its exit status and output.
     pub fn stop(mut self) -> Output {
         let mut child = self.child.take().unwrap();

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::status::{ConfigArgs, upload_buckets};
+use super::status::ConfigArgs;
 
 /// Problems of one kind listed by name before "… and N more".
 const LISTED: usize = 10;
@@ -247,7 +247,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(source.is_dir(), "{} is not a directory of block files", source.display());
     let store = BlockStore::open(&config.store.dir, config.store.compression)
         .with_context(|| format!("opening the block store {}", config.store.dir.display()))?;
-    let buckets = upload_buckets(&config);
+    let buckets = config.upload_buckets();
     let files = files_under(source)?;
 
     let bar = if std::io::stderr().is_terminal() {

@@ -17,13 +17,17 @@ use blockferry::buffer::BlockBuffer;
 use blockferry::config::Config;
 use blockferry::http::{Http, Started};
 use blockferry::ingest::Ingest;
-use blockferry::metrics::{BucketSource, Sources};
-use blockferry::plugin::{BucketClient, EngineSettings, PluginRuntime};
+use blockferry::metrics::Sources;
+use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
+use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{BlockNodeAcks, Target, UploadManager, run_retention};
+use blockferry::upload::{BlockNodeAcks, RetentionSettings, Target, UploadManager, run_retention, spawn_retention};
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
+
+/// How often the config, credentials and plugin files are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// Where `scripts/build-plugins.sh` puts the `fs` provider.
 const DEFAULT_FS_PLUGIN: &str = "target/wasm32-wasip2/plugin/blockferry_fs.wasm";
@@ -92,24 +96,19 @@ pub fn config_of(config: Option<&Path>, dir: &Path, fs_plugin: &Path) -> anyhow:
     }
 }
 
-/// Load every bucket's plugin and open the bucket.
-pub async fn open_targets(config: &Config) -> anyhow::Result<Vec<Target>> {
+/// The plugin runtime of `config` (engine settings, compiled-artifact cache).
+pub fn plugin_runtime(config: &Config) -> anyhow::Result<Arc<PluginRuntime>> {
     let settings = EngineSettings { pooling: config.plugins.pooling, max_instances: config.plugins.max_instances };
-    let runtime = PluginRuntime::new(&settings, Some(&config.plugins.cache_dir))?;
+    Ok(Arc::new(PluginRuntime::new(&settings, Some(&config.plugins.cache_dir))?))
+}
+
+/// Load every bucket's plugin and open the bucket.
+pub async fn open_targets(runtime: &Arc<PluginRuntime>, config: &Config) -> anyhow::Result<Vec<Target>> {
     let mut targets = Vec::new();
     for b in &config.buckets {
-        let plugin = runtime.load(&b.plugin, b.sha256.as_deref()).with_context(|| format!("bucket {}", b.name))?;
-        let client = BucketClient::open(plugin, b.spec(config.denied_networks()))
-            .await
-            .with_context(|| format!("opening bucket {}", b.name))?;
-        tracing::info!(bucket = %b.name, provider = client.provider(), "bucket ready");
-        let bucket = b.clone();
-        targets.push(Target {
-            name: b.name.clone(),
-            client: Arc::new(client),
-            key: Arc::new(move |n, ext| bucket.key(n, ext)),
-            concurrency: b.concurrency,
-        });
+        let target = Target::open(runtime, b, config.denied_networks()).await?;
+        tracing::info!(bucket = %b.name, provider = target.client.provider(), "bucket ready");
+        targets.push(target);
     }
     Ok(targets)
 }
@@ -127,8 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Arc::new(Started::default());
     let http_server = tokio::spawn(Http::serve(http_listener, started.clone()));
     let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
-    let names: Vec<String> =
-        if config.mode.uploads() { config.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() };
+    let names = config.upload_buckets();
     let report = store.recover(&names)?;
     tracing::info!(
         blocks = report.blocks,
@@ -137,9 +135,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         removed_orphan_meta = report.removed_orphan_meta,
         "store recovered"
     );
-    let targets = if config.mode.uploads() { open_targets(&config).await? } else { Vec::new() };
-    let clients: Vec<_> = targets.iter().map(|t| t.client.clone()).collect();
-    let manager = UploadManager::start(store.clone(), targets, config.upload.clone())?;
+    let runtime = plugin_runtime(&config)?;
+    let targets = if config.mode.uploads() { open_targets(&runtime, &config).await? } else { Vec::new() };
+    let manager = Arc::new(UploadManager::start(store.clone(), targets.clone(), config.upload.clone())?);
 
     let streams = config.streams();
     let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), streams));
@@ -156,25 +154,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
-
-    let period = Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0);
-    let retention = {
-        let (store, names, acks) = (store.clone(), names.clone(), acks.clone());
-        let every = Duration::from_secs(config.upload.retention_interval_secs);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let (s, n, a) = (store.clone(), names.clone(), acks());
-                match tokio::task::spawn_blocking(move || run_retention(&s, &n, period, a)).await {
-                    Ok(Ok(r)) if r.deleted > 0 => {
-                        tracing::info!(deleted = r.deleted, retained = r.retained, "retention")
-                    }
-                    Ok(Err(e)) => tracing::error!("retention: {e}"),
-                    _ => {}
-                }
-            }
-        })
-    };
+    let (retention_settings, retention_rx) = tokio::sync::watch::channel(RetentionSettings::of(&config));
+    let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
     let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
@@ -188,34 +169,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = stopped.await;
     }));
 
+    let in_force = Arc::new(ConfigInForce::default());
     let sources = Arc::new(Sources {
         store: store.clone(),
-        buckets: manager
-            .stats()
-            .iter()
-            .zip(clients)
-            .map(|((name, stats), client)| BucketSource { name: name.clone(), stats: stats.clone(), client })
-            .collect(),
+        uploads: manager.clone(),
         buffer: buffer.clone(),
         ingest: ingest.clone(),
         publisher: publisher.clone(),
         readiness: Arc::default(),
         retained_blocks: Default::default(),
-        config_generation: 1.into(),
+        config: in_force.clone(),
     });
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
     started.start(http);
 
-    // The block node list follows the config file.
-    let watcher = match (&args.config, &publisher) {
-        (Some(path), Some(publisher)) => {
-            let (publisher, sources) = (publisher.clone(), sources.clone());
-            Some(blockferry::reload::watch(path.clone(), Duration::from_secs(1), move |new| {
-                sources.config_generation.fetch_add(1, Ordering::Relaxed);
-                publisher.set_nodes(new.block_nodes)
-            }))
+    // Buckets, uploads, retention, block nodes and log level follow the config file.
+    let watcher = match &args.config {
+        Some(path) => {
+            let stages = Stages {
+                uploads: manager.clone(),
+                ingest: ingest.clone(),
+                publisher: publisher.clone(),
+                retention: retention_settings,
+                log_level: Box::new(super::apply_log_level),
+            };
+            let live = Live::new(path.clone(), runtime, config.clone(), &targets, stages, in_force);
+            reload::watch(Arc::new(live), RELOAD_POLL)?
         }
-        _ => None,
+        None => reload::ignore_hangup()?,
     };
 
     if args.generate > 0 {
@@ -235,11 +216,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     if args.exit_when_drained {
         // Drained: final in every bucket and acknowledged by a block node.
-        while !drained(&store, &manager, &names).await? || buffer.state().unacked_blocks > 0 {
+        while !drained(&store, &manager).await? || buffer.state().unacked_blocks > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (s, n, a) = (store.clone(), names.clone(), acks());
-        let r = tokio::task::spawn_blocking(move || run_retention(&s, &n, period, a)).await??;
+        let (s, r, a) = (store.clone(), retention_rx.borrow().clone(), acks());
+        let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
         shutdown_signal().await;
@@ -248,9 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     retention.abort();
     pruner.abort();
     http_server.abort();
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
+    watcher.abort();
     if let Some(publisher) = publisher {
         let status = publisher.status();
         println!(
@@ -286,11 +265,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every stored block is final in every bucket.
-async fn drained(store: &Arc<BlockStore>, manager: &UploadManager, names: &[String]) -> anyhow::Result<bool> {
+async fn drained(store: &Arc<BlockStore>, manager: &UploadManager) -> anyhow::Result<bool> {
     if manager.pending() > 0 {
         return Ok(false);
     }
-    let (store, names) = (store.clone(), names.to_vec());
+    let store = store.clone();
+    let names: Vec<String> = manager.stats().into_iter().map(|(name, _)| name).collect();
     tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
         for n in store.numbers()? {
             let meta = store.read_meta(n)?;

@@ -33,12 +33,6 @@ impl ConfigArgs {
     }
 }
 
-/// The buckets every stored block is recorded as pending in (none when the
-/// writer mode does not upload), as `blockferry run` records them.
-pub fn upload_buckets(config: &Config) -> Vec<String> {
-    if config.mode.uploads() { config.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() }
-}
-
 /// Open the store the config names, failing if it does not exist (a status or
 /// verify of a mistyped path should not create an empty store).
 pub fn open_existing_store(config: &Config) -> anyhow::Result<BlockStore> {
@@ -57,6 +51,62 @@ pub struct StatusArgs {
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Where the running sidecar serves `/api/status` (default: `http.listen`).
+    #[arg(long, value_name = "ADDR", env = "BLOCKFERRY_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+}
+
+/// What the running sidecar says of itself (`/api/status`).
+#[derive(Debug, Default, Serialize)]
+pub struct SidecarFigures {
+    /// The address asked.
+    pub address: String,
+    /// Whether it answered.
+    pub running: bool,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Whether it is ready.
+    pub ready: Option<bool>,
+    /// The config generation in force (1 at start, +1 per reload applied).
+    pub config_generation: Option<u64>,
+    /// When that config was loaded (Unix ms).
+    pub config_loaded_at_ms: Option<u64>,
+}
+
+/// Ask the sidecar serving on `address` for its status.
+pub fn query_sidecar(address: &str) -> SidecarFigures {
+    let mut figures = SidecarFigures { address: address.to_string(), ..Default::default() };
+    match get_status(address) {
+        Ok(status) => {
+            figures.running = true;
+            figures.ready = status["ready"].as_bool();
+            figures.config_generation = status["config_generation"].as_u64();
+            figures.config_loaded_at_ms = status["config_loaded_at_ms"].as_u64();
+        }
+        Err(e) => figures.error = Some(e),
+    }
+    figures
+}
+
+/// `GET /api/status` over plain HTTP/1.1, with short timeouts.
+fn get_status(address: &str) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .map_err(|e| format!("bad address: {e}"))?
+        .next()
+        .ok_or("the address resolves to nothing")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET /api/status HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    serde_json::from_str(body).map_err(|e| format!("not a blockferry status: {e}"))
 }
 
 /// The figures of one bucket.
@@ -99,6 +149,8 @@ pub struct StatusReport {
     pub unreadable_meta: u64,
     /// Per configured bucket.
     pub buckets: Vec<BucketFigures>,
+    /// The running sidecar, if one answers.
+    pub sidecar: Option<SidecarFigures>,
 }
 
 /// Tally the store, reading one `.meta` at a time.
@@ -179,7 +231,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let store = open_existing_store(&config)?;
     let names: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
-    let report = collect(&store, &names)?;
+    let mut report = collect(&store, &names)?;
+    let http = args.http_listen.as_deref().unwrap_or(&config.http.listen);
+    report.sidecar = Some(query_sidecar(http));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serialising the status")?);
         return Ok(ExitCode::SUCCESS);
@@ -201,7 +255,26 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             _ => println!("  nothing pending"),
         }
     }
+    if let Some(sidecar) = &report.sidecar {
+        print_sidecar(sidecar);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_sidecar(s: &SidecarFigures) {
+    match (s.config_generation, s.config_loaded_at_ms) {
+        (Some(generation), Some(at)) => println!(
+            "sidecar on {}: {}, config generation {generation} loaded {} ago",
+            s.address,
+            if s.ready == Some(true) { "ready" } else { "not ready" },
+            human_duration(now_ms().saturating_sub(at))
+        ),
+        _ => println!(
+            "sidecar on {}: not answering ({}); is `blockferry run` running? --http-listen names its address",
+            s.address,
+            s.error.as_deref().unwrap_or("no status")
+        ),
+    }
 }
 
 #[cfg(test)]

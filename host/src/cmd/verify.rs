@@ -180,7 +180,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(range) => numbers.into_iter().filter(|n| range.contains(n)).collect(),
         None => numbers,
     });
-    let targets = open_targets(&config).await?;
+    let targets = open_targets(&super::run::plugin_runtime(&config)?, &config).await?;
     let tasks: Vec<_> = targets
         .into_iter()
         .map(|t| {

@@ -16,7 +16,7 @@
 //! for the status page's one-hour chart, counts the blocks in the store and
 //! re-checks readiness.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -43,8 +43,8 @@ const HISTORY: Duration = Duration::from_secs(3600);
 pub struct Http {
     sources: Arc<Sources>,
     sample_every: Duration,
-    /// Per bucket (same order as `sources.buckets`): `(unix ms, lag seconds)`.
-    history: Mutex<Vec<VecDeque<(u64, f64)>>>,
+    /// Per bucket name: `(unix ms, lag seconds)`.
+    history: Mutex<HashMap<String, VecDeque<(u64, f64)>>>,
 }
 
 /// `/api/status`.
@@ -56,8 +56,10 @@ pub struct Status {
     pub ready: bool,
     /// Why not.
     pub not_ready: Vec<String>,
-    /// The config generation in force.
+    /// The config generation in force (1 at start, +1 per reload applied).
     pub config_generation: u64,
+    /// When it was loaded (Unix ms).
+    pub config_loaded_at_ms: u64,
     /// Blocks in the local store.
     pub retained_blocks: u64,
     /// Seconds between lag samples.
@@ -122,7 +124,7 @@ pub struct IngestView {
 impl Http {
     /// Endpoints over `sources`, sampling the lag every `sample_every`.
     pub fn new(sources: Arc<Sources>, sample_every: Duration) -> Arc<Self> {
-        let history = Mutex::new(vec![VecDeque::new(); sources.buckets.len()]);
+        let history = Mutex::default();
         Arc::new(Self { sources, sample_every, history })
     }
 
@@ -154,8 +156,12 @@ impl Http {
         let now = now_ms();
         let s = &self.sources;
         {
+            let buckets = s.buckets();
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-            for (h, b) in history.iter_mut().zip(&s.buckets) {
+            // A bucket removed by a reload leaves the chart.
+            history.retain(|name, _| buckets.iter().any(|b| b.name == *name));
+            for b in &buckets {
+                let h = history.entry(b.name.clone()).or_default();
                 h.push_back((now, s.lag_seconds(&b.stats)));
                 while h.front().is_some_and(|(t, _)| now.saturating_sub(*t) > HISTORY.as_millis() as u64) {
                     h.pop_front();
@@ -181,9 +187,9 @@ impl Http {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let buckets = s
-            .buckets
+            .buckets()
             .iter()
-            .zip(history.iter())
+            .map(|b| (b, history.get(&b.name)))
             .map(|(b, h)| BucketView {
                 name: b.name.clone(),
                 provider: b.client.provider().to_string(),
@@ -193,7 +199,7 @@ impl Http {
                 failed: load(&b.stats.failures),
                 mismatched: load(&b.stats.hash_mismatches),
                 lag_seconds: s.lag_seconds(&b.stats),
-                lag_history: h.iter().copied().collect(),
+                lag_history: h.into_iter().flatten().copied().collect(),
             })
             .collect();
         let buffer = s.buffer.state();
@@ -202,7 +208,8 @@ impl Http {
             version: env!("CARGO_PKG_VERSION"),
             ready: not_ready.is_empty(),
             not_ready,
-            config_generation: load(&s.config_generation),
+            config_generation: s.config.generation(),
+            config_loaded_at_ms: s.config.loaded_at_ms(),
             retained_blocks: load(&s.retained_blocks),
             history_sample_secs: self.sample_every.as_secs(),
             buckets,

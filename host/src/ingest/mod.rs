@@ -65,7 +65,7 @@ pub struct IngestCounters {
 pub struct Ingest {
     store: Arc<BlockStore>,
     buffer: Arc<BlockBuffer>,
-    buckets: Arc<[String]>,
+    buckets: std::sync::RwLock<Arc<[String]>>,
     on_stored: OnStored,
     limits: IngestConfig,
     /// The highest block stored: the next one expected is this + 1.
@@ -90,13 +90,23 @@ impl Ingest {
         Ok(Arc::new(Self {
             store,
             buffer,
-            buckets: buckets.into(),
+            buckets: std::sync::RwLock::new(buckets.into()),
             on_stored,
             limits,
             latest: Mutex::new(latest),
             publisher: Mutex::new(None),
             counters: IngestCounters::default(),
         }))
+    }
+
+    /// The buckets a newly stored block is recorded as pending in.
+    pub fn buckets(&self) -> Arc<[String]> {
+        self.buckets.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Record blocks stored from now on as pending in `buckets` (config reload).
+    pub fn set_buckets(&self, buckets: Vec<String>) {
+        *self.buckets.write().unwrap_or_else(|e| e.into_inner()) = buckets.into();
     }
 
     /// Counters since start.

@@ -185,7 +185,7 @@ impl Session {
         let block = Arc::new(Block::new(number, items));
         let written = {
             let (ingest, block) = (self.ingest.clone(), block.clone());
-            tokio::task::spawn_blocking(move || ingest.store.write_block(number, &block.encode(), &ingest.buckets))
+            tokio::task::spawn_blocking(move || ingest.store.write_block(number, &block.encode(), &ingest.buckets()))
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Io { op: "storing", path: "(task)".into(), error: e.into() }))
         };

@@ -10,16 +10,16 @@
 mod retention;
 mod worker;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
-pub use retention::{BlockNodeAcks, RetentionReport, run_retention};
+pub use retention::{BlockNodeAcks, RetentionReport, RetentionSettings, run_retention, spawn_retention};
 
-use crate::config::UploadConfig;
-use crate::plugin::BucketClient;
+use crate::config::{BucketConfig, UploadConfig};
+use crate::plugin::{BucketClient, CallError, LoadError, PluginRuntime};
 use crate::store::{BlockStore, StoreError};
 
 /// Renders the object key of a block from its number and file extension.
@@ -36,6 +36,55 @@ pub struct Target {
     pub key: KeyFn,
     /// Uploads in flight at once.
     pub concurrency: usize,
+}
+
+/// Why a bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its plugin could not be read, checked or compiled.
+    #[error("bucket {bucket}: {error}")]
+    Load {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        error: LoadError,
+    },
+    /// Its plugin refused the bucket's settings, or failed to start.
+    #[error("opening bucket {bucket}: {error}")]
+    Open {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        error: CallError,
+    },
+}
+
+impl Target {
+    /// Load the bucket's plugin (compiled on the blocking pool, off the
+    /// upload path) and open the bucket with its settings and credentials.
+    pub async fn open(
+        runtime: &Arc<PluginRuntime>,
+        bucket: &BucketConfig,
+        denied_networks: Vec<ipnet::IpNet>,
+    ) -> Result<Self, OpenError> {
+        let plugin = {
+            let (runtime, path, pin) = (runtime.clone(), bucket.plugin.clone(), bucket.sha256.clone());
+            tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
+                .await
+                .expect("plugin load panicked")
+                .map_err(|error| OpenError::Load { bucket: bucket.name.clone(), error })?
+        };
+        let client = BucketClient::open(plugin, bucket.spec(denied_networks))
+            .await
+            .map_err(|error| OpenError::Open { bucket: bucket.name.clone(), error })?;
+        let config = bucket.clone();
+        Ok(Self {
+            name: bucket.name.clone(),
+            client: Arc::new(client),
+            key: Arc::new(move |n, ext| config.key(n, ext)),
+            concurrency: bucket.concurrency,
+        })
+    }
 }
 
 /// Counters of one bucket's uploads.
@@ -59,6 +108,8 @@ pub struct BucketStats {
     pub upload_seconds: crate::metrics::Histogram,
     /// The oldest block not yet final in the bucket (`u64::MAX`: none).
     pub oldest_pending: AtomicU64,
+    /// Times a config reload replaced the bucket's plugin component.
+    pub plugin_swaps: AtomicU64,
 }
 
 impl BucketStats {
@@ -68,82 +119,179 @@ impl BucketStats {
     }
 }
 
-/// A running upload manager.
+/// One bucket's running worker.
+struct Running {
+    name: String,
+    queue: mpsc::UnboundedSender<u64>,
+    stats: Arc<BucketStats>,
+    settings: watch::Sender<(Target, UploadConfig)>,
+    task: JoinHandle<()>,
+}
+
+/// The buckets being uploaded to, in config order.
+type Buckets = Arc<RwLock<Vec<Running>>>;
+
+/// What [`UploadManager::reconfigure`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Buckets started (with the blocks of the store not yet final in them).
+    pub added: Vec<String>,
+    /// Buckets stopped (their pending entries in `.meta` are kept).
+    pub removed: Vec<String>,
+}
+
+/// A running upload manager. Buckets can be added, removed and changed
+/// while it runs ([`UploadManager::reconfigure`]).
 pub struct UploadManager {
-    senders: Vec<(String, mpsc::UnboundedSender<u64>)>,
-    stats: Vec<(String, Arc<BucketStats>)>,
-    shutdown: watch::Sender<bool>,
-    workers: JoinSet<()>,
+    store: Arc<BlockStore>,
+    buckets: Buckets,
 }
 
 impl UploadManager {
     /// Start one worker per target, each first resuming the blocks of the
     /// store that are not final in its bucket (start-up recovery).
     pub fn start(store: Arc<BlockStore>, targets: Vec<Target>, config: UploadConfig) -> Result<Self, StoreError> {
-        let numbers = store.numbers()?;
-        let mut backlog: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
-        for &n in &numbers {
-            let meta = match store.read_meta(n) {
-                Ok(m) => m,
-                Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            for (i, t) in targets.iter().enumerate() {
-                if !meta.status(&t.name).is_final() {
-                    backlog[i].push(n);
-                }
-            }
-        }
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut workers = JoinSet::new();
-        let mut senders = Vec::new();
-        let mut stats = Vec::new();
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        let backlog = backlog(&store, &names)?;
+        let manager = Self { store, buckets: Arc::default() };
         for (target, initial) in targets.into_iter().zip(backlog) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let s = Arc::new(BucketStats::default());
-            if !initial.is_empty() {
-                tracing::info!(bucket = %target.name, blocks = initial.len(), "resuming uploads");
-            }
-            senders.push((target.name.clone(), tx));
-            stats.push((target.name.clone(), s.clone()));
-            let w = worker::Worker::new(store.clone(), target, config.clone(), s, initial);
-            workers.spawn(w.run(rx, shutdown_rx.clone()));
+            let (queue, rx) = mpsc::unbounded_channel();
+            let running = manager.spawn(target, config.clone(), queue, rx, initial);
+            write(&manager.buckets).push(running);
         }
-        Ok(Self { senders, stats, shutdown, workers })
+        Ok(manager)
+    }
+
+    /// Start a worker for `target` with `initial` blocks to upload.
+    fn spawn(
+        &self,
+        target: Target,
+        config: UploadConfig,
+        queue: mpsc::UnboundedSender<u64>,
+        rx: mpsc::UnboundedReceiver<u64>,
+        initial: Vec<u64>,
+    ) -> Running {
+        if !initial.is_empty() {
+            tracing::info!(bucket = %target.name, blocks = initial.len(), "resuming uploads");
+        }
+        let stats = Arc::new(BucketStats::default());
+        let name = target.name.clone();
+        let (settings, settings_rx) = watch::channel((target, config));
+        let worker = worker::Worker::new(self.store.clone(), settings_rx, stats.clone(), initial);
+        Running { name, queue, stats, settings, task: tokio::spawn(worker.run(rx)) }
+    }
+
+    /// Make the buckets those of `targets` (config reload): buckets no longer
+    /// named stop (uploads in flight are abandoned, their blocks stay pending
+    /// in `.meta`); new ones start with every stored block not final in them;
+    /// the others take their new target and settings for the uploads they
+    /// start from now on (uploads in flight finish with the old ones).
+    pub async fn reconfigure(&self, targets: Vec<Target>, config: UploadConfig) -> Result<Reconfigured, StoreError> {
+        let mut changes = Reconfigured::default();
+        let stopped: Vec<Running> = {
+            let mut buckets = write(&self.buckets);
+            let (kept, stopped) =
+                std::mem::take(&mut *buckets).into_iter().partition(|r| targets.iter().any(|t| t.name == r.name));
+            *buckets = kept;
+            stopped
+        };
+        for r in stopped {
+            r.task.abort();
+            let _ = r.task.await;
+            changes.removed.push(r.name);
+        }
+        let mut order = Vec::new();
+        for target in targets {
+            order.push(target.name.clone());
+            let existing = read(&self.buckets).iter().find(|r| r.name == target.name).map(|r| r.settings.clone());
+            if let Some(settings) = existing {
+                settings.send_replace((target, config.clone()));
+                continue;
+            }
+            // Queue first, then scan: a block stored meanwhile is in one or both.
+            let (queue, rx) = mpsc::unbounded_channel();
+            let (store, name) = (self.store.clone(), target.name.clone());
+            let initial = tokio::task::spawn_blocking(move || backlog(&store, &[name.as_str()]))
+                .await
+                .expect("backlog scan panicked")?
+                .pop()
+                .unwrap_or_default();
+            changes.added.push(target.name.clone());
+            let running = self.spawn(target, config.clone(), queue, rx, initial);
+            write(&self.buckets).push(running);
+        }
+        write(&self.buckets).sort_by_key(|r| order.iter().position(|n| *n == r.name));
+        Ok(changes)
     }
 
     /// Queue a newly stored block for every bucket.
     pub fn block_stored(&self, number: u64) {
-        for (_, tx) in &self.senders {
-            let _ = tx.send(number);
-        }
+        notify(&self.buckets, number);
     }
 
-    /// A handle that queues newly stored blocks for every bucket, for a stage
-    /// that outlives a borrow of the manager (ingest).
+    /// A handle that queues newly stored blocks for every bucket (those of
+    /// the moment the block is stored), for a stage that outlives a borrow of
+    /// the manager (ingest).
     pub fn notifier(&self) -> Arc<dyn Fn(u64) + Send + Sync> {
-        let senders: Vec<_> = self.senders.iter().map(|(_, tx)| tx.clone()).collect();
-        Arc::new(move |number| {
-            for tx in &senders {
-                let _ = tx.send(number);
-            }
-        })
+        let buckets = self.buckets.clone();
+        Arc::new(move |number| notify(&buckets, number))
     }
 
-    /// Counters per bucket name.
-    pub fn stats(&self) -> &[(String, Arc<BucketStats>)] {
-        &self.stats
+    /// Counters per bucket name, in config order.
+    pub fn stats(&self) -> Vec<(String, Arc<BucketStats>)> {
+        read(&self.buckets).iter().map(|r| (r.name.clone(), r.stats.clone())).collect()
+    }
+
+    /// The buckets' current targets, in config order.
+    pub fn targets(&self) -> Vec<(Target, Arc<BucketStats>)> {
+        read(&self.buckets).iter().map(|r| (r.settings.borrow().0.clone(), r.stats.clone())).collect()
     }
 
     /// Blocks not yet final in some bucket (waiting or in flight).
     pub fn pending(&self) -> u64 {
-        self.stats.iter().map(|(_, s)| s.pending.load(Ordering::Relaxed)).sum()
+        read(&self.buckets).iter().map(|r| r.stats.pending.load(Ordering::Relaxed)).sum()
     }
 
     /// Stop the workers; uploads in flight are abandoned (their blocks stay
     /// pending in `.meta` and resume at the next start).
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        while self.workers.join_next().await.is_some() {}
+    pub async fn shutdown(&self) {
+        let stopped = std::mem::take(&mut *write(&self.buckets));
+        for r in stopped {
+            r.task.abort();
+            let _ = r.task.await;
+        }
     }
+}
+
+/// For each of `names`, the stored blocks not final in that bucket, in one
+/// pass over the `.meta` files.
+fn backlog(store: &BlockStore, names: &[&str]) -> Result<Vec<Vec<u64>>, StoreError> {
+    let mut backlog: Vec<Vec<u64>> = vec![Vec::new(); names.len()];
+    for n in store.numbers()? {
+        let meta = match store.read_meta(n) {
+            Ok(m) => m,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        for (i, name) in names.iter().enumerate() {
+            if !meta.status(name).is_final() {
+                backlog[i].push(n);
+            }
+        }
+    }
+    Ok(backlog)
+}
+
+fn notify(buckets: &Buckets, number: u64) {
+    for r in read(buckets).iter() {
+        let _ = r.queue.send(number);
+    }
+}
+
+fn read(buckets: &Buckets) -> std::sync::RwLockReadGuard<'_, Vec<Running>> {
+    buckets.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(buckets: &Buckets) -> std::sync::RwLockWriteGuard<'_, Vec<Running>> {
+    buckets.write().unwrap_or_else(|e| e.into_inner())
 }

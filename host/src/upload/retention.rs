@@ -69,3 +69,45 @@ pub fn run_retention(
     }
     Ok(report)
 }
+
+/// What retention needs to know; a config reload replaces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionSettings {
+    /// The buckets a block must be safe in (a removed bucket is not required).
+    pub buckets: Vec<String>,
+    /// How long a block stays after it is safe.
+    pub period: Duration,
+    /// Time between passes.
+    pub every: Duration,
+}
+
+/// Run retention passes forever with the settings in force at each pass.
+pub fn spawn_retention(
+    store: Arc<BlockStore>,
+    settings: tokio::sync::watch::Receiver<RetentionSettings>,
+    acks: impl Fn() -> BlockNodeAcks + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let every = settings.borrow().every;
+            tokio::time::sleep(every).await;
+            let (s, r, a) = (store.clone(), settings.borrow().clone(), acks());
+            match tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, a)).await {
+                Ok(Ok(r)) if r.deleted > 0 => tracing::info!(deleted = r.deleted, retained = r.retained, "retention"),
+                Ok(Err(e)) => tracing::error!("retention: {e}"),
+                _ => {}
+            }
+        }
+    })
+}
+
+impl RetentionSettings {
+    /// The retention settings of `config`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            buckets: config.upload_buckets(),
+            period: Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0),
+            every: Duration::from_secs(config.upload.retention_interval_secs),
+        }
+    }
+}

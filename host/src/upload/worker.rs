@@ -26,6 +26,8 @@ enum Attempt {
 /// One bucket's uploader.
 pub(super) struct Worker {
     store: Arc<BlockStore>,
+    /// The target and settings in force (a config reload replaces them).
+    settings: watch::Receiver<(Target, UploadConfig)>,
     target: Target,
     config: UploadConfig,
     stats: Arc<BucketStats>,
@@ -38,14 +40,15 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn new(
         store: Arc<BlockStore>,
-        target: Target,
-        config: UploadConfig,
+        mut settings: watch::Receiver<(Target, UploadConfig)>,
         stats: Arc<BucketStats>,
         initial: Vec<u64>,
     ) -> Self {
         let pending: BTreeSet<u64> = initial.into_iter().collect();
+        let (target, config) = settings.borrow_and_update().clone();
         let worker = Self {
             store,
+            settings,
             target,
             config,
             stats,
@@ -64,8 +67,8 @@ impl Worker {
         self.stats.oldest_pending.store(oldest.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// Upload until shut down.
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<u64>, mut shutdown: watch::Receiver<bool>) {
+    /// Upload until the task is aborted (uploads in flight are abandoned).
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<u64>) {
         let mut tasks: JoinSet<(u64, Attempt)> = JoinSet::new();
         loop {
             let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
@@ -84,7 +87,13 @@ impl Worker {
             let wake =
                 self.paused_until.filter(|_| paused).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                _ = shutdown.changed() => break,
+                Ok(()) = self.settings.changed() => {
+                    // Uploads started from now on use the new target; those in flight finish with theirs.
+                    (self.target, self.config) = self.settings.borrow_and_update().clone();
+                    // New settings or credentials may be the fix for a held bucket: retry now.
+                    self.paused_until = None;
+                    self.consecutive_failures = 0;
+                }
                 Some(n) = rx.recv() => {
                     if !self.in_flight.contains(&n) {
                         self.pending.insert(n);
@@ -104,7 +113,6 @@ impl Worker {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        tasks.abort_all();
     }
 
     /// Record an attempt's result in the bucket's schedule.
