@@ -151,8 +151,7 @@ async fn buckets_are_added_changed_and_removed_without_a_restart() {
             metric(&sidecar, &format!("blockferry_upload_succeeded_total{{bucket=\"{bucket}\",provider=\"fs\"}}"));
         assert!(uploaded.is_some(), "bucket {bucket} in /metrics");
     }
-    let out = sidecar.stop();
-    assert!(out.status.success(), "{}", text(&out));
+    stop(sidecar);
 }
 
 /// A copy of the `fs` provider that differs in one custom section: another
@@ -174,15 +173,27 @@ fn replace(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A sidecar with bucket `a` whose plugin is a copy of the `fs` provider in `d`
+/// (to be replaced by the test).
+fn start_with_own_plugin(d: &Path) -> (PathBuf, Sidecar) {
+    let plugin = d.join("fs.wasm");
+    std::fs::copy(plugin_path("blockferry_fs"), &plugin).unwrap();
+    let config = write_config(d, &[bucket("a", &plugin, "{number}{ext}")]);
+    (plugin, Sidecar::start(&config, d, &[]))
+}
+
+/// Stop the sidecar; it must exit cleanly.
+fn stop(sidecar: Sidecar) {
+    let out = sidecar.stop();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_replaced_while_uploads_run_lands_every_block_exactly_once() {
     const BLOCKS: u64 = 300;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let plugin = d.join("fs.wasm");
-    std::fs::copy(plugin_path("blockferry_fs"), &plugin).unwrap();
-    let config = write_config(d, &[bucket("a", &plugin, "{number}{ext}")]);
-    let sidecar = Sidecar::start(&config, d, &[]);
+    let (plugin, sidecar) = start_with_own_plugin(d);
 
     // A stream of blocks, one every 15 ms; the plugin is replaced mid-stream.
     let options = PublisherOptions {
@@ -214,18 +225,14 @@ async fn a_plugin_replaced_while_uploads_run_lands_every_block_exactly_once() {
     for n in 0..BLOCKS {
         assert_eq!(meta(d, n)["buckets"]["a"]["state"], "uploaded", "block {n}: {}", meta(d, n));
     }
-    let out = sidecar.stop();
-    assert!(out.status.success(), "{}", text(&out));
+    stop(sidecar);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_replacement_plugin_is_refused_and_the_old_one_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let plugin = d.join("fs.wasm");
-    std::fs::copy(plugin_path("blockferry_fs"), &plugin).unwrap();
-    let config = write_config(d, &[bucket("a", &plugin, "{number}{ext}")]);
-    let sidecar = Sidecar::start(&config, d, &[]);
+    let (plugin, sidecar) = start_with_own_plugin(d);
     feed(&sidecar, 0, 5).await;
     wait_for("a holds 0-4", &sidecar, || objects(&d.join("a")).len() == 5).await;
 
@@ -250,8 +257,7 @@ async fn a_broken_replacement_plugin_is_refused_and_the_old_one_keeps_serving() 
     assert_eq!(metric(&sidecar, &format!("blockferry_plugin_swaps_total{labels}")), Some(1.0));
     feed(&sidecar, 10, 2).await;
     wait_for("a holds 0-11", &sidecar, || objects(&d.join("a")).len() == 12).await;
-    let out = sidecar.stop();
-    assert!(out.status.success(), "{}", text(&out));
+    stop(sidecar);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,6 +285,5 @@ async fn rotated_credentials_reopen_the_bucket() {
     assert!(!sidecar.log().contains("second-token"), "a secret never reaches the log");
     feed(&sidecar, 3, 3).await;
     wait_for("a holds 0-5", &sidecar, || objects(&d.join("a")).len() == 6).await;
-    let out = sidecar.stop();
-    assert!(out.status.success(), "{}", text(&out));
+    stop(sidecar);
 }
