@@ -522,3 +522,80 @@ pub async fn throughput_beside_a_native_client() {
     eprintln!("{report}");
     let _ = std::fs::write(workspace().join("target/s3-throughput.txt"), &report);
 }
+
+#[tokio::test]
+async fn uploads_to_one_endpoint_reuse_their_connections() {
+    let server = S3sFs::start("pooled");
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "pooled", &[])).await;
+    for n in 0..20u64 {
+        let bytes = common::bytes(64 * 1024, n);
+        let key = format!("keep/{n}.blk");
+        assert_eq!(put(&client, n, &key, &bytes).await.unwrap(), Outcome::Uploaded);
+        assert_eq!(std::fs::read(server.root.join("pooled").join(&key)).unwrap(), bytes, "block {n} intact");
+    }
+    // One upload after another: one connection serves them all.
+    let (opened, reused) = client.connections();
+    assert_eq!(opened, 1, "one connection serves one upload after another");
+    assert!(reused >= 19, "every request after the first reuses it: {reused} reused");
+}
+
+/// A proxy that answers one request per connection as if it kept the
+/// connection alive (no `connection: close`), then closes it: a server whose
+/// idle timeout ends every kept-alive connection at once.
+fn closing_proxy(upstream: std::net::SocketAddr) -> (u16, StopOnDrop) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (port, runtime) = common::servers::serve_on_loopback(move |mut client| async move {
+        let mut buf = Vec::new();
+        let Ok(Some(head)) = common::servers::read_head(&mut client, &mut buf).await else { return };
+        if common::servers::read_body(&mut client, &mut buf, head.end + head.length).await.is_err() {
+            return;
+        }
+        let mut request = format!("{}\r\n", head.request_line);
+        for (k, v) in head.headers.iter().filter(|(k, _)| k != "connection") {
+            request += &format!("{k}: {v}\r\n");
+        }
+        request += "connection: close\r\n\r\n";
+        let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        server.write_all(request.as_bytes()).await.unwrap();
+        server.write_all(&buf[head.end..]).await.unwrap();
+        let mut response = Vec::new();
+        server.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let end = text.find("\r\n\r\n").unwrap();
+        let kept: Vec<&str> =
+            text[..end].split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+        let mut out = kept.join("\r\n").into_bytes();
+        out.extend_from_slice(&response[end..]);
+        let _ = client.write_all(&out).await;
+        let _ = client.shutdown().await;
+    });
+    (port, StopOnDrop(Some(runtime)))
+}
+
+/// Stops a test server's runtime without blocking (safe inside a test's runtime).
+struct StopOnDrop(Option<tokio::runtime::Runtime>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_the_server_closed_costs_no_upload() {
+    let server = S3sFs::start("closing");
+    let (port, _proxy) = closing_proxy(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&format!("http://127.0.0.1:{port}"), "closing", &[])).await;
+    for n in 0..10u64 {
+        let bytes = common::bytes(16 * 1024, n);
+        let key = format!("c/{n}.blk");
+        assert_eq!(put(&client, n, &key, &bytes).await.unwrap(), Outcome::Uploaded, "block {n}");
+        assert_eq!(std::fs::read(server.root.join("closing").join(&key)).unwrap(), bytes, "block {n} intact");
+    }
+    let (opened, _) = client.connections();
+    assert!(opened >= 10, "a closed connection is not used again: {opened} opened");
+}

@@ -192,6 +192,13 @@ impl BucketClient {
         self.sandbox.egress.refused.load(Ordering::Relaxed)
     }
 
+    /// Plain-HTTP connections opened so far for this bucket, and requests that
+    /// reused one (keep-alive).
+    pub fn connections(&self) -> (u64, u64) {
+        let pool = &self.sandbox.egress.pool;
+        (pool.opened.load(Ordering::Relaxed), pool.reused.load(Ordering::Relaxed))
+    }
+
     /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
     pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
         let block = block.clone();

@@ -50,6 +50,8 @@ pub struct EgressPolicy {
     pub denied_networks: Vec<IpNet>,
     /// Requests refused so far (either check).
     pub refused: AtomicU64,
+    /// Keep-alive connections for plain-HTTP requests, shared by the bucket's instances.
+    pub pool: super::pool::ConnectionPool,
 }
 
 impl EgressPolicy {
@@ -103,7 +105,7 @@ type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Resu
 impl WasiHttpHooks for EgressHooks {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -112,16 +114,17 @@ impl WasiHttpHooks for EgressHooks {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         Box::new(async move {
             let addr = policy.admit(request.uri()).await?;
-            // Plain HTTP connects to the address just checked, so a name cannot
-            // resolve differently between the check and the connection. (TLS
-            // needs the name for SNI and certificate checks, so HTTPS
-            // connects by name.)
-            if request.uri().scheme() == Some(&Scheme::HTTP) {
-                let mut parts = request.uri().clone().into_parts();
-                parts.authority = Some(addr.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
-                *request.uri_mut() = Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
-            }
             let options = bounded_options(options, remaining);
+            // Plain HTTP connects to the address just checked, so a name cannot
+            // resolve differently between the check and the connection, and
+            // reuses the bucket's idle connections to it. (TLS needs the name
+            // for SNI and certificate checks, so HTTPS connects by name, a
+            // connection per request.)
+            if request.uri().scheme() == Some(&Scheme::HTTP) {
+                let response = policy.pool.send(addr, request, options).await?;
+                let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
+                return Ok((response, done));
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })

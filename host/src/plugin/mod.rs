@@ -17,6 +17,7 @@ mod client;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod pool;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
