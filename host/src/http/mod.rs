@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/metrics` | every metric, Prometheus (OpenMetrics) text format |
 //! | `/healthz` | 200 while the process serves |
-//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable, buffer saturated) |
+//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable or refusing blocks, buffer saturated) |
 //! | `/api/status` | the state as JSON (what the status page shows) |
 //! | `/` | the status page: one small HTML file, no build step |
 //!
@@ -174,6 +174,8 @@ impl Http {
         let mut reasons = Vec::new();
         if let Err(e) = s.store.check_writable() {
             reasons.push(format!("the block store is not writable: {e}"));
+        } else if let Some(e) = s.ingest.store_error() {
+            reasons.push(format!("the block store could not take the last block: {e}"));
         }
         if s.buffer.backpressure() {
             reasons.push("the block buffer is saturated: backpressure holds the consensus node".into());

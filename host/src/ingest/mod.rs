@@ -72,6 +72,8 @@ pub struct Ingest {
     latest: Mutex<Option<u64>>,
     /// The address of the publisher streaming now.
     publisher: Mutex<Option<SocketAddr>>,
+    /// Why the last block could not be stored, until a block is stored again.
+    store_error: Mutex<Option<String>>,
     counters: IngestCounters,
 }
 
@@ -95,6 +97,7 @@ impl Ingest {
             limits,
             latest: Mutex::new(latest),
             publisher: Mutex::new(None),
+            store_error: Mutex::new(None),
             counters: IngestCounters::default(),
         }))
     }
@@ -107,6 +110,16 @@ impl Ingest {
     /// Record blocks stored from now on as pending in `buckets` (config reload).
     pub fn set_buckets(&self, buckets: Vec<String>) {
         *self.buckets.write().unwrap_or_else(|e| e.into_inner()) = buckets.into();
+    }
+
+    /// Why the last block could not be stored (a full disk, say), until a
+    /// block is stored again.
+    pub fn store_error(&self) -> Option<String> {
+        self.store_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_store_error(&self, error: Option<String>) {
+        *self.store_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
     /// Counters since start.

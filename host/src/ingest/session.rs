@@ -192,6 +192,7 @@ impl Session {
         match written {
             Ok(_) if stored => Flow::Continue,
             Ok(_) => {
+                self.ingest.set_store_error(None);
                 self.ingest.set_latest(number);
                 self.ingest.buffer.insert(block.clone());
                 (self.ingest.on_stored)(number);
@@ -210,6 +211,7 @@ impl Session {
             }
             Err(e) => {
                 self.ingest.counters.persistence_failed.fetch_add(1, Ordering::Relaxed);
+                self.ingest.set_store_error(Some(e.to_string()));
                 tracing::error!(
                     block = number,
                     "cannot store the block: {e}; the stream ends with PERSISTENCE_FAILED and the consensus node \

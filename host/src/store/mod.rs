@@ -28,7 +28,7 @@ const STRIPES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An I/O error on a file of the store.
-    #[error("block store: {op} {path}: {error}")]
+    #[error("block store: {op} {path}: {error}{}", fix(error))]
     Io {
         /// What was being done.
         op: &'static str,
@@ -61,6 +61,19 @@ pub enum StoreError {
         /// The parser's message.
         detail: String,
     },
+}
+
+/// What the operator can do about an I/O error of the store.
+fn fix(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; free space on the file system of `store.dir` (blocks stay until safe in every bucket: check that uploads succeed)"
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "; make `store.dir` writable by blockferry's user"
+        }
+        _ => "",
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
