@@ -284,3 +284,31 @@ fn a_corrupt_cached_artifact_is_recompiled() {
     let plugin = runtime.load(&plugin_path("blockferry_fs"), None).unwrap();
     assert_eq!(plugin.provenance, Provenance::Compiled);
 }
+
+#[tokio::test]
+async fn a_huge_error_message_is_cut_and_the_host_carries_on() {
+    let runtime = runtime();
+    let (bad, good, _dir) = two_buckets(&runtime, |_| {}).await;
+    let message = permanent(put(&bad, 1, "huge-error").await.unwrap_err());
+    assert!(message.len() < 5000, "a 4 MiB message is cut: {} bytes kept", message.len());
+    assert!(message.ends_with("more bytes cut by the host)"), "{}", &message[message.len() - 60..]);
+    both_still_work(&bad, &good, 2).await;
+}
+
+#[tokio::test]
+async fn a_plugin_sees_no_files_no_environment_and_only_its_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another bucket's credentials, on the host's disk.
+    let credentials = dir.path().join("credentials.toml");
+    std::fs::write(&credentials, "[buckets.other]\nsecret_access_key = \"other-bucket-secret\"\n").unwrap();
+    let runtime = runtime();
+    let own = vec![("access_key_id".to_string(), "own-key".to_string())];
+    let (bad, good, _fs_dir) = two_buckets(&runtime, |s| s.settings = own).await;
+    for path in ["/etc/passwd", credentials.to_str().unwrap(), "/proc/self/environ", "."] {
+        let message = permanent(put(&bad, 1, &format!("open-file:{path}")).await.unwrap_err());
+        assert!(message.starts_with(&format!("cannot read {path}")), "the plugin read {path}: {message}");
+    }
+    assert_eq!(permanent(put(&bad, 2, "env").await.unwrap_err()), "none", "no environment variable reaches a plugin");
+    assert_eq!(permanent(put(&bad, 3, "settings").await.unwrap_err()), "access_key_id", "only its own settings");
+    both_still_work(&bad, &good, 4).await;
+}

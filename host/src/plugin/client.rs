@@ -169,6 +169,8 @@ impl BucketClient {
                 (i, r)
             })
             .await?;
+        // The name becomes a metric label: keep it short.
+        client.provider = guest_text(std::mem::take(&mut client.provider), 64);
         Ok(client)
     }
 
@@ -291,6 +293,7 @@ impl BucketClient {
         match opened {
             Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket }),
             Ok(Err(message)) => {
+                let message = guest_text(message, MAX_GUEST_TEXT);
                 Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message }))
             }
             Err(e) => Err(fail(format!("{e:#}"))),
@@ -339,11 +342,26 @@ pub(super) fn new_store(engine: &Engine, sandbox: &Sandbox, deadline: Instant) -
     Ok(store)
 }
 
+/// Longest text the host keeps from a plugin (an error message, its name):
+/// what a plugin returns ends up in logs, `.meta` files and metric labels.
+const MAX_GUEST_TEXT: usize = 4096;
+
+/// `text` from a plugin, cut to `max` bytes (at a character boundary).
+fn guest_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let dropped = text.len() - cut;
+        text.truncate(cut);
+        text.push_str(&format!("… ({dropped} more bytes cut by the host)"));
+    }
+    text
+}
+
 /// Map the plugin's own error to the host's.
 fn upload_failure(e: UploadError) -> CallError {
     CallError::Plugin(match e {
-        UploadError::Transient(m) => PluginFailure::Transient(m),
-        UploadError::Permanent(m) => PluginFailure::Permanent(m),
+        UploadError::Transient(m) => PluginFailure::Transient(guest_text(m, MAX_GUEST_TEXT)),
+        UploadError::Permanent(m) => PluginFailure::Permanent(guest_text(m, MAX_GUEST_TEXT)),
         UploadError::HashMismatch(remote) => PluginFailure::HashMismatch(remote),
     })
 }

@@ -9,6 +9,10 @@
 //! | `egress:<url>` | HTTP GET of `<url>`: `uploaded` on 2xx, `transient("status N")` otherwise, `permanent` on an error |
 //! | `print` | prints a line to stdout and one to stderr, then `uploaded` |
 //! | `sleep:<ms>` | sleeps that many milliseconds, then `uploaded` |
+//! | `huge-error` | fails with a 4 MiB permanent-error message |
+//! | `open-file:<path>` | tries to read `<path>`: `permanent("read N bytes")` if it could, `permanent("cannot read: …")` if not |
+//! | `env` | `permanent` listing the environment variables it sees (`none` when empty) |
+//! | `settings` | `permanent` listing the names of the settings it was opened with |
 //! | `stream…` | reads the body through `block-body.stream(0)`, checks its MD5, then `uploaded` |
 //! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
 //!
@@ -31,15 +35,17 @@ impl Guest for Component {
     type Bucket = Misbehave;
 }
 
-/// A bucket that stores nothing.
-struct Misbehave;
+/// A bucket that stores nothing; it remembers its settings' names.
+struct Misbehave {
+    setting_names: Vec<String>,
+}
 
 impl GuestBucket for Misbehave {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
         if settings.iter().any(|(key, _)| key == "fail-open") {
             return Err("fail-open requested".into());
         }
-        Ok(Bucket::new(Misbehave))
+        Ok(Bucket::new(Misbehave { setting_names: settings.into_iter().map(|(k, _)| k).collect() }))
     }
 
     fn provider() -> String {
@@ -55,6 +61,19 @@ impl GuestBucket for Misbehave {
             "print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
+            }
+            "huge-error" => return Err(UploadError::Permanent("x".repeat(4 << 20))),
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                return Err(UploadError::Permanent(if vars.is_empty() { "none".into() } else { vars.join(" ") }));
+            }
+            "settings" => return Err(UploadError::Permanent(self.setting_names.join(","))),
+            _ if key.starts_with("open-file:") => {
+                let path = &key["open-file:".len()..];
+                return Err(UploadError::Permanent(match std::fs::read(path) {
+                    Ok(bytes) => format!("read {} bytes of {path}", bytes.len()),
+                    Err(e) => format!("cannot read {path}: {e}"),
+                }));
             }
             _ if key.starts_with("egress:") => egress(&key["egress:".len()..])?,
             _ if key.starts_with("sleep:") => {
