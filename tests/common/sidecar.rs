@@ -36,15 +36,22 @@ impl Sidecar {
         let (port, http_port) = (free_port(), free_port());
         let log = log_dir.join("sidecar.log");
         let file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blockferry"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blockferry"));
+        command
             .args(["run", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .args(extra)
             .env("RUST_LOG", "blockferry=debug,warn")
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+            .stderr(file);
+        // Dies with the test process, even when a failed test aborts instead of unwinding.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         wait_for_port(port, "blockferry run", &mut child, &log);
         wait_for_port(http_port, "blockferry run (http)", &mut child, &log);
         Sidecar { child: Some(child), port, http_port, log }

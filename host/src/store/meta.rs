@@ -111,6 +111,24 @@ impl BlockMeta {
         base64::engine::general_purpose::STANDARD.decode(&self.md5).unwrap_or_default()
     }
 
+    /// Parse the bytes of block `number`'s `.meta` file, checking what the
+    /// store relies on: the number, a block file name of that number (never
+    /// a path elsewhere), a base64 MD5 of 16 bytes.
+    pub fn parse(bytes: &[u8], number: u64) -> Result<Self, String> {
+        let meta: BlockMeta = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if meta.number != number {
+            return Err(format!("it describes block {} instead of {number}", meta.number));
+        }
+        let stem = format!("{number:036}");
+        if meta.file != format!("{stem}.blk") && meta.file != format!("{stem}.blk.gz") {
+            return Err(format!("its file {:?} is not {stem}.blk or {stem}.blk.gz", meta.file));
+        }
+        if meta.md5_bytes().len() != 16 {
+            return Err(format!("its md5 {:?} is not a base64 MD5", meta.md5));
+        }
+        Ok(meta)
+    }
+
     /// Extension of the block file (`.blk` or `.blk.gz`), as object keys carry it.
     pub fn ext(&self) -> &'static str {
         if self.file.ends_with(".blk.gz") { ".blk.gz" } else { ".blk" }

@@ -237,7 +237,7 @@ impl BlockStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(number)),
             Err(e) => return Err(io_err("reading", &path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StoreError::CorruptMeta { path, detail: e.to_string() })
+        BlockMeta::parse(&text, number).map_err(|detail| StoreError::CorruptMeta { path, detail })
     }
 
     /// Replace block `number`'s metadata with `f` applied to it, atomically
@@ -461,5 +461,29 @@ mod tests {
             assert_eq!(meta.status("b"), BucketStatus::Pending, "a new bucket is pending");
         }
         assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_meta_pointing_outside_its_block_is_corrupt_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::None).unwrap();
+        let meta = store.write_block(3, b"three", &buckets()).unwrap();
+        let mut evil = serde_json::to_value(&meta).unwrap();
+        evil["file"] = "../../etc/passwd".into();
+        fs::write(store.meta_path(3), serde_json::to_vec(&evil).unwrap()).unwrap();
+        match store.read_meta(3) {
+            Err(StoreError::CorruptMeta { detail, .. }) => assert!(detail.contains("../../etc/passwd"), "{detail}"),
+            other => panic!("expected a corrupt .meta, got {other:?}"),
+        }
+        let report = store.recover(&buckets()).unwrap();
+        assert_eq!(report.rebuilt_meta, 1);
+        assert_eq!(store.read_meta(3).unwrap().file, format!("{:036}.blk", 3));
+        // Another block's number, or an MD5 that is not one, is corrupt too.
+        for (key, value) in [("number", serde_json::json!(4)), ("md5", serde_json::json!("bm90IGFuIG1kNQ=="))] {
+            let mut bad = serde_json::to_value(&meta).unwrap();
+            bad[key] = value;
+            fs::write(store.meta_path(3), serde_json::to_vec(&bad).unwrap()).unwrap();
+            assert!(matches!(store.read_meta(3), Err(StoreError::CorruptMeta { .. })), "{key}");
+        }
     }
 }
