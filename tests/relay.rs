@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use blockferry_sim::block_node::BlockNode;
+use blockferry_sim::block_node::{Action, BlockNode, Trigger};
 use blockferry_sim::{PublisherOptions, generate_block, publish};
 use common::sidecar::{Sidecar, http_get};
 use common::*;
@@ -124,6 +124,76 @@ async fn the_active_block_node_killed_mid_stream_loses_nothing() {
     for n in first..BLOCKS {
         assert_eq!(b.blocks()[&n], generate_block(n, SIZE), "block {n} byte for byte");
     }
+    let out = sidecar.stop();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A fault for block `n` of a node, from a seeded roll: the EndOfStream codes,
+/// BehindPublisher, a dropped or disconnected call, a slow answer, a stall.
+fn random_fault(roll: u64, n: u64) -> Action {
+    use blockferry_proto::api::publish_stream_response::{BehindPublisher, EndOfStream, Response};
+    use blockferry_proto::{EndOfStreamCode as Code, PublishStreamResponse};
+    let respond = |r| Action::Respond(PublishStreamResponse { response: Some(r) });
+    let end = |code: Code| {
+        respond(Response::EndStream(EndOfStream {
+            status: code as i32,
+            block_number: n.saturating_sub(1),
+            proximate_block_number: 0,
+        }))
+    };
+    match roll % 10 {
+        0 => end(Code::Error),
+        1 => end(Code::Timeout),
+        2 => end(Code::BadBlockProof),
+        3 => end(Code::PersistenceFailed),
+        4 => end(Code::Success),
+        5 => respond(Response::NodeBehindPublisher(BehindPublisher { block_number: n.saturating_sub(3) })),
+        6 => Action::Drop,
+        7 => Action::Disconnect,
+        8 => Action::Delay(Duration::from_millis(150)),
+        _ => Action::Stall,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_nodes_failing_at_random_never_cost_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (BlockNode::start().await, BlockNode::start().await);
+    // About one block in six gets a fault on each node, from a fixed seed.
+    let mut seed = 0x5eed_f417_u64;
+    let mut faults = 0;
+    for node in [&a, &b] {
+        for n in 0..BLOCKS {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let roll = seed >> 33;
+            if roll.is_multiple_of(6) {
+                node.script(Trigger::OnBlockEnd(n).then(random_fault(roll / 6, n)));
+                faults += 1;
+            }
+        }
+    }
+    let config = dir.path().join("blockferry.toml");
+    std::fs::write(&config, config_text(&[a.addr().port(), b.addr().port()])).unwrap();
+    let sidecar = Sidecar::start(&config, dir.path(), &[]);
+    let options = PublisherOptions {
+        interval: Duration::from_millis(10),
+        ..PublisherOptions::new(sidecar.endpoint(), 0, BLOCKS, SIZE)
+    };
+    let report = publish(&options).await.unwrap();
+    assert!(report.complete(), "{}", report.summary());
+
+    // Every block reaches a block node, byte for byte, and is acknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let acked_all = || http_get(&sidecar.url("/api/status")).1.contains("\"unacked_blocks\":0");
+    while !(0..BLOCKS).all(|n| a.blocks().contains_key(&n) || b.blocks().contains_key(&n)) || !acked_all() {
+        assert!(std::time::Instant::now() < deadline, "blocks lost to {faults} faults: {}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..BLOCKS {
+        let got = a.blocks().get(&n).or(b.blocks().get(&n)).cloned().unwrap();
+        assert_eq!(got, generate_block(n, SIZE), "block {n} byte for byte");
+    }
+    println!("{faults} faults injected across two block nodes; {BLOCKS} blocks, none lost");
     let out = sidecar.stop();
     assert!(out.status.success(), "{}", text(&out));
 }
