@@ -188,6 +188,8 @@ impl Live {
 
         // Validate: open every new or changed bucket before changing anything.
         let mut targets = Vec::new();
+        // (bucket, old digest, new digest) of each plugin replaced.
+        let mut swaps = Vec::new();
         for bucket in new.buckets.iter().filter(|_| uploads) {
             let sha256 = file_sha256(&bucket.plugin).await;
             match running.buckets.get(&bucket.name) {
@@ -196,9 +198,11 @@ impl Live {
                 }
                 old => {
                     let target = Target::open(&self.runtime, bucket, new.denied_networks()).await?;
+                    let digest = |t: &Target| t.client.plugin().sha256.clone();
                     match old {
-                        Some((_, o)) if o.client.plugin().sha256 != target.client.plugin().sha256 => {
-                            reloaded.swapped.push(bucket.name.clone())
+                        Some((_, o)) if digest(o) != digest(&target) => {
+                            reloaded.swapped.push(bucket.name.clone());
+                            swaps.push((bucket.name.clone(), digest(o), digest(&target)));
                         }
                         Some(_) => reloaded.reopened.push(bucket.name.clone()),
                         None => {}
@@ -211,7 +215,7 @@ impl Live {
         // Apply. Ingest first: a block stored from now on is pending in the new buckets.
         let names = if uploads { new.buckets.iter().map(|b| b.name.clone()).collect() } else { Vec::new() };
         self.stages.ingest.set_buckets(names.clone());
-        self.log_swaps(&running, &targets, &reloaded.swapped);
+        self.log_swaps(&swaps);
         let changes = self.stages.uploads.reconfigure(targets.clone(), new.upload.clone()).await?;
         (reloaded.added, reloaded.removed) = (changes.added, changes.removed);
         self.stages.retention.send_replace(RetentionSettings { buckets: names, ..RetentionSettings::of(&new) });
@@ -232,31 +236,23 @@ impl Live {
         for name in &reloaded.removed {
             tracing::info!(bucket = %name, "bucket removed: its pending blocks stay recorded and resume if it is added again");
         }
-        running.buckets = new
-            .buckets
-            .iter()
-            .zip(targets)
-            .map(|(b, t)| (b.name.clone(), (b.clone(), t)))
-            .filter(|_| uploads)
-            .collect();
+        running.buckets = new.buckets.iter().zip(targets).map(|(b, t)| (b.name.clone(), (b.clone(), t))).collect();
         running.config = new;
         reloaded.generation = self.in_force.applied();
         Ok(reloaded)
     }
 
     /// Count and log each plugin swap (the old and new digests).
-    fn log_swaps(&self, running: &Running, targets: &[Target], swapped: &[String]) {
+    fn log_swaps(&self, swaps: &[(String, String, String)]) {
         let stats = self.stages.uploads.stats();
-        for name in swapped {
-            let old = running.buckets.get(name).map(|(_, t)| t.client.plugin().sha256.clone()).unwrap_or_default();
-            let new = targets.iter().find(|t| t.name == *name).map(|t| t.client.plugin().sha256.clone());
+        for (name, old, new) in swaps {
             if let Some((_, s)) = stats.iter().find(|(n, _)| n == name) {
                 s.plugin_swaps.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(
                 bucket = %name,
                 old_sha256 = %old,
-                new_sha256 = %new.unwrap_or_default(),
+                new_sha256 = %new,
                 "plugin swapped: uploads in flight finish on the old component, new uploads use the new one"
             );
         }
