@@ -27,6 +27,7 @@ async fn fs_target(runtime: &PluginRuntime, name: &str, dir: &Path) -> Target {
         client: Arc::new(client),
         key: Arc::new(|n, ext| format!("{n:036}{ext}")),
         concurrency: 4,
+        prefix: String::new(),
     }
 }
 

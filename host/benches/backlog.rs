@@ -56,6 +56,7 @@ fn main() {
             client: Arc::new(client),
             key: Arc::new(|n, ext| format!("{n:036}{ext}")),
             concurrency,
+            prefix: String::new(),
         };
         let store = Arc::new(store);
         let started = Instant::now();

@@ -460,6 +460,14 @@ pub struct UploadConfig {
     /// How often retention runs, in seconds.
     #[serde(default = "default_retention_interval_secs")]
     pub retention_interval_secs: u64,
+    /// How often each bucket's health is checked (and abandoned uploads
+    /// cleaned up), in seconds; the first check runs at start-up.
+    #[serde(default = "default_health_check_interval_secs")]
+    pub health_check_interval_secs: u64,
+    /// An upload started this many seconds ago and never completed (a
+    /// multipart upload left by a killed process) is aborted.
+    #[serde(default = "default_abandoned_upload_age_secs")]
+    pub abandoned_upload_age_secs: u64,
 }
 
 impl Default for UploadConfig {
@@ -471,10 +479,18 @@ impl Default for UploadConfig {
             hold_after_permanent_error_secs: default_hold_secs(),
             local_retention_hours: default_retention_hours(),
             retention_interval_secs: default_retention_interval_secs(),
+            health_check_interval_secs: default_health_check_interval_secs(),
+            abandoned_upload_age_secs: default_abandoned_upload_age_secs(),
         }
     }
 }
 
+fn default_health_check_interval_secs() -> u64 {
+    60
+}
+fn default_abandoned_upload_age_secs() -> u64 {
+    24 * 3600
+}
 fn default_retry_attempts() -> u32 {
     3
 }
@@ -753,6 +769,17 @@ impl Config {
                     "use at least 10 ms; 30000 is the default",
                 ));
             }
+            if self.upload.abandoned_upload_age_secs.saturating_mul(1000) <= b.call_timeout_ms {
+                return Err(invalid(
+                    "upload.abandoned_upload_age_secs".into(),
+                    format!(
+                        "= {} is not longer than bucket {:?}'s call_timeout_ms = {}, so uploads still running \
+                         (here or on another node) could be aborted as abandoned",
+                        self.upload.abandoned_upload_age_secs, b.name, b.call_timeout_ms
+                    ),
+                    "make it longer than every bucket's call timeout; 86400 (a day) is the default",
+                ));
+            }
             if b.concurrency == 0 || b.concurrency > 1024 {
                 return Err(invalid(
                     key("concurrency"),
@@ -966,6 +993,11 @@ impl BucketConfig {
             (k.clone(), v)
         });
         plain.chain(self.secrets.pairs()).collect()
+    }
+
+    /// The fixed start of every key: the key template up to its first placeholder.
+    pub fn key_prefix(&self) -> &str {
+        self.key_template.split('{').next().unwrap_or_default()
     }
 
     /// The object key of block `number` stored with extension `ext`.

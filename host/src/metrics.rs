@@ -23,7 +23,7 @@ use crate::plugin::BucketClient;
 use crate::publish::{ConnectionState, Publisher};
 use crate::reload::ConfigInForce;
 use crate::store::BlockStore;
-use crate::upload::{BucketStats, UploadManager};
+use crate::upload::{BucketStats, Health, UploadManager};
 
 /// Upper bounds (seconds) of every latency histogram's buckets.
 pub const LATENCY_BOUNDS: [f64; 15] =
@@ -331,6 +331,24 @@ impl Sources {
             "blockferry_plugin_swaps",
             "Times a config reload replaced the bucket's plugin component",
             &rows(&|b| load(&b.stats.plugin_swaps)),
+        )?;
+        e.counters(
+            "blockferry_abandoned_uploads_aborted",
+            "Uploads left incomplete in the bucket (e.g. by a killed process) that blockferry aborted",
+            &rows(&|b| load(&b.stats.aborted_uploads)),
+        )?;
+        let health: Vec<_> = buckets
+            .iter()
+            .filter_map(|b| match b.stats.health() {
+                Health::Healthy { .. } => Some((labels(b), 1.0)),
+                Health::Unhealthy { .. } => Some((labels(b), 0.0)),
+                Health::Unknown | Health::Unchecked => None,
+            })
+            .collect();
+        e.gauges(
+            "blockferry_bucket_healthy",
+            "1 when the bucket's last health check passed, 0 when it failed (absent: not checked)",
+            &health,
         )?;
         e.counters(
             "blockferry_plugin_egress_refused",

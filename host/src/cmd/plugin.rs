@@ -52,6 +52,15 @@ async fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     for e in &plugin.report.exports {
         println!("  {e}");
     }
+    if plugin.can_read() {
+        println!("reads:    yes (bucket-reader: {})", blockferry::plugin::check::READER_FEATURES);
+    } else {
+        println!(
+            "reads:    no — it exports no bucket-reader, so its buckets get uploads only: no {}; \
+             rebuild it against the `reading-provider` world to offer them",
+            blockferry::plugin::check::READER_FEATURES
+        );
+    }
     println!("ok: {} is a compatible provider", file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -95,6 +95,13 @@ pub struct BucketView {
     pub lag_seconds: f64,
     /// `[unix ms, lag seconds]` over the last hour.
     pub lag_history: Vec<(u64, f64)>,
+    /// `healthy`, `unhealthy`, `unknown` (not checked yet) or `unchecked`
+    /// (its plugin has no bucket-reader).
+    pub health: &'static str,
+    /// Why the last health check failed.
+    pub health_error: Option<String>,
+    /// Abandoned uploads aborted in it.
+    pub aborted_uploads: u64,
 }
 
 /// The buffer on the status page.
@@ -177,6 +184,11 @@ impl Http {
         } else if let Some(e) = s.ingest.store_error() {
             reasons.push(format!("the block store could not take the last block: {e}"));
         }
+        for b in s.buckets() {
+            if let Some(error) = b.stats.health().error() {
+                reasons.push(format!("bucket {} is unhealthy: {error}", b.name));
+            }
+        }
         if s.buffer.backpressure() {
             reasons.push("the block buffer is saturated: backpressure holds the consensus node".into());
         }
@@ -202,6 +214,9 @@ impl Http {
                 mismatched: load(&b.stats.hash_mismatches),
                 lag_seconds: s.lag_seconds(&b.stats),
                 lag_history: h.into_iter().flatten().copied().collect(),
+                health: b.stats.health().label(),
+                health_error: b.stats.health().error().map(str::to_string),
+                aborted_uploads: load(&b.stats.aborted_uploads),
             })
             .collect();
         let buffer = s.buffer.state();

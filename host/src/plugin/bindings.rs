@@ -1,4 +1,6 @@
-//! Host-side bindings of the `provider` world in `wit/uploader.wit`.
+//! Host-side bindings of the worlds in `wit/uploader.wit`: `provider` (every
+//! provider) and `reading-provider` (providers that also export the
+//! `bucket-reader`), sharing one set of imported types and host functions.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -9,7 +11,26 @@ wasmtime::component::bindgen!({
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "blockferry:uploader/host.block-body": crate::plugin::body::BlockBody,
+        "blockferry:uploader/host.block-sink": crate::plugin::sink::BlockSink,
     },
 });
 
-pub use blockferry::uploader::types::{BlockInfo, Level, Outcome, RemoteObject, UploadError};
+/// The `reading-provider` world: used only to reach the `bucket-reader`
+/// export of a component that has one.
+pub mod reading {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "reading-provider",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "blockferry:uploader/types": super::blockferry::uploader::types,
+            "blockferry:uploader/host": super::blockferry::uploader::host,
+        },
+    });
+}
+
+pub use blockferry::uploader::types::{
+    BlockInfo, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
+};

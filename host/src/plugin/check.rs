@@ -12,8 +12,13 @@ use super::error::LoadError;
 pub const PACKAGE: &str = "blockferry:uploader";
 /// The interface every provider exports.
 pub const UPLOADER_INTERFACE: &str = "bucket-uploader";
+/// The optional interface of providers that can read their bucket back.
+pub const READER_INTERFACE: &str = "bucket-reader";
+/// What a provider without the `bucket-reader` cannot offer.
+pub const READER_FEATURES: &str = "restore, verify --deep, serving old blocks to block nodes, \
+     bucket health checks and cleanup of abandoned uploads";
 /// The version of the WIT package this host implements.
-pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 0);
+pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 1);
 
 /// What a component implements, as `blockferry plugin check` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +29,15 @@ pub struct ComponentReport {
     pub imports: Vec<String>,
     /// Everything the component exports, by name.
     pub exports: Vec<String>,
+    /// Whether it exports a compatible `bucket-reader`.
+    pub reader: bool,
 }
 
 impl ComponentReport {
     /// The world the component implements, with its version.
     pub fn world(&self) -> String {
-        format!("{PACKAGE}/provider@{}", self.version)
+        let world = if self.reader { "reading-provider" } else { "provider" };
+        format!("{PACKAGE}/{world}@{}", self.version)
     }
 }
 
@@ -74,7 +82,13 @@ pub fn inspect(engine: &Engine, path: &Path, component: &Component) -> Result<Co
             CONTRACT_VERSION.major, CONTRACT_VERSION.minor
         )));
     }
-    Ok(ComponentReport { version, imports, exports })
+    let reader_export = format!("{PACKAGE}/{READER_INTERFACE}");
+    let reader = exports.iter().any(|e| {
+        e.split_once('@').is_some_and(|(name, v)| {
+            name == reader_export && semver::Version::parse(v).is_ok_and(|v| compatible(&v))
+        })
+    });
+    Ok(ComponentReport { version, imports, exports, reader })
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Resource, ResourceAny};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use super::bindings::{Provider, UploadError};
+use super::bindings::reading::ReadingProvider;
+use super::bindings::{IncompleteUpload, ObjectPage, Provider, UploadError};
+use super::sink::{BlockSink, Received};
 use super::egress::{EgressPolicy, url_authority};
 use super::error::{CallError, PluginFailure};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
@@ -104,11 +106,56 @@ pub struct CallStats {
     pub call_seconds: crate::metrics::Histogram,
 }
 
-/// An opened instance of the plugin with its bucket resource.
+/// An opened instance of the plugin with its bucket resource, and its reader
+/// (opened at the first read call) when the plugin exports one.
 struct Instance {
     store: Store<StoreState>,
     provider: Provider,
     bucket: ResourceAny,
+    reader: Option<Arc<ReadingProvider>>,
+    opened_reader: Option<ResourceAny>,
+}
+
+impl Instance {
+    /// The reader resource of this instance, opened with `settings` the first time.
+    async fn reader(
+        &mut self,
+        settings: &[(String, String)],
+    ) -> wasmtime::Result<Result<(Arc<ReadingProvider>, ResourceAny), UploadError>> {
+        let Some(reader) = self.reader.clone() else {
+            return Ok(Err(UploadError::Permanent("the plugin exports no bucket-reader".into())));
+        };
+        if let Some(handle) = self.opened_reader {
+            return Ok(Ok((reader, handle)));
+        }
+        let opened = reader.blockferry_uploader_bucket_reader().reader().call_open(&mut self.store, settings).await?;
+        Ok(match opened {
+            Ok(handle) => {
+                self.opened_reader = Some(handle);
+                Ok((reader, handle))
+            }
+            Err(message) => Err(UploadError::Permanent(format!(
+                "its reader refused the bucket's settings: {}",
+                guest_text(message, MAX_GUEST_TEXT)
+            ))),
+        })
+    }
+}
+
+/// Runs `$call` on the reader of instance `$i` (opening it first), giving the
+/// instance back with the result, as [`BucketClient::call`] expects.
+macro_rules! with_reader {
+    ($self:ident, $i:ident, |$r:ident, $h:ident| $call:expr) => {{
+        let settings = $self.settings.clone();
+        move |mut $i: Instance| async move {
+            let r = match $i.reader(&settings).await {
+                Ok(Ok(($r, $h))) => $call.await,
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            };
+            ($i, r)
+        }
+    }};
 }
 
 /// A bucket reachable through its provider plugin. Calls may run concurrently.
@@ -203,6 +250,16 @@ impl BucketClient {
 
     /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
     pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
+        self.put_block_versioned(block, body).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`put_block`](Self::put_block), with the version the service gave the
+    /// new object when the plugin reported one (`host.object-version`).
+    pub async fn put_block_versioned(
+        &self,
+        block: &BlockInfo,
+        body: &BlockBody,
+    ) -> Result<(Outcome, Option<String>), CallError> {
         let block = block.clone();
         let body = body.clone();
         let result = self
@@ -221,11 +278,116 @@ impl BucketClient {
                     if result.is_ok() {
                         i.store.data_mut().table.delete(Resource::<BlockBody>::new_own(rep))?;
                     }
-                    result
+                    let version = i.store.data_mut().object_version(&block.key);
+                    result.map(|r| r.map(|outcome| (outcome, version)))
                 }
                 .await;
                 (i, r)
             })
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// Whether this bucket's plugin exports the `bucket-reader`.
+    pub fn can_read(&self) -> bool {
+        self.plugin.can_read()
+    }
+
+    /// Fails unless the plugin can read, naming `what` the caller wanted.
+    fn require_reader(&self, what: &'static str) -> Result<(), CallError> {
+        if self.can_read() {
+            return Ok(());
+        }
+        Err(CallError::NoReader { plugin: self.sandbox.label.clone(), what })
+    }
+
+    /// Read the object under `key` into `sink`: what the plugin says the object
+    /// is, and what the sink received; `None` when nothing is stored there.
+    pub async fn get(&self, key: &str, sink: BlockSink) -> Result<Option<(RemoteObject, Received)>, CallError> {
+        self.require_reader("read objects")?;
+        let key = key.to_string();
+        let lent = sink.clone();
+        let result = self
+            .call(
+                "get",
+                with_reader!(self, i, |reader, handle| async {
+                    let sink = i.store.data_mut().table.push(lent)?;
+                    let rep = sink.rep();
+                    let result =
+                        reader.blockferry_uploader_bucket_reader().reader().call_get(&mut i.store, handle, &key, sink).await;
+                    if result.is_ok() {
+                        i.store.data_mut().table.delete(Resource::<BlockSink>::new_own(rep))?;
+                    }
+                    result
+                }),
+            )
+            .await?;
+        let Some(remote) = result.map_err(upload_failure)? else {
+            return Ok(None);
+        };
+        let received = sink.finish().map_err(|e| CallError::Plugin(PluginFailure::Transient(e)))?;
+        Ok(Some((remote, received)))
+    }
+
+    /// One page of the objects under `prefix`, after the key `after`.
+    pub async fn list(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<ObjectPage, CallError> {
+        self.require_reader("list objects")?;
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        let result = self
+            .call(
+                "list",
+                with_reader!(self, i, |reader, handle| reader
+                    .blockferry_uploader_bucket_reader()
+                    .reader()
+                    .call_list(&mut i.store, handle, &prefix, after.as_deref(), limit.min(1000))),
+            )
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// Whether the bucket exists and its credentials work.
+    pub async fn health(&self) -> Result<(), CallError> {
+        self.require_reader("check the bucket's health")?;
+        let result = self
+            .call(
+                "health",
+                with_reader!(self, i, |reader, handle| reader
+                    .blockferry_uploader_bucket_reader()
+                    .reader()
+                    .call_health(&mut i.store, handle)),
+            )
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// Uploads under `prefix` that were started and never completed.
+    pub async fn incomplete_uploads(&self, prefix: &str) -> Result<Vec<IncompleteUpload>, CallError> {
+        self.require_reader("list incomplete uploads")?;
+        let prefix = prefix.to_string();
+        let result = self
+            .call(
+                "incomplete-uploads",
+                with_reader!(self, i, |reader, handle| reader
+                    .blockferry_uploader_bucket_reader()
+                    .reader()
+                    .call_incomplete_uploads(&mut i.store, handle, &prefix)),
+            )
+            .await?;
+        result.map_err(upload_failure)
+    }
+
+    /// Abort an incomplete upload found by [`incomplete_uploads`](Self::incomplete_uploads).
+    pub async fn abort_upload(&self, upload: &IncompleteUpload) -> Result<(), CallError> {
+        self.require_reader("abort incomplete uploads")?;
+        let upload = upload.clone();
+        let result = self
+            .call(
+                "abort-upload",
+                with_reader!(self, i, |reader, handle| reader
+                    .blockferry_uploader_bucket_reader()
+                    .reader()
+                    .call_abort_upload(&mut i.store, handle, &upload)),
+            )
             .await?;
         result.map_err(upload_failure)
     }
@@ -287,11 +449,11 @@ impl BucketClient {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
         let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
-        let provider = self.plugin.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        let (provider, reader) = self.plugin.instantiate(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
         let opened =
             provider.blockferry_uploader_bucket_uploader().bucket().call_open(&mut store, &self.settings).await;
         match opened {
-            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket }),
+            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket, reader: reader.map(Arc::new), opened_reader: None }),
             Ok(Err(message)) => {
                 let message = guest_text(message, MAX_GUEST_TEXT);
                 Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message }))

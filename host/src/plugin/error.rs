@@ -108,6 +108,17 @@ pub enum CallError {
         /// The configured cap.
         limit_bytes: u64,
     },
+    /// The plugin exports no `bucket-reader`, so the host cannot read its bucket.
+    #[error(
+        "plugin {plugin} cannot {what}: it exports no bucket-reader (it was built against the `provider` \
+         world); use a provider built against the `reading-provider` world of wit/uploader.wit"
+    )]
+    NoReader {
+        /// Plugin and bucket.
+        plugin: String,
+        /// What the host wanted to do.
+        what: &'static str,
+    },
     /// Instantiating the plugin failed (for example, no free instance slot).
     #[error("cannot instantiate plugin {plugin}: {detail}")]
     Instantiate {
@@ -149,7 +160,7 @@ impl CallError {
             self,
             CallError::Plugin(
                 PluginFailure::Permanent(_) | PluginFailure::HashMismatch(_) | PluginFailure::Open { .. }
-            )
+            ) | CallError::NoReader { .. }
         )
     }
 }

@@ -19,15 +19,18 @@ pub mod engine;
 pub mod error;
 pub mod pool;
 pub mod sandbox;
+pub mod sink;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::Store;
 
-pub use bindings::{BlockInfo, Outcome, RemoteObject};
+pub use bindings::{BlockInfo, IncompleteUpload, ListedObject, ObjectPage, Outcome, RemoteObject};
+pub use sink::{BlockSink, Received, SinkTarget};
 pub use body::BlockBody;
 pub use cache::{ArtifactCache, Provenance};
 pub use check::{CONTRACT_VERSION, ComponentReport};
@@ -35,7 +38,8 @@ pub use client::{BucketClient, BucketSpec, CallStats};
 pub use engine::EngineSettings;
 pub use error::{CallError, LoadError, PluginFailure};
 
-use bindings::ProviderPre;
+use bindings::reading::{ReadingProvider, ReadingProviderIndices};
+use bindings::{Provider, ProviderIndices};
 use engine::EpochTicker;
 use sandbox::StoreState;
 
@@ -62,7 +66,11 @@ pub struct Plugin {
     pub report: ComponentReport,
     /// Whether it was compiled now or loaded from the cache.
     pub provenance: Provenance,
-    pre: ProviderPre<StoreState>,
+    pre: InstancePre<StoreState>,
+    /// How to reach the `bucket-uploader` export.
+    uploader: ProviderIndices,
+    /// How to reach the `bucket-reader` export, when the component has one.
+    reader: Option<ReadingProviderIndices>,
     engine: Engine,
     /// Keeps the epoch advancing (deadlines firing) while the plugin lives,
     /// even if its runtime is dropped.
@@ -76,6 +84,23 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
+    /// A new instance in `store`, with its uploader and (if exported) reader.
+    async fn instantiate(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<(Provider, Option<ReadingProvider>)> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let uploader = self.uploader.load(&mut *store, &instance)?;
+        let reader = self.reader.as_ref().map(|r| r.load(&mut *store, &instance)).transpose()?;
+        Ok((uploader, reader))
+    }
+
+    /// Whether the component exports the `bucket-reader` (restore, deep
+    /// verify, serving old blocks, health checks, cleanup).
+    pub fn can_read(&self) -> bool {
+        self.reader.is_some()
+    }
+
     /// The provider's name (its static `provider` function), from a
     /// throw-away instance with no settings, no filesystem and no network.
     pub async fn provider_name(&self) -> Result<String, CallError> {
@@ -89,7 +114,7 @@ impl Plugin {
         let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut store = client::new_store(&self.engine, &sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
-        let provider = self.pre.instantiate_async(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
+        let (provider, _) = self.instantiate(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
         provider
             .blockferry_uploader_bucket_uploader()
             .bucket()
@@ -143,7 +168,21 @@ impl PluginRuntime {
                 report.imports
             ),
         })?;
-        let pre = ProviderPre::new(instance_pre).map_err(|e| LoadError::Incompatible {
+        let reader = if report.reader {
+            let indices = ReadingProviderIndices::new(&instance_pre).map_err(|e| LoadError::Incompatible {
+                path: path.to_path_buf(),
+                detail: format!("its bucket-reader export does not match the `reading-provider` world: {e}"),
+            })?;
+            Some(indices)
+        } else {
+            tracing::info!(
+                plugin = %path.display(),
+                "the plugin exports no bucket-reader: {} are not available for its buckets",
+                check::READER_FEATURES
+            );
+            None
+        };
+        let uploader = ProviderIndices::new(&instance_pre).map_err(|e| LoadError::Incompatible {
             path: path.to_path_buf(),
             detail: format!("its exports do not match the `provider` world: {e}"),
         })?;
@@ -153,7 +192,9 @@ impl PluginRuntime {
             sha256,
             report,
             provenance,
-            pre,
+            pre: instance_pre,
+            uploader,
+            reader,
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
         }))

@@ -42,6 +42,9 @@ pub struct StoreState {
     hooks: EgressHooks,
     limiter: MemoryCap,
     label: Arc<str>,
+    /// The version the service gave the object written by the current call
+    /// (`host.object-version`), with its key.
+    object_version: Option<(String, String)>,
 }
 
 impl StoreState {
@@ -65,6 +68,7 @@ impl StoreState {
             hooks: EgressHooks { policy: sandbox.egress.clone(), deadline: Instant::now() },
             limiter: MemoryCap { limit: sandbox.memory_limit as usize, hit: false },
             label,
+            object_version: None,
         })
     }
 
@@ -72,6 +76,12 @@ impl StoreState {
     pub fn begin_call(&mut self, deadline: Instant) {
         self.hooks.deadline = deadline;
         self.limiter.hit = false;
+        self.object_version = None;
+    }
+
+    /// The version the plugin reported for `key` during the current call.
+    pub fn object_version(&mut self, key: &str) -> Option<String> {
+        self.object_version.take().filter(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// When the current call must end.
@@ -111,6 +121,14 @@ impl Host for StoreState {
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
             Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    async fn object_version(&mut self, key: String, version: String) -> wasmtime::Result<()> {
+        // Kept short: it goes into the block's `.meta`.
+        if key.len() <= 1024 && version.len() <= 1024 {
+            self.object_version = Some((key, version));
         }
         Ok(())
     }

@@ -28,6 +28,10 @@ pub enum BucketStatus {
     Uploaded {
         /// When, in Unix milliseconds.
         at_ms: u64,
+        /// The version the service gave the object (S3 version id, GCS
+        /// generation), when it reported one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// The bucket already held the same content (another node uploaded it).
     AlreadyPresent {

@@ -420,7 +420,7 @@ mod tests {
         assert!(matches!(store.write_block(7, b"other", &buckets()), Err(StoreError::Conflict { number: 7, .. })));
         let updated = store
             .update_meta(7, |m| {
-                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1 }).map(drop).unwrap_or(())
+                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None }).map(drop).unwrap_or(())
             })
             .unwrap();
         assert!(updated.status("a").is_safe() && !updated.safe_in_all(["a", "b"].into_iter()));

@@ -8,6 +8,7 @@
 //! metadata, so a backlog of hundreds of thousands of blocks is cheap.
 
 mod retention;
+mod upkeep;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use retention::{BlockNodeAcks, RetentionReport, RetentionSettings, run_retention, spawn_retention};
+pub use upkeep::Health;
 
 use crate::config::{BucketConfig, UploadConfig};
 use crate::plugin::{BucketClient, CallError, LoadError, PluginRuntime};
@@ -36,6 +38,9 @@ pub struct Target {
     pub key: KeyFn,
     /// Uploads in flight at once.
     pub concurrency: usize,
+    /// The fixed start of every key (the key template up to its first
+    /// placeholder): where abandoned uploads are looked for.
+    pub prefix: String,
 }
 
 /// Why a bucket could not be opened.
@@ -81,6 +86,7 @@ impl Target {
         Ok(Self {
             name: bucket.name.clone(),
             client: Arc::new(client),
+            prefix: bucket.key_prefix().to_string(),
             key: Arc::new(move |n, ext| config.key(n, ext)),
             concurrency: bucket.concurrency,
         })
@@ -110,6 +116,10 @@ pub struct BucketStats {
     pub oldest_pending: AtomicU64,
     /// Times a config reload replaced the bucket's plugin component.
     pub plugin_swaps: AtomicU64,
+    /// The bucket's health, as last checked.
+    pub(crate) health: std::sync::Mutex<Health>,
+    /// Abandoned uploads aborted in the bucket.
+    pub aborted_uploads: AtomicU64,
 }
 
 impl BucketStats {
@@ -145,6 +155,8 @@ pub struct Reconfigured {
 pub struct UploadManager {
     store: Arc<BlockStore>,
     buckets: Buckets,
+    config: Arc<RwLock<UploadConfig>>,
+    upkeep: JoinHandle<()>,
 }
 
 impl UploadManager {
@@ -153,7 +165,10 @@ impl UploadManager {
     pub fn start(store: Arc<BlockStore>, targets: Vec<Target>, config: UploadConfig) -> Result<Self, StoreError> {
         let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         let backlog = backlog(&store, &names)?;
-        let manager = Self { store, buckets: Arc::default() };
+        let buckets = Buckets::default();
+        let shared_config = Arc::new(RwLock::new(config.clone()));
+        let upkeep = upkeep::spawn_upkeep(buckets.clone(), shared_config.clone());
+        let manager = Self { store, buckets, config: shared_config, upkeep };
         for (target, initial) in targets.into_iter().zip(backlog) {
             let (queue, rx) = mpsc::unbounded_channel();
             let running = manager.spawn(target, config.clone(), queue, rx, initial);
@@ -188,6 +203,7 @@ impl UploadManager {
     /// start from now on (uploads in flight finish with the old ones).
     pub async fn reconfigure(&self, targets: Vec<Target>, config: UploadConfig) -> Result<Reconfigured, StoreError> {
         let mut changes = Reconfigured::default();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
         let stopped: Vec<Running> = {
             let mut buckets = write(&self.buckets);
             let (kept, stopped) =
@@ -255,6 +271,7 @@ impl UploadManager {
     /// Stop the workers; uploads in flight are abandoned (their blocks stay
     /// pending in `.meta` and resume at the next start).
     pub async fn shutdown(&self) {
+        self.upkeep.abort();
         let stopped = std::mem::take(&mut *write(&self.buckets));
         for r in stopped {
             r.task.abort();

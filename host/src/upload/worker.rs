@@ -190,16 +190,16 @@ async fn try_upload(
         content_type: if ext.ends_with(".gz") { "application/gzip" } else { "application/octet-stream" }.into(),
     };
     let started = Instant::now();
-    let result = target.client.put_block(&info, &body).await;
+    let result = target.client.put_block_versioned(&info, &body).await;
     let (status, attempt) = match result {
-        Ok(outcome) => {
+        Ok((outcome, version)) => {
             stats.latency_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             stats.upload_seconds.observe(started.elapsed());
             let at_ms = now_ms();
             if outcome == Outcome::Uploaded {
                 stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(bucket = %target.name, block = n, key = %info.key, "uploaded");
-                (BucketStatus::Uploaded { at_ms }, Attempt::Done)
+                tracing::debug!(bucket = %target.name, block = n, key = %info.key, ?version, "uploaded");
+                (BucketStatus::Uploaded { at_ms, version }, Attempt::Done)
             } else {
                 stats.already_present.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(bucket = %target.name, block = n, key = %info.key, "already present");

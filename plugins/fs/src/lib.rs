@@ -248,7 +248,7 @@ fn parse_meta(text: &str) -> Option<([u8; 16], u64)> {
     Some((md5?, size?))
 }
 
-blockferry_guest::export_provider!(Component);
+blockferry_guest::export_reading_provider!(Component);
 
 #[cfg(test)]
 mod tests {

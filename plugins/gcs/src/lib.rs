@@ -674,7 +674,7 @@ impl blockferry_guest::Guest for Component {
     type Bucket = GcsBucket;
 }
 
-blockferry_guest::export_provider!(Component);
+blockferry_guest::export_reading_provider!(Component);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,13 @@
 //! (`output-stream.splice`), so large bodies are copied by the host and never
 //! pass through guest memory. The request is handed to the host before the
 //! body is written, so bodies of any size stream.
+//!
+//! A response body is read into guest memory (capped: error documents, XML
+//! listings, JSON metadata), or, for a 2xx answer to a request with a
+//! [`Request::sink`], spliced into that host `output-stream` (a `block-sink`),
+//! so objects read back never pass through guest memory either.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use wasip2::http::outgoing_handler;
@@ -85,6 +91,9 @@ pub struct Request {
     pub body: Body,
     /// Time limits of this attempt.
     pub timeouts: Timeouts,
+    /// Where the body of a 2xx response goes instead of [`Response::body`]:
+    /// spliced into this stream (shared by the attempts of one call).
+    pub sink: Option<Rc<OutputStream>>,
 }
 
 /// A response, with its (small) body read.
@@ -94,8 +103,12 @@ pub struct Response {
     pub status: u16,
     /// Header names (lower-case) and values.
     pub headers: Vec<(String, String)>,
-    /// The body, at most [`MAX_RESPONSE_BODY`] bytes of it.
+    /// The body, at most [`MAX_RESPONSE_BODY`] bytes of it (empty when it
+    /// went to the request's sink).
     pub body: Vec<u8>,
+    /// How many bytes of the body were spliced into the request's sink;
+    /// `None` when the body is in `body`.
+    pub streamed: Option<u64>,
 }
 
 impl Response {
@@ -116,6 +129,10 @@ pub enum HttpError {
     Transport(String),
     /// The request itself is invalid (a header, the URI); not worth retrying.
     Invalid(String),
+    /// The response body broke off after some of it was spliced into the
+    /// request's sink: not worth retrying within the call (the sink holds
+    /// part of a body).
+    Interrupted(String),
 }
 
 impl std::fmt::Display for HttpError {
@@ -126,6 +143,7 @@ impl std::fmt::Display for HttpError {
             ),
             HttpError::Transport(e) => write!(f, "connection error: {e}"),
             HttpError::Invalid(e) => write!(f, "invalid request: {e}"),
+            HttpError::Interrupted(e) => write!(f, "the response body broke off: {e}"),
         }
     }
 }
@@ -173,12 +191,14 @@ pub struct Exchange {
     /// Set when writing the body failed; reported if the response is an error too.
     upload_error: Option<String>,
     future: FutureIncomingResponse,
+    /// Where a 2xx response's body goes.
+    sink: Option<Rc<OutputStream>>,
 }
 
 impl Exchange {
     /// Hands `request` to the host and starts it; the body is written by [`Exchange::step`].
     pub fn start(request: Request) -> Result<Self, HttpError> {
-        let Request { method, https, authority, path_and_query, mut headers, body, timeouts } = request;
+        let Request { method, https, authority, path_and_query, mut headers, body, timeouts, sink } = request;
         headers.retain(|(k, _)| k != "content-length");
         let len = body.len();
         // Every request but GET and HEAD says its length, `0` included: some
@@ -212,7 +232,7 @@ impl Exchange {
             Body::Bytes(data) => Some(Source::Bytes { data, pos: 0 }),
             Body::Stream { stream, len } => Some(Source::Stream { input: stream, remaining: len }),
         };
-        let mut exchange = Exchange { upload: None, upload_error: None, future };
+        let mut exchange = Exchange { upload: None, upload_error: None, future, sink };
         match source {
             None => {
                 OutgoingBody::finish(outgoing_body, None).map_err(|e| map_error_code(&e))?;
@@ -277,21 +297,29 @@ impl Exchange {
                 }
                 Progress::Done(Err(err))
             }
-            Ok(Ok(response)) => {
-                let status = response.status();
+            Ok(Ok(incoming)) => {
+                let status = incoming.status();
                 let headers = {
-                    let fields = response.headers();
+                    let fields = incoming.headers();
                     fields
                         .entries()
                         .into_iter()
                         .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into()))
                         .collect()
                 };
-                let body = match response.consume() {
-                    Ok(body) => read_body(body),
-                    Err(()) => Ok(Vec::new()),
+                let mut response = Response { status, headers, body: Vec::new(), streamed: None };
+                let body = match incoming.consume() {
+                    Ok(body) => body,
+                    Err(()) => return Progress::Done(Ok(response)),
                 };
-                Progress::Done(body.map(|body| Response { status, headers, body }))
+                let read = match &self.sink {
+                    Some(sink) if (200..300).contains(&status) => {
+                        let expected = response.header("content-length").and_then(|v| v.trim().parse().ok());
+                        splice_body(body, sink, expected).map(|n| response.streamed = Some(n))
+                    }
+                    _ => read_body(body).map(|bytes| response.body = bytes),
+                };
+                Progress::Done(read.map(|()| response))
             }
         }
     }
@@ -358,6 +386,38 @@ fn read_body(body: IncomingBody) -> Result<Vec<u8>, HttpError> {
     }
     drop(IncomingBody::finish(body));
     Ok(out)
+}
+
+/// Splices a response body into `sink` (blocking) and flushes it; returns the
+/// bytes written. `expected` is the `content-length`, if sent: a body that ends
+/// (or a sink that closes) before it is an error. A failure before the first
+/// byte is a [`HttpError::Transport`] (worth retrying), after it an
+/// [`HttpError::Interrupted`].
+fn splice_body(body: IncomingBody, sink: &OutputStream, expected: Option<u64>) -> Result<u64, HttpError> {
+    let mut written = 0u64;
+    let mut result = match body.stream() {
+        Err(()) => Err("response body stream already taken".to_string()),
+        Ok(input) => loop {
+            match sink.blocking_splice(&input, SPLICE_CHUNK) {
+                Ok(n) => written += n,
+                // The body's end (or, ambiguously, a closed sink: the length check tells).
+                Err(StreamError::Closed) => break Ok(()),
+                Err(e) => break Err(stream_error(e)),
+            }
+        },
+    };
+    result = result.and_then(|()| sink.blocking_flush().map_err(|e| format!("flushing the sink: {}", stream_error(e))));
+    if let (Ok(()), Some(expected)) = (&result, expected)
+        && written != expected
+    {
+        result = Err(format!("{written} of the {expected} bytes of the body arrived"));
+    }
+    drop(IncomingBody::finish(body));
+    match result {
+        Ok(()) => Ok(written),
+        Err(e) if written == 0 => Err(HttpError::Transport(format!("reading the response body: {e}"))),
+        Err(e) => Err(HttpError::Interrupted(format!("after {written} bytes: {e}"))),
+    }
 }
 
 /// Renders a stream error.

@@ -11,11 +11,15 @@ impl Flavor for Minio {
     const DEFAULTS: Defaults = Defaults { provider: "minio", addressing: Addressing::Path, region: Some("us-east-1") };
 }
 
-/// The component: its only export is the `bucket` resource.
+/// The component: it exports the `bucket` and `reader` resources.
 struct Component;
 
 impl blockferry_guest::Guest for Component {
     type Bucket = S3Bucket<Minio>;
 }
 
-blockferry_guest::export_provider!(Component);
+impl blockferry_guest::ReaderGuest for Component {
+    type Reader = S3Bucket<Minio>;
+}
+
+blockferry_guest::export_reading_provider!(Component);

@@ -12,11 +12,15 @@ impl Flavor for Aws {
     const DEFAULTS: Defaults = Defaults { provider: "s3", addressing: Addressing::Virtual, region: None };
 }
 
-/// The component: its only export is the `bucket` resource.
+/// The component: it exports the `bucket` and `reader` resources.
 struct Component;
 
 impl blockferry_guest::Guest for Component {
     type Bucket = S3Bucket<Aws>;
 }
 
-blockferry_guest::export_provider!(Component);
+impl blockferry_guest::ReaderGuest for Component {
+    type Reader = S3Bucket<Aws>;
+}
+
+blockferry_guest::export_reading_provider!(Component);

@@ -5,11 +5,19 @@
 //!
 //! It is generic over a [`Flavor`] (the defaults that differ between AWS S3
 //! and MinIO); the `blockferry-s3` and `blockferry-minio` components each
-//! pick one and export `S3Bucket<TheirFlavor>`.
+//! pick one and export `S3Bucket<TheirFlavor>` as both their `bucket` and
+//! their `reader`.
+//!
+//! The reader: `get` is a `GetObject` whose body is spliced into the host's
+//! sink; `list` is `ListObjectsV2` paged with `start-after`; `health` is
+//! `HeadBucket`; `incomplete-uploads` is `ListMultipartUploads`;
+//! `abort-upload` is `AbortMultipartUpload`. All go through the same retry
+//! policy and error mapping as the uploads.
 
 pub mod settings;
 
 use std::marker::PhantomData;
+use std::rc::Rc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,6 +32,7 @@ use crate::http::{Body, HttpError, Request, Response};
 use crate::retry::{self, Call, Verdict};
 use crate::sigv4::{self, Signable};
 use crate::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use crate::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
 
 /// User-metadata header holding the content MD5 (base64) of every object written.
 pub const MD5_META_HEADER: &str = "x-amz-meta-content-md5";
@@ -47,26 +56,15 @@ pub struct S3Bucket<F: Flavor> {
 /// What a conditional create found.
 #[derive(Debug, PartialEq, Eq)]
 enum Created {
-    /// This call wrote the object.
-    Written,
+    /// This call wrote the object; the `x-amz-version-id` the server gave it, if any.
+    Written(Option<String>),
     /// An object already existed under the key (412 Precondition Failed).
     Exists,
 }
 
 impl<F: Flavor> GuestBucket for S3Bucket<F> {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
-        let (cfg, unknown) = Config::parse(&settings, &F::DEFAULTS)?;
-        if !unknown.is_empty() {
-            crate::log(
-                Level::Warn,
-                &format!(
-                    "{}: ignoring unknown settings {unknown:?} (known: {:?})",
-                    F::DEFAULTS.provider,
-                    settings::KNOWN_KEYS
-                ),
-            );
-        }
-        Ok(Bucket::new(S3Bucket::<F> { cfg, _flavor: PhantomData }))
+        Ok(Bucket::new(Self::new(&settings)?))
     }
 
     fn provider() -> String {
@@ -82,7 +80,10 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
             self.put_single(&block, body, &key)?
         };
         match created {
-            Created::Written => {
+            Created::Written(version) => {
+                if let Some(version) = version {
+                    crate::object_version(&block.key, &version);
+                }
                 crate::log(Level::Debug, &format!("uploaded {size} bytes to {}", self.cfg.location(&key)));
                 Ok(Outcome::Uploaded)
             }
@@ -102,13 +103,129 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
     }
 }
 
+impl<F: Flavor> GuestReader for S3Bucket<F> {
+    fn open(settings: Vec<(String, String)>) -> Result<Reader, String> {
+        Ok(Reader::new(Self::new(&settings)?))
+    }
+
+    /// `GetObject`, its body spliced into the sink; `none` on a 404 that is
+    /// not `NoSuchBucket`. The MD5 is the stored metadata's or a single-part
+    /// ETag's, as for `stat`.
+    fn get(&self, key: String, sink: &BlockSink) -> Result<Option<RemoteObject>, UploadError> {
+        let key = self.full_key(&key)?;
+        let cfg = &self.cfg;
+        let out = Rc::new(sink.stream().map_err(|e| {
+            UploadError::Transient(format!("GetObject {}: the host gave no sink stream: {e}", cfg.location(&key)))
+        })?);
+        let mut call = cfg.call(
+            "GetObject",
+            &key,
+            || {
+                let mut request = cfg.request(Method::Get, &key, &[], cfg.sse_c_headers(), Body::Empty);
+                request.sink = Some(out.clone());
+                Ok(request)
+            },
+            |response| match response.status {
+                200..=299 => {
+                    let size = response.streamed.unwrap_or_default();
+                    Accept::Done(Ok(Some(RemoteObject { size, ..remote_object(&response) })))
+                }
+                404 if crate::xml::s3_error(&response.body).0 != "NoSuchBucket" => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// `ListObjectsV2` with `start-after`; `next` is the page's last key when
+    /// the answer is truncated.
+    fn list(&self, prefix: String, after: Option<String>, limit: u32) -> Result<ObjectPage, UploadError> {
+        let cfg = &self.cfg;
+        let full_prefix = format!("{}{prefix}", cfg.prefix);
+        let mut query = vec![
+            ("list-type".to_string(), "2".to_string()),
+            ("max-keys".to_string(), limit.clamp(1, 1000).to_string()),
+            ("prefix".to_string(), full_prefix.clone()),
+        ];
+        if let Some(after) = after {
+            query.push(("start-after".to_string(), format!("{}{after}", cfg.prefix)));
+        }
+        let mut call = cfg.call(
+            "ListObjectsV2",
+            &full_prefix,
+            || Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |response| match (response.status, object_page(&response.body, &cfg.prefix)) {
+                (200..=299, Some(page)) => Accept::Done(Ok(page)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// `HeadBucket`: a missing bucket (404) and refused credentials (403) are
+    /// permanent, 5xx and connection errors are retried, then transient.
+    fn health(&self) -> Result<(), UploadError> {
+        let cfg = &self.cfg;
+        let mut call = cfg.call(
+            "HeadBucket",
+            "",
+            || Ok(cfg.request(Method::Head, "", &[], Vec::new(), Body::Empty)),
+            |response| match response.status {
+                200..=299 => Accept::Done(Ok(())),
+                404 => Accept::Done(Err(UploadError::Permanent(format!(
+                    "HeadBucket {}: bucket {:?} does not exist (HTTP 404); create it, or fix the `bucket` \
+                     setting (and `endpoint`)",
+                    cfg.location(""),
+                    cfg.bucket
+                )))),
+                403 => Accept::Done(Err(UploadError::Permanent(format!(
+                    "HeadBucket {}: the credentials were refused (HTTP 403); check `access_key_id`, \
+                     `secret_access_key` (and `session_token`) and that the bucket's policy lets them list, \
+                     read and write it",
+                    cfg.location("")
+                )))),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// `ListMultipartUploads` under the prefix (one page: at most 1000).
+    fn incomplete_uploads(&self, prefix: String) -> Result<Vec<IncompleteUpload>, UploadError> {
+        let cfg = &self.cfg;
+        let full_prefix = format!("{}{prefix}", cfg.prefix);
+        let query = vec![
+            ("max-uploads".to_string(), "1000".to_string()),
+            ("prefix".to_string(), full_prefix.clone()),
+            ("uploads".to_string(), String::new()),
+        ];
+        let mut call = cfg.call(
+            "ListMultipartUploads",
+            &full_prefix,
+            || Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |response| match (response.status, incomplete_uploads(&response.body, &cfg.prefix)) {
+                (200..=299, Some(uploads)) => Accept::Done(Ok(uploads)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// `AbortMultipartUpload`; an upload already gone (404) is not an error.
+    fn abort_upload(&self, upload: IncompleteUpload) -> Result<(), UploadError> {
+        let key = self.full_key(&upload.key)?;
+        self.abort(&key, &upload.id)
+    }
+}
+
 impl Config {
     /// `s3://bucket/key`, as messages name an object.
     fn location(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    /// Builds and signs a request on `key` (the full key, prefix included).
+    /// Builds and signs a request on `key` (the full key, prefix included;
+    /// empty for a request on the bucket itself).
     fn request(
         &self,
         method: Method,
@@ -118,6 +235,7 @@ impl Config {
         body: Body,
     ) -> Request {
         let (authority, path) = match self.addressing {
+            Addressing::Path if key.is_empty() => (self.endpoint_authority.clone(), format!("/{}", self.bucket)),
             Addressing::Path => (self.endpoint_authority.clone(), format!("/{}/{key}", self.bucket)),
             Addressing::Virtual => (format!("{}.{}", self.bucket, self.endpoint_authority), format!("/{key}")),
         };
@@ -152,7 +270,7 @@ impl Config {
         headers.push(("authorization".into(), authorization));
         let path_and_query =
             if query.is_empty() { canonical_uri } else { format!("{canonical_uri}?{}", sigv4::canonical_query(query)) };
-        Request { method, https: self.https, authority, path_and_query, headers, body, timeouts: self.timeouts }
+        Request { method, https: self.https, authority, path_and_query, headers, body, timeouts: self.timeouts, sink: None }
     }
 
     /// Headers of a new object (single PUT or CreateMultipartUpload):
@@ -204,6 +322,22 @@ impl Config {
 }
 
 impl<F: Flavor> S3Bucket<F> {
+    /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
+    fn new(settings: &[(String, String)]) -> Result<Self, String> {
+        let (cfg, unknown) = Config::parse(settings, &F::DEFAULTS)?;
+        if !unknown.is_empty() {
+            crate::log(
+                Level::Warn,
+                &format!(
+                    "{}: ignoring unknown settings {unknown:?} (known: {:?})",
+                    F::DEFAULTS.provider,
+                    settings::KNOWN_KEYS
+                ),
+            );
+        }
+        Ok(S3Bucket::<F> { cfg, _flavor: PhantomData })
+    }
+
     /// The object key of `key`: the `prefix` setting prepended when non-empty.
     fn full_key(&self, key: &str) -> Result<String, UploadError> {
         let full = format!("{}{key}", self.cfg.prefix);
@@ -252,7 +386,7 @@ impl<F: Flavor> S3Bucket<F> {
                 Ok(cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size }))
             },
             |response| match response.status {
-                200..=299 => Accept::Done(Ok(Created::Written)),
+                200..=299 => Accept::Done(Ok(Created::Written(version_id(&response)))),
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
@@ -287,8 +421,22 @@ impl<F: Flavor> S3Bucket<F> {
         );
         let upload_id = retry::run_one(&mut create, &cfg.policy)?;
         let result = self.upload_parts_and_complete(block, body, key, &upload_id);
-        if !matches!(result, Ok(Created::Written)) {
-            self.abort(key, &upload_id);
+        if !matches!(result, Ok(Created::Written(_))) {
+            match self.abort(key, &upload_id) {
+                Ok(()) => crate::log(
+                    Level::Info,
+                    &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)),
+                ),
+                Err(e) => crate::log(
+                    Level::Error,
+                    &format!(
+                        "could not abort multipart upload {upload_id} of {}: {e:?}; an incomplete upload is \
+                         left (an AbortIncompleteMultipartUpload lifecycle rule on the bucket, or the host's \
+                         cleanup of incomplete uploads, removes it)",
+                        cfg.location(key)
+                    ),
+                ),
+            }
         }
         result
     }
@@ -393,7 +541,7 @@ impl<F: Flavor> S3Bucket<F> {
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
                 200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
-                    Accept::Done(Ok(Created::Written))
+                    Accept::Done(Ok(Created::Written(version_id(&response))))
                 }
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
@@ -402,9 +550,9 @@ impl<F: Flavor> S3Bucket<F> {
         retry::run_one(&mut complete, &cfg.policy)
     }
 
-    /// Aborts a multipart upload so no incomplete upload is left behind;
-    /// a failure is logged (the bucket's lifecycle rule is the backstop).
-    fn abort(&self, key: &str, upload_id: &str) {
+    /// Aborts multipart upload `upload_id` of `key`; one already gone (404
+    /// `NoSuchUpload`) is not an error.
+    fn abort(&self, key: &str, upload_id: &str) -> Result<(), UploadError> {
         let cfg = &self.cfg;
         let query = vec![("uploadId".to_string(), upload_id.to_string())];
         let mut call = cfg.call(
@@ -416,20 +564,52 @@ impl<F: Flavor> S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        match retry::run_one(&mut call, &cfg.policy) {
-            Ok(()) => {
-                crate::log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)))
-            }
-            Err(e) => crate::log(
-                Level::Error,
-                &format!(
-                    "could not abort multipart upload {upload_id} of {}: {e:?}; an incomplete upload \
-                     is left (an AbortIncompleteMultipartUpload lifecycle rule on the bucket cleans it up)",
-                    cfg.location(key)
-                ),
-            ),
+        retry::run_one(&mut call, &cfg.policy)
+    }
+}
+
+/// The `x-amz-version-id` of a write's response, if the bucket is versioned.
+fn version_id(response: &Response) -> Option<String> {
+    response.header("x-amz-version-id").map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
+}
+
+/// The page of a `ListObjectsV2` answer, keys without the `prefix` setting
+/// `key_prefix`; `next` is the last key when the answer is truncated. `None`
+/// when the answer is not a listing.
+fn object_page(xml: &[u8], key_prefix: &str) -> Option<ObjectPage> {
+    if crate::xml::root_name(xml)? != "ListBucketResult" {
+        return None;
+    }
+    let mut objects = Vec::new();
+    for contents in crate::xml::records(xml, "Contents")? {
+        let full_key = crate::xml::field(&contents, "Key")?;
+        let size = crate::xml::field(&contents, "Size")?.trim().parse().ok()?;
+        if let Some(key) = full_key.strip_prefix(key_prefix) {
+            objects.push(ListedObject { key: key.to_string(), size });
         }
     }
+    let truncated = crate::xml::element_text(xml, "IsTruncated").is_some_and(|t| t.trim() == "true");
+    let next = if truncated { objects.last().map(|o| o.key.clone()) } else { None };
+    Some(ObjectPage { objects, next })
+}
+
+/// The uploads of a `ListMultipartUploads` answer, keys without the
+/// `prefix` setting `key_prefix`; `None` when the answer is not such a list.
+fn incomplete_uploads(xml: &[u8], key_prefix: &str) -> Option<Vec<IncompleteUpload>> {
+    if crate::xml::root_name(xml)? != "ListMultipartUploadsResult" {
+        return None;
+    }
+    let mut uploads = Vec::new();
+    for upload in crate::xml::records(xml, "Upload")? {
+        let (Some(key), Some(id)) = (crate::xml::field(&upload, "Key"), crate::xml::field(&upload, "UploadId")) else {
+            return None;
+        };
+        if let Some(key) = key.strip_prefix(key_prefix) {
+            let started_ms = crate::xml::field(&upload, "Initiated").and_then(crate::parse_timestamp_ms).unwrap_or(0);
+            uploads.push(IncompleteUpload { key: key.to_string(), id: id.to_string(), started_ms });
+        }
+    }
+    Some(uploads)
 }
 
 /// MD5 (base64) of `len` bytes of `body` at `offset`, read in bounded chunks.
@@ -569,6 +749,12 @@ impl<T> Call for S3Call<'_, T> {
             Err(HttpError::Invalid(e)) => {
                 return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
             }
+            Err(HttpError::Interrupted(e)) => {
+                return Verdict::Done(Err(UploadError::Transient(format!(
+                    "{}: the object's body broke off {e}; retry later",
+                    self.target()
+                ))));
+            }
             Err(HttpError::Transport(e)) => {
                 return Verdict::Retry { why: format!("{}: connection error: {e}", self.target()), retry_after: None };
             }
@@ -689,6 +875,49 @@ mod tests {
         assert!(!r.https);
         assert_eq!((r.authority.as_str(), r.path_and_query.as_str()), ("127.0.0.1:9000", "/blocks/k"));
         assert_eq!(header(&r, "x-amz-security-token"), None);
+
+        // Requests on the bucket itself (HeadBucket, listings).
+        let query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), "a b/".to_string())];
+        let r = path_style.request(Method::Get, "", &query, Vec::new(), Body::Empty);
+        assert_eq!(r.path_and_query, "/blocks?list-type=2&prefix=a%20b%2F");
+        let r = virtual_hosted.request(Method::Head, "", &[], Vec::new(), Body::Empty);
+        assert_eq!((r.authority.as_str(), r.path_and_query.as_str()), ("blocks.s3.eu-west-1.amazonaws.com", "/"));
+    }
+
+    #[test]
+    fn listings_drop_the_prefix_setting_and_page_by_the_last_key() {
+        let xml = br#"<ListBucketResult><IsTruncated>true</IsTruncated>
+<Contents><Key>pre/blocks/1.blk</Key><Size>10</Size></Contents><Contents><Key>pre/blocks/2.blk</Key><Size>20</Size></Contents>
+</ListBucketResult>"#;
+        let page = object_page(xml, "pre/").unwrap();
+        let keys: Vec<(&str, u64)> = page.objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
+        assert_eq!(keys, [("blocks/1.blk", 10), ("blocks/2.blk", 20)]);
+        assert_eq!(page.next.as_deref(), Some("blocks/2.blk"));
+        let last = br#"<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>k</Key><Size>1</Size></Contents></ListBucketResult>"#;
+        assert_eq!(object_page(last, "").unwrap().next, None);
+        assert!(object_page(b"<Error><Code>NoSuchBucket</Code></Error>", "").is_none());
+        assert!(object_page(b"<ListBucketResult><Contents><Key>k</Key></Contents></ListBucketResult>", "").is_none());
+
+        let xml = br#"<ListMultipartUploadsResult><Upload><Key>pre/b/1.blk</Key><UploadId>u1</UploadId>
+<Initiated>2010-11-10T20:48:33.000Z</Initiated></Upload><Upload><Key>pre/b/2.blk</Key><UploadId>u2</UploadId></Upload>
+</ListMultipartUploadsResult>"#;
+        let uploads = incomplete_uploads(xml, "pre/").unwrap();
+        let got: Vec<(&str, &str, u64)> =
+            uploads.iter().map(|u| (u.key.as_str(), u.id.as_str(), u.started_ms)).collect();
+        assert_eq!(got, [("b/1.blk", "u1", 1_289_422_113_000), ("b/2.blk", "u2", 0)]);
+        assert!(incomplete_uploads(b"<ListBucketResult/>", "").is_none());
+    }
+
+    #[test]
+    fn version_ids_only_when_sent() {
+        let response = |headers: &[(&str, &str)]| Response {
+            status: 200,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+            streamed: None,
+        };
+        assert_eq!(version_id(&response(&[("x-amz-version-id", "3/L4kqtJlcpXroDTDmJ")])).as_deref(), Some("3/L4kqtJlcpXroDTDmJ"));
+        assert_eq!(version_id(&response(&[])), None);
     }
 
     #[test]
@@ -731,6 +960,7 @@ mod tests {
             status: 200,
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: Vec::new(),
+            streamed: None,
         };
         let md5 = [3u8; 16];
         let meta = B64.encode(md5);

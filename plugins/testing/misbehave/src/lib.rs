@@ -17,13 +17,36 @@
 //! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
 //!
 //! `open` fails when the settings contain a `fail-open` key; `stat` always returns `none`.
+//!
+//! It is built against the plain `provider` world (no `bucket-reader`), so the
+//! host's tests also have an uploader-only provider. The types and host
+//! functions are `blockferry_guest`'s; only the export is generated here.
 
 use md5::{Digest, Md5};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-use blockferry_guest::{BlockBody, BlockInfo, Bucket, Guest, GuestBucket, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{BlockBody, BlockInfo, Outcome, RemoteObject, UploadError};
+
+/// The `provider` world's `bucket-uploader` export; everything it imports is
+/// `blockferry_guest`'s.
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "provider",
+        with: {
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+            "blockferry:uploader/types@0.1.1": blockferry_guest::bindings::blockferry::uploader::types,
+            "blockferry:uploader/host@0.1.1": blockferry_guest::bindings::blockferry::uploader::host,
+        },
+    });
+}
+
+use bindings::exports::blockferry::uploader::bucket_uploader::{Bucket, Guest, GuestBucket};
 
 /// Bytes read per call on the body paths.
 const CHUNK: u32 = 64 * 1024;
@@ -187,4 +210,4 @@ fn check_md5(block: &BlockInfo, md5: [u8; 16]) -> Result<(), UploadError> {
     }
 }
 
-blockferry_guest::export_provider!(Component);
+bindings::export!(Component with_types_in bindings);
