@@ -39,6 +39,7 @@ fn fast_retries() -> UploadConfig {
         hold_after_permanent_error_secs: 1,
         local_retention_hours: 0.0,
         retention_interval_secs: 1,
+        ..UploadConfig::default()
     }
 }
 

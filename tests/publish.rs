@@ -58,7 +58,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlockStore::open(dir.path(), Compression::None).unwrap());
         let buffer = Arc::new(BlockBuffer::new(BufferConfig::default(), true));
-        let publisher = Some(Publisher::start(config, nodes, buffer.clone(), Some(store.clone())));
+        let publisher = Some(Publisher::start(config, nodes, buffer.clone(), Some(store.clone()), None));
         Rig { _dir: dir, store, buffer, publisher }
     }
 

@@ -74,7 +74,7 @@ async fn publisher(blocks: &[Arc<Block>], pace: Duration) -> (Duration, Publishe
     let node = BlockNode::builder().keep_items(false).start().await.unwrap();
     let buffer =
         Arc::new(BlockBuffer::new(BufferConfig { max_bytes: 8 << 30, ttl_secs: 100_000, ..Default::default() }, true));
-    let publisher = Publisher::start(PublishConfig::default(), vec![node_config(&node)], buffer.clone(), None);
+    let publisher = Publisher::start(PublishConfig::default(), vec![node_config(&node)], buffer.clone(), None, None);
     buffer.insert(blocks[0].clone());
     while buffer.highest_acked() != Some(0) {
         tokio::time::sleep(Duration::from_millis(1)).await;

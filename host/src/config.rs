@@ -342,6 +342,12 @@ pub struct PublishConfig {
     /// to switch back to it once it is reachable.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// A block node asking for a block local retention already deleted gets
+    /// it read back from a bucket, if it is at most this many blocks older
+    /// than the newest block held; older ones end the stream with
+    /// `TOO_FAR_BEHIND`. 0: never read from buckets.
+    #[serde(default = "default_archive_max_blocks_behind")]
+    pub archive_max_blocks_behind: u64,
 }
 
 impl Default for PublishConfig {
@@ -357,6 +363,7 @@ impl Default for PublishConfig {
             max_backoff_ms: default_max_backoff_ms(),
             ack_latency_bound_ms: default_ack_latency_bound_ms(),
             probe_interval_ms: default_probe_interval_ms(),
+            archive_max_blocks_behind: default_archive_max_blocks_behind(),
         }
     }
 }
@@ -485,6 +492,10 @@ impl Default for UploadConfig {
     }
 }
 
+fn default_archive_max_blocks_behind() -> u64 {
+    // A day of blocks at one block per two seconds.
+    43_200
+}
 fn default_health_check_interval_secs() -> u64 {
     60
 }

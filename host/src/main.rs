@@ -29,8 +29,15 @@ enum Command {
     /// Per bucket: uploaded, already present, pending, failed and
     /// hash-mismatched blocks, the oldest pending block and the lag.
     Status(cmd::status::StatusArgs),
-    /// Compare each local block's MD5 with what every bucket holds under its key.
+    /// Compare each local block's MD5 with what every bucket holds under its
+    /// key (what the bucket reports; with --deep, the MD5 of the content
+    /// downloaded). Exit 1 when anything is missing or mismatched.
     Verify(cmd::verify::VerifyArgs),
+    /// Download a range of blocks from one bucket into DIR, a block store
+    /// (block files and `.meta`s), checking each against the MD5 the bucket
+    /// reports; never overwrites a block DIR holds. Exit 1 when objects are
+    /// missing or a block could not be restored.
+    Restore(cmd::restore::RestoreArgs),
     /// Write a commented example config.
     Init {
         /// Where to write it.
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
             Command::Import(args) => tokio::task::spawn_blocking(move || cmd::import::run(args)).await?,
             Command::Status(args) => tokio::task::spawn_blocking(move || cmd::status::run(args)).await?,
             Command::Verify(args) => cmd::verify::run(args).await,
+            Command::Restore(args) => cmd::restore::run(args).await,
             Command::Init { path, force } => cmd::init::run(&path, force),
             Command::Plugin(c) => cmd::plugin::run(c).await,
         }

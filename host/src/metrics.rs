@@ -483,6 +483,7 @@ impl Sources {
             ("timeouts_total", "Pipeline timeouts and stalled nodes"),
             ("item_too_large_total", "Blocks with an item above the node's hard limit"),
             ("end_of_stream_rate_limited_total", "Nodes rescheduled for sending too many EndOfStreams"),
+            ("archive_reads_total", "Blocks local retention had deleted, read back from a bucket for a block node"),
         ] {
             let mut rows = by_metric.remove(metric).unwrap_or_default();
             // Per-node counters start at 0 for every configured node.

@@ -22,7 +22,9 @@ use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{BlockNodeAcks, RetentionSettings, Target, UploadManager, run_retention, spawn_retention};
+use blockferry::upload::{
+    BlockNodeAcks, BucketArchive, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
+};
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
 
@@ -148,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             config.block_nodes.clone(),
             buffer.clone(),
             Some(store.clone()),
+            Some(Arc::new(BucketArchive::new(manager.clone(), store.ext(), config.ingest.max_block_bytes as u64))),
         ))
     });
     let acks = {

@@ -2,22 +2,29 @@
 //! under each local block's key and compare the remote content MD5 with the
 //! MD5 in the block's `.meta`. Each bucket is checked with its own bounded
 //! concurrency (its `concurrency` setting).
+//!
+//! The plain check trusts what the bucket says of the object (`stat`: the
+//! MD5 recorded at upload, or a single-part ETag). `--deep` also downloads
+//! every object that passes it (through the plugin's `bucket-reader`, into a
+//! digest-only sink that accepts at most the local size + 1 bytes) and
+//! compares the MD5 of the bytes received with the `.meta`'s, which catches
+//! an object rewritten behind blockferry's back with the same size and
+//! metadata. A bucket whose plugin cannot read is reported as an error.
 
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use blockferry::store::{BlockStore, BucketStatus, StoreError};
+use blockferry::plugin::{BlockSink, CallError, SinkTarget};
+use blockferry::store::{BlockMeta, BlockStore, BucketStatus, StoreError, md5_base64};
 use blockferry::upload::Target;
 use clap::Args;
 use futures::StreamExt;
 
 use super::run::open_targets;
 use super::status::{ConfigArgs, open_existing_store};
-
-/// Block numbers listed per kind of problem.
-const LISTED: usize = 10;
+use super::{Found, LISTED, parse_range};
 
 /// Options of `blockferry verify`.
 #[derive(Args)]
@@ -28,22 +35,11 @@ pub struct VerifyArgs {
     /// Only the blocks in this range: `A..B` (B excluded), `A..=B`, `A..` or `..B`.
     #[arg(long, value_name = "A..B", value_parser = parse_range)]
     pub range: Option<RangeInclusive<u64>>,
-}
-
-/// Parse `A..B`, `A..=B`, `A..` or `..B` into an inclusive range.
-fn parse_range(text: &str) -> Result<RangeInclusive<u64>, String> {
-    let (start, end) = text.split_once("..").ok_or_else(|| format!("`{text}` is not a range like 100..200"))?;
-    let number = |s: &str| s.trim().parse::<u64>().map_err(|e| format!("`{s}` in `{text}`: {e}"));
-    let first = if start.is_empty() { 0 } else { number(start)? };
-    let last = match end.strip_prefix('=') {
-        Some(end) => number(end)?,
-        None if end.is_empty() => u64::MAX,
-        None => number(end)?.checked_sub(1).ok_or_else(|| format!("`{text}` is empty"))?,
-    };
-    if first > last {
-        return Err(format!("`{text}` is empty"));
-    }
-    Ok(first..=last)
+    /// Also download every object that matches by metadata and compare the
+    /// MD5 of its content with the local one (needs plugins that can read:
+    /// the `reading-provider` world; a bucket whose plugin cannot is an error).
+    #[arg(long)]
+    pub deep: bool,
 }
 
 /// What one bucket holds for one block.
@@ -57,35 +53,14 @@ enum Check {
     NotUploaded,
     /// Different content.
     Mismatched,
+    /// Matching by metadata, but the content downloaded differs (`--deep`).
+    ContentDiffers(String),
     /// Present with the right size, but the bucket reports no content MD5.
     UnknownMd5,
     /// Deleted locally (by retention) since the listing.
     Gone,
     /// The check itself failed.
     Error(String),
-}
-
-/// A count and the first few block numbers counted.
-#[derive(Debug, Default)]
-struct Found {
-    count: u64,
-    first: Vec<u64>,
-}
-
-impl Found {
-    fn add(&mut self, n: u64) {
-        self.count += 1;
-        if self.first.len() < LISTED {
-            self.first.push(n);
-        }
-    }
-
-    /// `3, 7, 9` or `3, 7, 9, … (12 more)`.
-    fn numbers(&self) -> String {
-        let listed: Vec<String> = self.first.iter().map(u64::to_string).collect();
-        let more = self.count - self.first.len() as u64;
-        if more > 0 { format!("{}, … ({more} more)", listed.join(", ")) } else { listed.join(", ") }
-    }
 }
 
 /// The outcome of verifying one bucket.
@@ -95,6 +70,8 @@ struct BucketReport {
     missing: Found,
     not_uploaded: u64,
     mismatched: Found,
+    /// What differs, for the first blocks whose downloaded content differs.
+    content_differs: Vec<String>,
     unknown_md5: Found,
     errors: Vec<String>,
     error_count: u64,
@@ -107,6 +84,12 @@ impl BucketReport {
             Check::Missing => self.missing.add(n),
             Check::NotUploaded => self.not_uploaded += 1,
             Check::Mismatched => self.mismatched.add(n),
+            Check::ContentDiffers(detail) => {
+                self.mismatched.add(n);
+                if self.content_differs.len() < LISTED {
+                    self.content_differs.push(format!("block {n}: content differs ({detail})"));
+                }
+            }
             Check::UnknownMd5 => self.unknown_md5.add(n),
             Check::Gone => {}
             Check::Error(e) => {
@@ -123,8 +106,9 @@ impl BucketReport {
     }
 }
 
-/// Compare block `n` in the store with what `target` holds under its key.
-async fn check(store: Arc<BlockStore>, target: Target, n: u64) -> Check {
+/// Compare block `n` in the store with what `target` holds under its key;
+/// with `deep`, download what matches by metadata and compare its content.
+async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Check {
     let meta = match tokio::task::spawn_blocking({
         let store = store.clone();
         move || store.read_meta(n)
@@ -137,28 +121,55 @@ async fn check(store: Arc<BlockStore>, target: Target, n: u64) -> Check {
         Err(e) => return Check::Error(format!("block {n}: {e}")),
     };
     let key = (target.key)(n, meta.ext());
-    match target.client.stat(&key).await {
-        Ok(None) => match meta.status(&target.name) {
-            BucketStatus::Pending | BucketStatus::Failed { .. } => Check::NotUploaded,
-            _ => Check::Missing,
-        },
-        Ok(Some(remote)) => match remote.md5 {
-            Some(md5) if md5 == meta.md5_bytes() => Check::Matching,
-            Some(_) => Check::Mismatched,
-            None if remote.size != meta.size => Check::Mismatched,
-            None => Check::UnknownMd5,
-        },
-        Err(e) => Check::Error(format!("block {n}: stat `{key}`: {e}")),
+    let remote = match target.client.stat(&key).await {
+        Ok(None) => {
+            return match meta.status(&target.name) {
+                BucketStatus::Pending | BucketStatus::Failed { .. } => Check::NotUploaded,
+                _ => Check::Missing,
+            };
+        }
+        Ok(Some(remote)) => remote,
+        Err(e) => return Check::Error(format!("block {n}: stat `{key}`: {e}")),
+    };
+    let by_metadata = match remote.md5 {
+        Some(md5) if md5 == meta.md5_bytes() => Check::Matching,
+        Some(_) => Check::Mismatched,
+        None if remote.size != meta.size => Check::Mismatched,
+        None => Check::UnknownMd5,
+    };
+    match by_metadata {
+        Check::Matching | Check::UnknownMd5 if deep => {
+            if remote.size > meta.size {
+                let detail = format!("the object is {} bytes, local {} bytes", remote.size, meta.size);
+                return Check::ContentDiffers(detail);
+            }
+            check_content(&target, &key, &meta).await
+        }
+        other => other,
+    }
+}
+
+/// Download the object under `key` (its MD5 only) and compare it with `meta`.
+async fn check_content(target: &Target, key: &str, meta: &BlockMeta) -> Check {
+    let n = meta.number;
+    let sink = BlockSink::new(SinkTarget::Digest, meta.size + 1);
+    match target.client.get(key, sink).await {
+        Ok(None) => Check::Missing,
+        Ok(Some((_, received))) if received.md5[..] == meta.md5_bytes()[..] => Check::Matching,
+        Ok(Some((_, received))) => {
+            Check::ContentDiffers(format!("downloaded MD5 {}, local {}", md5_base64(&received.md5), meta.md5))
+        }
+        Err(e) => Check::Error(format!("block {n}: get `{key}`: {e}")),
     }
 }
 
 /// Verify every block of `numbers` in `target`, `target.concurrency` at a time.
-async fn verify_bucket(store: Arc<BlockStore>, target: Target, numbers: Arc<Vec<u64>>) -> BucketReport {
+async fn verify_bucket(store: Arc<BlockStore>, target: Target, numbers: Arc<Vec<u64>>, deep: bool) -> BucketReport {
     let concurrency = target.concurrency.max(1);
     let mut checks = futures::stream::iter(numbers.iter().copied())
         .map(|n| {
             let (store, target) = (store.clone(), target.clone());
-            async move { (n, tokio::spawn(check(store, target, n)).await) }
+            async move { (n, tokio::spawn(check(store, target, n, deep)).await) }
         })
         .buffered(concurrency);
     let mut report = BucketReport::default();
@@ -185,11 +196,26 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|t| {
             let name = t.name.clone();
-            (name, tokio::spawn(verify_bucket(store.clone(), t, numbers.clone())))
+            if args.deep && !t.client.can_read() {
+                let e = CallError::NoReader {
+                    plugin: t.client.label().to_string(),
+                    what: "read objects for verify --deep",
+                };
+                return (name, Err(e));
+            }
+            (name, Ok(tokio::spawn(verify_bucket(store.clone(), t, numbers.clone(), args.deep))))
         })
         .collect();
     let mut all_ok = true;
     for (name, task) in tasks {
+        let task = match task {
+            Ok(task) => task,
+            Err(e) => {
+                all_ok = false;
+                println!("bucket {name}: error: {e}");
+                continue;
+            }
+        };
         let r = task.await.with_context(|| format!("verifying bucket {name}"))?;
         all_ok &= r.ok();
         println!(
@@ -201,6 +227,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!("  {what}: {}", found.numbers());
             }
         }
+        for d in &r.content_differs {
+            println!("  {d}");
+        }
         for e in &r.errors {
             println!("  error: {e}");
         }
@@ -209,26 +238,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "verified {} local blocks: {}",
+        "verified {} local blocks{}: {}",
         numbers.len(),
+        if args.deep { " (deep: content downloaded)" } else { "" },
         if all_ok { "nothing missing or mismatched" } else { "problems found" }
     );
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("10..20"), Ok(10..=19));
-        assert_eq!(parse_range("10..=20"), Ok(10..=20));
-        assert_eq!(parse_range("10.."), Ok(10..=u64::MAX));
-        assert_eq!(parse_range("..5"), Ok(0..=4));
-        assert!(parse_range("5..5").is_err());
-        assert!(parse_range("..0").is_err());
-        assert!(parse_range("x..3").is_err());
-        assert!(parse_range("7").is_err());
-    }
 }

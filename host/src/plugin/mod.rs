@@ -26,17 +26,17 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
 pub use bindings::{BlockInfo, IncompleteUpload, ListedObject, ObjectPage, Outcome, RemoteObject};
-pub use sink::{BlockSink, Received, SinkTarget};
 pub use body::BlockBody;
 pub use cache::{ArtifactCache, Provenance};
 pub use check::{CONTRACT_VERSION, ComponentReport};
 pub use client::{BucketClient, BucketSpec, CallStats};
 pub use engine::EngineSettings;
 pub use error::{CallError, LoadError, PluginFailure};
+pub use sink::{BlockSink, Received, SinkTarget};
 
 use bindings::reading::{ReadingProvider, ReadingProviderIndices};
 use bindings::{Provider, ProviderIndices};

@@ -15,6 +15,7 @@
 //! (a block enters the buffer once durable), so every request is sent as soon
 //! as it is full or its block's items are all packed.
 
+pub mod archive;
 pub mod connection;
 pub mod packer;
 pub mod policy;
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 use crate::buffer::{Block, BlockBuffer};
 use crate::config::{BlockNodeConfig, PublishConfig};
 use crate::store::BlockStore;
+pub use archive::Archive;
 pub use connection::{ConnectionState, Ended};
 use policy::{Backoff, EndOfStreamLimit, Restart, Retry};
 
@@ -91,6 +93,10 @@ pub(crate) struct Ctx {
     config: PublishConfig,
     buffer: Arc<BlockBuffer>,
     store: Option<Arc<BlockStore>>,
+    archive: Option<Arc<dyn Archive>>,
+    /// The last block read back from the archive (asked for twice in a row:
+    /// to decide whether to rewind, then to send it).
+    archived: Mutex<Option<Arc<Block>>>,
     status: Mutex<PublishStatus>,
     counters: PublishCounters,
     streaming: AtomicU64,
@@ -130,9 +136,34 @@ impl Ctx {
             return Some(block);
         }
         let store = self.store.clone()?;
-        let bytes = tokio::task::spawn_blocking(move || store.read_block(number)).await.ok()?.ok()?;
+        let read = store.clone();
+        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || read.read_block(number)).await {
+            let items = split_block(&Bytes::from(bytes)).ok()?;
+            return Some(Arc::new(Block::new(number, items)));
+        }
+        self.archived(number).await
+    }
+
+    /// Block `number` from the archive, if it is within
+    /// `archive_max_blocks_behind` of the newest block held.
+    async fn archived(&self, number: u64) -> Option<Arc<Block>> {
+        let archive = self.archive.clone()?;
+        if let Some(block) = self.archived.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            && block.number == number
+        {
+            return Some(block);
+        }
+        let latest = self.buffer.state().latest.or(self.store_latest().await)?;
+        if latest.saturating_sub(number) > self.config.archive_max_blocks_behind {
+            return None;
+        }
+        let bytes = archive.fetch(number).await?;
         let items = split_block(&Bytes::from(bytes)).ok()?;
-        Some(Arc::new(Block::new(number, items)))
+        let block = Arc::new(Block::new(number, items));
+        *self.archived.lock().unwrap_or_else(|e| e.into_inner()) = Some(block.clone());
+        let node = self.status.lock().unwrap_or_else(|e| e.into_inner()).node.clone().unwrap_or_default();
+        self.count("archive_reads_total", &node);
+        Some(block)
     }
 
     /// The newest block in the store.
@@ -186,11 +217,14 @@ impl Publisher {
         nodes: Vec<BlockNodeConfig>,
         buffer: Arc<BlockBuffer>,
         store: Option<Arc<BlockStore>>,
+        archive: Option<Arc<dyn Archive>>,
     ) -> Self {
         let ctx = Arc::new(Ctx {
             config,
             buffer,
             store,
+            archive,
+            archived: Mutex::new(None),
             status: Mutex::new(PublishStatus::default()),
             counters: PublishCounters::default(),
             streaming: AtomicU64::new(0),

@@ -5,6 +5,7 @@
 
 mod meta;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,13 @@ pub enum StoreError {
     /// Block `number` is not in the store.
     #[error("block {0} is not in the store")]
     NotFound(u64),
+    /// Block `number`'s file is in the store without its `.meta`, so its
+    /// content cannot be compared; it is kept.
+    #[error(
+        "block {0}'s file is in the store without its .meta, so it is kept as it is; \
+         `blockferry run` on this store rebuilds the .meta at start-up"
+    )]
+    Unindexed(u64),
     /// A `.meta` file is not valid.
     #[error("block store: {path} is corrupt: {detail}")]
     CorruptMeta {
@@ -204,31 +212,86 @@ impl BlockStore {
             }
         };
         let md5 = Md5::digest(data);
-        if let Ok(existing) = self.read_meta(number) {
-            return if existing.md5_bytes() == md5.as_slice() {
-                Ok(existing)
-            } else {
-                Err(StoreError::Conflict { number, stored: existing.md5, received: md5_base64(&md5) })
-            };
+        if let Some(existing) = self.stored_as(number, &md5)? {
+            return Ok(existing);
         }
         let file = format!("{number:0DIGITS$}{}", self.ext());
-        let path = self.dir.join(&file);
         let tmp = self.tmp_path(&file);
         write_synced(&tmp, data).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path)).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
         let meta = BlockMeta::new(number, file, data.len() as u64, &md5, buckets);
+        self.put_in_place(&tmp, meta, started)
+    }
+
+    /// The metadata of block `number` when it is stored with MD5 `md5`;
+    /// `None` when it is not stored; [`StoreError::Conflict`] when it is
+    /// stored with other content.
+    fn stored_as(&self, number: u64, md5: &[u8]) -> Result<Option<BlockMeta>, StoreError> {
+        match self.read_meta(number) {
+            Ok(existing) if existing.md5_bytes() == md5 => Ok(Some(existing)),
+            Ok(existing) => Err(StoreError::Conflict { number, stored: existing.md5, received: md5_base64(md5) }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Rename the synced temporary file `tmp` to `meta.file`, then write
+    /// `meta` and sync the directory (the temporary file is deleted if the
+    /// rename fails).
+    fn put_in_place(&self, tmp: &Path, meta: BlockMeta, started: std::time::Instant) -> Result<BlockMeta, StoreError> {
+        let path = self.dir.join(&meta.file);
+        fs::rename(tmp, &path).map_err(io_err("renaming into place", &path)).inspect_err(|_| {
+            let _ = fs::remove_file(tmp);
+        })?;
         self.write_meta(&meta)?;
         sync_dir(&self.dir)?;
         self.stats.blocks_written.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(meta.size, Ordering::Relaxed);
         self.stats.write_seconds.observe(started.elapsed());
         Ok(meta)
     }
 
+    /// A new temporary file in the store for block `number`, to be filled
+    /// by the caller (a block that arrives in parts, as `restore` downloads
+    /// it) and then handed to [`adopt_block`](Self::adopt_block). Deleted
+    /// when dropped unless adopted.
+    pub fn temp_block(&self, number: u64) -> Result<TempBlock, StoreError> {
+        let path = self.tmp_path(&format!("{number:0DIGITS$}{}", self.ext()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err("creating", &path))?;
+        Ok(TempBlock { number, path, file })
+    }
+
+    /// Store the bytes written to `temp` (`size` bytes with MD5 `md5`, as
+    /// the caller computed them while writing) as its block, with `buckets`
+    /// as its status per bucket: the file is fsynced, renamed into place, its
+    /// `.meta` written and the directory fsynced, as [`write_block`](Self::write_block)
+    /// does. Returns the metadata and whether this call stored the block:
+    /// `false` when the same content was already stored (the temporary file
+    /// is deleted). Different content already stored is refused
+    /// ([`StoreError::Conflict`]), as is a block file without its `.meta`
+    /// ([`StoreError::Unindexed`]); nothing is ever overwritten.
+    pub fn adopt_block(
+        &self,
+        temp: TempBlock,
+        size: u64,
+        md5: &[u8],
+        buckets: BTreeMap<String, BucketStatus>,
+    ) -> Result<(BlockMeta, bool), StoreError> {
+        let started = std::time::Instant::now();
+        let number = temp.number;
+        if let Some(existing) = self.stored_as(number, md5)? {
+            return Ok((existing, false));
+        }
+        if self.has_block(number) {
+            return Err(StoreError::Unindexed(number));
+        }
+        temp.file.sync_all().map_err(io_err("syncing", &temp.path))?;
+        let file = format!("{number:0DIGITS$}{}", self.ext());
+        let mut meta = BlockMeta::new(number, file, size, md5, &[]);
+        meta.buckets = buckets;
+        let tmp = temp.keep();
+        self.put_in_place(&tmp, meta, started).map(|meta| (meta, true))
+    }
     /// Read block `number`'s metadata.
     pub fn read_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
         let path = self.meta_path(number);
@@ -366,6 +429,45 @@ impl BlockStore {
     }
 }
 
+/// A temporary file in the store that becomes block `number` once adopted
+/// ([`BlockStore::adopt_block`]); deleted when dropped otherwise.
+#[derive(Debug)]
+pub struct TempBlock {
+    number: u64,
+    path: PathBuf,
+    file: File,
+}
+
+impl TempBlock {
+    /// The block number it is for.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Its path (in the store's temporary directory).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file, to write the block's bytes to.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Give up the automatic deletion: the path, for the caller to rename.
+    fn keep(mut self) -> PathBuf {
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for TempBlock {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// The number of a block file name (`<36 digits>.blk` or `.blk.gz`).
 fn block_number(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".blk").or_else(|| name.strip_suffix(".blk.gz"))?;
@@ -428,6 +530,46 @@ mod tests {
         store.delete_block(&updated).unwrap();
         assert!(store.numbers().unwrap().is_empty());
         assert!(matches!(store.read_meta(7), Err(StoreError::NotFound(7))));
+    }
+
+    #[test]
+    fn adopted_blocks_are_stored_as_written_ones_and_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::Gzip).unwrap();
+        let safe_in_a = || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5 })]);
+        let fill = |n: u64, bytes: &[u8]| {
+            let temp = store.temp_block(n).unwrap();
+            temp.file().write_all(bytes).unwrap();
+            temp
+        };
+        let temp = fill(3, b"three");
+        let tmp_path = temp.path().to_path_buf();
+        let (meta, stored) = store.adopt_block(temp, 5, &Md5::digest(b"three"), safe_in_a()).unwrap();
+        assert!(stored && !tmp_path.exists());
+        assert_eq!(meta.file, format!("{:036}.blk.gz", 3), "named as the store names its blocks");
+        assert_eq!(fs::read(store.block_path(&meta)).unwrap(), b"three", "the bytes as written, not re-encoded");
+        assert_eq!(store.read_meta(3).unwrap(), meta);
+        assert!(meta.status("a").is_safe() && meta.status("b") == BucketStatus::Pending);
+        // The same content again: nothing done; other content: refused, the stored block kept.
+        let (again, stored) = store.adopt_block(fill(3, b"three"), 5, &Md5::digest(b"three"), safe_in_a()).unwrap();
+        assert!(!stored && again == meta);
+        let temp = fill(3, b"other");
+        let tmp_path = temp.path().to_path_buf();
+        let err = store.adopt_block(temp, 5, &Md5::digest(b"other"), safe_in_a()).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { number: 3, .. }), "{err}");
+        assert!(!tmp_path.exists(), "the temporary file is deleted");
+        assert_eq!(fs::read(store.block_path(&meta)).unwrap(), b"three");
+        // A block file without its .meta is not overwritten either.
+        fs::write(dir.path().join(format!("{:036}.blk", 4)), b"four").unwrap();
+        let err = store.adopt_block(fill(4, b"vier"), 4, &Md5::digest(b"vier"), safe_in_a()).unwrap_err();
+        assert!(matches!(err, StoreError::Unindexed(4)), "{err}");
+        assert_eq!(fs::read(dir.path().join(format!("{:036}.blk", 4))).unwrap(), b"four");
+        // An abandoned temporary file is deleted.
+        let temp = fill(5, b"five");
+        let tmp_path = temp.path().to_path_buf();
+        drop(temp);
+        assert!(!tmp_path.exists());
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }
 
     #[test]

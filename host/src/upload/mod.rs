@@ -7,6 +7,7 @@
 //! The manager holds only block numbers in memory, never blocks or their
 //! metadata, so a backlog of hundreds of thousands of blocks is cheap.
 
+mod archive;
 mod retention;
 mod upkeep;
 mod worker;
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use archive::BucketArchive;
 pub use retention::{BlockNodeAcks, RetentionReport, RetentionSettings, run_retention, spawn_retention};
 pub use upkeep::Health;
 

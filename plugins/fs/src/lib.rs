@@ -3,25 +3,35 @@
 //! The host preopens the bucket's directory (normally at `/bucket`) and passes
 //! its guest path as the `root` setting; everything here is plain `std::fs`
 //! under WASI. See README.md for the layout on disk.
+//!
+//! The reader: `get` copies the file into the host's sink; `list` walks the
+//! directory tree in key order (skipping the provider's own `.blockferry`
+//! directory); `health` checks the root and writes and removes a probe file;
+//! the incomplete uploads are the temp files under `.blockferry/tmp/`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
 use blockferry_guest::{BlockBody, BlockInfo, Bucket, Guest, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader, ReaderGuest};
 
 /// Bytes asked of the host per `block-body.read` call.
 const CHUNK: u32 = 1 << 20;
 /// Directory under the root that holds the provider's own files; no key may start with it.
 const STATE_DIR: &str = ".blockferry";
 
-/// The component: its only export is the `bucket` resource.
+/// The component: it exports the `bucket` and `reader` resources.
 struct Component;
 
 impl Guest for Component {
     type Bucket = FsBucket;
+}
+
+impl ReaderGuest for Component {
+    type Reader = FsBucket;
 }
 
 /// An opened bucket: a directory reachable at `root` inside the guest.
@@ -31,21 +41,7 @@ struct FsBucket {
 
 impl GuestBucket for FsBucket {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
-        let root = settings.iter().find(|(key, _)| key == "root").map_or("", |(_, value)| value.as_str());
-        if root.is_empty() {
-            return Err("setting `root` is missing or empty: set `root` to the guest path of \
-                        the bucket's directory (the host preopens it at `/bucket`, so `root = \"/bucket\"`)"
-                .into());
-        }
-        match fs::metadata(root) {
-            Ok(meta) if meta.is_dir() => Ok(Bucket::new(FsBucket { root: root.into() })),
-            Ok(_) => Err(format!(
-                "setting `root` = {root:?} is not a directory: point it at the preopened bucket directory (normally `/bucket`)"
-            )),
-            Err(e) => Err(format!(
-                "setting `root` = {root:?} cannot be opened ({e}): point it at the preopened bucket directory (normally `/bucket`)"
-            )),
-        }
+        Ok(Bucket::new(FsBucket::new(&settings)?))
     }
 
     fn provider() -> String {
@@ -124,10 +120,208 @@ impl GuestBucket for FsBucket {
     }
 }
 
+impl GuestReader for FsBucket {
+    fn open(settings: Vec<(String, String)>) -> Result<Reader, String> {
+        Ok(Reader::new(FsBucket::new(&settings)?))
+    }
+
+    /// Copies the file into the sink in `CHUNK`-sized writes; `none` when no
+    /// file (or a directory) is at the key. The MD5 is the one recorded at
+    /// upload (none if it was not recorded: the host hashes what it gets).
+    fn get(&self, key: String, sink: &BlockSink) -> Result<Option<RemoteObject>, UploadError> {
+        check_key(&key)?;
+        let mut file = match File::open(self.root.join(&key)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("open object", &key, e)),
+        };
+        if !file.metadata().map_err(|e| io_error("stat object", &key, e))?.is_file() {
+            return Ok(None);
+        }
+        let mut buffer = vec![0u8; CHUNK as usize];
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error("read object", &key, e)),
+            };
+            sink.write(&buffer[..n]).map_err(|e| {
+                UploadError::Transient(format!("get `{key}`: the host's sink refused more after {size} bytes: {e}"))
+            })?;
+            size += n as u64;
+        }
+        let md5 = self.read_meta(&key).filter(|(_, recorded)| *recorded == size).map(|(md5, _)| md5.to_vec());
+        Ok(Some(RemoteObject { size, md5, etag: None }))
+    }
+
+    /// Walks the tree in key order, pruning directories that hold no key of
+    /// the page; `next` is the last key when more follow.
+    fn list(&self, prefix: String, after: Option<String>, limit: u32) -> Result<ObjectPage, UploadError> {
+        let limit = limit.clamp(1, 1000) as usize;
+        let mut objects = Vec::new();
+        let filter = KeyFilter { prefix: &prefix, after: after.as_deref(), want: limit + 1 };
+        filter.walk(&self.root, "", &mut objects).map_err(|e| io_error("list", &prefix, e))?;
+        let more = objects.len() > limit;
+        objects.truncate(limit);
+        let next = if more { objects.last().map(|o| o.key.clone()) } else { None };
+        Ok(ObjectPage { objects, next })
+    }
+
+    /// The root is a listable directory, and a probe file can be written to
+    /// and removed from `.blockferry/tmp/`.
+    fn health(&self) -> Result<(), UploadError> {
+        let root = self.root.display();
+        match fs::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(UploadError::Permanent(format!("health: root {root} is not a directory"))),
+            Err(e) => {
+                return Err(UploadError::Permanent(format!(
+                    "health: root {root} cannot be read ({e}): check the bucket's directory on the host"
+                )));
+            }
+        }
+        let probe = || -> io::Result<()> {
+            fs::read_dir(&self.root)?;
+            let (mut file, tmp) = self.temp_file(0)?;
+            file.write_all(b"probe")?;
+            drop(file);
+            fs::remove_file(&tmp.0)
+        };
+        probe().map_err(|e| {
+            io_failure(format!("health: cannot list {root} or write and remove a file under it ({e})"), &e)
+        })
+    }
+
+    /// The temp files under `.blockferry/tmp/` (oldest first, at most 1000),
+    /// for every `prefix`: a temp file does not say which key it was for, so
+    /// its name is both its key and its id.
+    fn incomplete_uploads(&self, _prefix: String) -> Result<Vec<IncompleteUpload>, UploadError> {
+        let dir = self.temp_dir();
+        let failed = |e: io::Error| io_failure(format!("incomplete-uploads: listing {}: {e}", dir.display()), &e);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut uploads = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(failed)?;
+            let Some(name) = entry.file_name().to_str().filter(|name| is_temp_name(name)).map(str::to_string) else {
+                continue;
+            };
+            let modified = entry.metadata().and_then(|meta| meta.modified()).ok();
+            let started_ms = modified
+                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |since| since.as_millis() as u64);
+            uploads.push(IncompleteUpload { key: name.clone(), id: name, started_ms });
+        }
+        uploads.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        uploads.truncate(1000);
+        Ok(uploads)
+    }
+
+    /// Removes the temp file named by the upload's id (one already gone is
+    /// fine; an id that is not a temp file name is ignored, with a warning).
+    fn abort_upload(&self, upload: IncompleteUpload) -> Result<(), UploadError> {
+        if !is_temp_name(&upload.id) {
+            blockferry_guest::log(
+                Level::Warn,
+                &format!("abort-upload: {:?} is not the name of one of this provider's temp files", upload.id),
+            );
+            return Ok(());
+        }
+        match fs::remove_file(self.temp_dir().join(&upload.id)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_error("remove temp file", &upload.id, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which keys a listing wants.
+struct KeyFilter<'a> {
+    /// Keys start with this.
+    prefix: &'a str,
+    /// Keys sort after this.
+    after: Option<&'a str>,
+    /// Stop once this many are found.
+    want: usize,
+}
+
+impl KeyFilter<'_> {
+    /// Appends to `out`, in key order, the wanted keys under `dir`, whose
+    /// keys start with `base` (empty, or ending in `/`).
+    fn walk(&self, dir: &Path, base: &str, out: &mut Vec<ListedObject>) -> io::Result<()> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if base.is_empty() && name.starts_with(STATE_DIR) {
+                continue;
+            }
+            let file_type = entry.file_type()?;
+            // A directory sorts as `name/`, the prefix of every key under it.
+            if file_type.is_dir() {
+                entries.push((format!("{base}{name}/"), None));
+            } else if file_type.is_file() {
+                entries.push((format!("{base}{name}"), Some(entry)));
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, file) in entries {
+            if out.len() >= self.want {
+                break;
+            }
+            match file {
+                // Every key under `key/` starts with it: skip the directory when none can match.
+                None if (key.starts_with(self.prefix) || self.prefix.starts_with(&key))
+                    && self.after.is_none_or(|after| key.as_str() > after || after.starts_with(&key)) =>
+                {
+                    self.walk(&dir.join(&key[base.len()..key.len() - 1]), &key, out)?;
+                }
+                Some(file)
+                    if key.starts_with(self.prefix)
+                        && self.after.is_none_or(|after| key.as_str() > after)
+                        && check_key(&key).is_ok() =>
+                {
+                    out.push(ListedObject { size: file.metadata()?.len(), key });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FsBucket {
+    /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
+    fn new(settings: &[(String, String)]) -> Result<Self, String> {
+        let root = settings.iter().find(|(key, _)| key == "root").map_or("", |(_, value)| value.as_str());
+        if root.is_empty() {
+            return Err("setting `root` is missing or empty: set `root` to the guest path of \
+                        the bucket's directory (the host preopens it at `/bucket`, so `root = \"/bucket\"`)"
+                .into());
+        }
+        match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => Ok(FsBucket { root: root.into() }),
+            Ok(_) => Err(format!(
+                "setting `root` = {root:?} is not a directory: point it at the preopened bucket directory (normally `/bucket`)"
+            )),
+            Err(e) => Err(format!(
+                "setting `root` = {root:?} cannot be opened ({e}): point it at the preopened bucket directory (normally `/bucket`)"
+            )),
+        }
+    }
+
+    /// The directory of the temp files: `.blockferry/tmp/`.
+    fn temp_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("tmp")
+    }
+
     /// Creates a new, uniquely named temp file under `.blockferry/tmp/`.
     fn temp_file(&self, number: u64) -> io::Result<(File, TempPath)> {
-        let dir = self.root.join(STATE_DIR).join("tmp");
+        let dir = self.temp_dir();
         fs::create_dir_all(&dir)?;
         loop {
             let random = wasip2::random::random::get_random_u64();
@@ -208,9 +402,23 @@ fn check_key(key: &str) -> Result<(), UploadError> {
     Ok(())
 }
 
+/// Whether `name` is one `temp_file` makes: `<number>-<16 hex digits>.tmp`.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_suffix(".tmp").and_then(|stem| stem.split_once('-')).is_some_and(|(number, random)| {
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && random.len() == 16
+            && random.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 /// Maps an I/O error: permission problems need an operator, anything else may pass.
 fn io_error(op: &str, key: &str, e: io::Error) -> UploadError {
-    let message = format!("{op} for key `{key}`: {e}");
+    io_failure(format!("{op} for key `{key}`: {e}"), &e)
+}
+
+/// An I/O failure described by `message`, classified by the error's kind as [`io_error`] says.
+fn io_failure(message: String, e: &io::Error) -> UploadError {
     match e.kind() {
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => UploadError::Permanent(message),
         _ => UploadError::Transient(message),
@@ -262,6 +470,40 @@ mod tests {
         for bad in ["a\0b", "", "/abs", "a//b", "a/", "../x", "a/../b", "./a", ".blockferry/meta/x", ".blockferry"] {
             assert!(check_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name("12-00ab00ab00ab00ab.tmp"));
+        for bad in
+            ["12-00ab00ab00ab00ab", "-00ab00ab00ab00ab.tmp", "12-00ab.tmp", "../12-00ab00ab00ab00ab.tmp", "x.tmp"]
+        {
+            assert!(!is_temp_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listings_walk_the_tree_in_key_order() {
+        let root = std::env::temp_dir().join(format!("blockferry-fs-list-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        for (path, size) in
+            [("a.b", 1), ("a/1", 2), ("a/2/x", 3), ("ab", 4), ("b/9", 5), (".blockferry/meta/a.json", 6)]
+        {
+            let path = root.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, vec![0u8; size]).unwrap();
+        }
+        let list = |prefix: &str, after: Option<&str>, want: usize| {
+            let mut out = Vec::new();
+            KeyFilter { prefix, after, want }.walk(&root, "", &mut out).unwrap();
+            out.into_iter().map(|o| format!("{}:{}", o.key, o.size)).collect::<Vec<_>>()
+        };
+        assert_eq!(list("", None, 100), ["a.b:1", "a/1:2", "a/2/x:3", "ab:4", "b/9:5"]);
+        assert_eq!(list("a/", None, 100), ["a/1:2", "a/2/x:3"]);
+        assert_eq!(list("", Some("a/1"), 2), ["a/2/x:3", "ab:4"]);
+        assert_eq!(list("a", Some("a/2/x"), 100), ["ab:4"]);
+        assert_eq!(list("c", None, 100), Vec::<String>::new());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -240,13 +240,15 @@ impl Call for TokenCall<'_> {
             headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
             body: Body::Bytes(body.into_bytes()),
             timeouts: self.timeouts,
+            sink: None,
         })
     }
 
     fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<(String, Duration), UploadError> {
         let response = match result {
             Ok(response) => response,
-            Err(HttpError::Transport(e)) => {
+            // No sink is given, so no body is ever interrupted.
+            Err(HttpError::Transport(e) | HttpError::Interrupted(e)) => {
                 return Verdict::Retry { why: format!("{}: connection error: {e}", self.target()), retry_after: None };
             }
             Err(HttpError::Denied) => {

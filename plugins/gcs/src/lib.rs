@@ -14,6 +14,12 @@
 //! - Retries follow Google's guidance: 408, 429, 5xx and connection errors,
 //!   exponential backoff with full jitter, capped ([`blockferry_guest::retry`]).
 //! - Auth: none, a bearer token, or a service-account key ([`auth`]).
+//! - Every object written reports its `generation` to the host
+//!   (`host.object-version`).
+//! - The reader: `get` reads the object's metadata (`objects.get`), then its
+//!   bytes at that generation (`alt=media`) spliced into the host's sink;
+//!   `list` is `objects.list` from `startOffset`; `health` is `buckets.get`;
+//!   `incomplete-uploads` is always empty (see [`GcsBucket::incomplete_uploads`]).
 //!
 //! See README.md for the settings.
 
@@ -21,6 +27,7 @@ pub mod auth;
 pub mod settings;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,6 +36,7 @@ use blockferry_guest::block::{checked_size, existing_outcome};
 use blockferry_guest::http::{Body, HttpError, Request, Response};
 use blockferry_guest::retry::{self, Call, Policy, Verdict};
 use blockferry_guest::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
 use blockferry_guest::{unix_now, uri_encode};
 use wasip2::http::types::Method;
 
@@ -67,21 +75,22 @@ struct Unfinished {
 /// What a conditional create found.
 enum Created {
     /// This call wrote the object; the server's metadata of it, if it sent any.
-    Written(Option<RemoteObject>),
+    Written(Option<Stored>),
     /// An object already existed under the key (HTTP 412).
     Exists,
 }
 
+/// An object's metadata as the server sent it.
+struct Stored {
+    /// Its size, MD5 and ETag.
+    object: RemoteObject,
+    /// Its `generation` (the object's version), if sent.
+    generation: Option<String>,
+}
+
 impl GuestBucket for GcsBucket {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
-        let (cfg, unknown) = Config::parse(&settings)?;
-        if !unknown.is_empty() {
-            blockferry_guest::log(
-                Level::Warn,
-                &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
-            );
-        }
-        Ok(Bucket::new(GcsBucket { cfg, unfinished: RefCell::new(None) }))
+        Ok(Bucket::new(GcsBucket::new(&settings)?))
     }
 
     fn provider() -> String {
@@ -99,7 +108,8 @@ impl GuestBucket for GcsBucket {
         };
         match created {
             Created::Written(written) => {
-                if let Some(there) = written
+                let (there, generation) = written.map_or((None, None), |s| (Some(s.object), s.generation));
+                if let Some(there) = there
                     && there.md5.as_deref().is_some_and(|md5| md5 != &block.md5[..])
                 {
                     blockferry_guest::log(
@@ -113,10 +123,13 @@ impl GuestBucket for GcsBucket {
                     );
                     return Err(UploadError::HashMismatch(there));
                 }
+                if let Some(generation) = generation {
+                    blockferry_guest::object_version(&block.key, &generation);
+                }
                 blockferry_guest::log(Level::Debug, &format!("uploaded {size} bytes to {}", cfg.location(&key)));
                 Ok(Outcome::Uploaded)
             }
-            Created::Exists => existing_outcome(&block, self.get_metadata(&key)?, || {
+            Created::Exists => existing_outcome(&block, self.get_metadata(&key)?.map(|s| s.object), || {
                 format!(
                     "objects.insert {}: the server said an object exists (HTTP 412) but objects.get found \
                      none (deleted meanwhile?); retry later",
@@ -128,7 +141,140 @@ impl GuestBucket for GcsBucket {
 
     fn stat(&self, key: String) -> Result<Option<RemoteObject>, UploadError> {
         let key = self.full_key(&key)?;
-        self.get_metadata(&key)
+        Ok(self.get_metadata(&key)?.map(|s| s.object))
+    }
+}
+
+impl GuestReader for GcsBucket {
+    fn open(settings: Vec<(String, String)>) -> Result<Reader, String> {
+        Ok(Reader::new(GcsBucket::new(&settings)?))
+    }
+
+    /// `objects.get` of the metadata (`none` on a 404), then of the bytes at
+    /// that generation (`alt=media`), spliced into the sink. The MD5 is the
+    /// metadata's `md5Hash` (composite objects have none).
+    fn get(&self, key: String, sink: &BlockSink) -> Result<Option<RemoteObject>, UploadError> {
+        let key = self.full_key(&key)?;
+        let Some(Stored { object, generation }) = self.get_metadata(&key)? else {
+            return Ok(None);
+        };
+        let cfg = &self.cfg;
+        let out = Rc::new(sink.stream().map_err(|e| {
+            UploadError::Transient(format!("objects.get {}: the host gave no sink stream: {e}", cfg.location(&key)))
+        })?);
+        let mut path = format!("{}/{}?alt=media", cfg.objects_path(false), uri_encode(&key, false));
+        if let Some(generation) = &generation {
+            path.push_str(&format!("&generation={}", uri_encode(generation, false)));
+        }
+        let mut call = cfg.call(
+            "objects.get (media)",
+            &key,
+            |_| {
+                let mut request = cfg.request(Method::Get, false, path.clone(), Vec::new(), Body::Empty)?;
+                request.sink = Some(out.clone());
+                Ok(request)
+            },
+            |response| match response.status {
+                200..=299 => Accept::Done(Ok(Some(response.streamed.unwrap_or_default()))),
+                // Deleted since the metadata was read.
+                404 if !bucket_missing(&response.body) => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        let Some(size) = retry::run_one(&mut call, &cfg.policy)? else {
+            return Ok(None);
+        };
+        if size != object.size {
+            return Err(UploadError::Transient(format!(
+                "objects.get {}: read {size} bytes, but the object's metadata says {}; retry later",
+                cfg.location(&key),
+                object.size
+            )));
+        }
+        Ok(Some(object))
+    }
+
+    /// `objects.list` from `startOffset` = `after` (inclusive, so an object
+    /// named `after` is skipped); `next` is the last key when there is more.
+    fn list(&self, prefix: String, after: Option<String>, limit: u32) -> Result<ObjectPage, UploadError> {
+        let cfg = &self.cfg;
+        let full_prefix = format!("{}{prefix}", cfg.prefix);
+        let limit = limit.clamp(1, 1000);
+        // One more when the first may be `after` itself.
+        let ask = if after.is_some() { (limit + 1).min(1000) } else { limit };
+        let mut path = format!(
+            "{}?prefix={}&maxResults={ask}&fields=items(name,size),nextPageToken",
+            cfg.objects_path(false),
+            uri_encode(&full_prefix, false)
+        );
+        if let Some(after) = &after {
+            path.push_str(&format!("&startOffset={}", uri_encode(&format!("{}{after}", cfg.prefix), false)));
+        }
+        let mut call = cfg.call(
+            "objects.list",
+            &full_prefix,
+            |_| cfg.request(Method::Get, false, path.clone(), Vec::new(), Body::Empty),
+            |response| match (response.status, object_page(&response.body, &cfg.prefix, after.as_deref(), limit)) {
+                (200, Some(page)) => Accept::Done(page),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// `buckets.get`: a missing bucket (404) and refused credentials
+    /// (401/403) are permanent, 408/429/5xx and connection errors are
+    /// retried, then transient.
+    fn health(&self) -> Result<(), UploadError> {
+        let cfg = &self.cfg;
+        let path = format!("/storage/v1/b/{}?fields=name", uri_encode(&cfg.bucket, false));
+        let mut call = cfg.call(
+            "buckets.get",
+            "",
+            |_| cfg.request(Method::Get, false, path.clone(), Vec::new(), Body::Empty),
+            |response| match response.status {
+                200 => Accept::Done(Ok(())),
+                404 => Accept::Done(Err(UploadError::Permanent(format!(
+                    "buckets.get {}: bucket {:?} does not exist (HTTP 404); create it, or fix the `bucket` \
+                     setting (and `endpoint`)",
+                    cfg.location(""),
+                    cfg.bucket
+                )))),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// Always empty: the abandoned uploads of GCS are resumable upload
+    /// sessions, which cannot be listed, cost nothing and expire on their own
+    /// after a week. The only record of one is in the memory of the `bucket`
+    /// instance whose upload failed (kept to resume it), which no reader sees.
+    fn incomplete_uploads(&self, _prefix: String) -> Result<Vec<IncompleteUpload>, UploadError> {
+        Ok(Vec::new())
+    }
+
+    /// Cancels the resumable upload session whose URI (or path) is the
+    /// upload's id (HTTP 499 is GCS's answer to a cancelled session; a session
+    /// already gone, 404/410, is fine). Any other id names nothing this
+    /// provider can abort: not an error.
+    fn abort_upload(&self, upload: IncompleteUpload) -> Result<(), UploadError> {
+        let cfg = &self.cfg;
+        let Some(session) = path_of(&upload.id).filter(|p| p.starts_with(&format!("{}?", cfg.objects_path(true))))
+        else {
+            return Ok(());
+        };
+        let key = format!("{}{}", cfg.prefix, upload.key);
+        let mut call = cfg.call(
+            "resumable upload cancel",
+            &key,
+            |_| cfg.request(Method::Delete, true, session.clone(), Vec::new(), Body::Empty),
+            |response| match response.status {
+                200..=299 | 404 | 410 | 499 => Accept::Done(Ok(())),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
     }
 }
 
@@ -160,6 +306,7 @@ impl Config {
             headers,
             body,
             timeouts: self.timeouts,
+            sink: None,
         })
     }
 
@@ -192,6 +339,18 @@ impl Config {
 }
 
 impl GcsBucket {
+    /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
+    fn new(settings: &[(String, String)]) -> Result<Self, String> {
+        let (cfg, unknown) = Config::parse(settings)?;
+        if !unknown.is_empty() {
+            blockferry_guest::log(
+                Level::Warn,
+                &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
+            );
+        }
+        Ok(GcsBucket { cfg, unfinished: RefCell::new(None) })
+    }
+
     /// The object name of `key`: the `prefix` setting prepended when non-empty.
     fn full_key(&self, key: &str) -> Result<String, UploadError> {
         let full = format!("{}{key}", self.cfg.prefix);
@@ -206,7 +365,7 @@ impl GcsBucket {
     }
 
     /// `objects.get` of `key`'s metadata: what is stored there, or `None`.
-    fn get_metadata(&self, key: &str) -> Result<Option<RemoteObject>, UploadError> {
+    fn get_metadata(&self, key: &str) -> Result<Option<Stored>, UploadError> {
         let cfg = &self.cfg;
         let path = format!("{}/{}", cfg.objects_path(false), uri_encode(key, false));
         let mut call = cfg.call(
@@ -214,7 +373,7 @@ impl GcsBucket {
             key,
             |_| cfg.request(Method::Get, false, path.clone(), Vec::new(), Body::Empty),
             |response| match response.status {
-                200 => match remote_object(&response.body) {
+                200 => match stored(&response.body) {
                     Some(object) => Accept::Done(Ok(Some(object))),
                     None => Accept::Other(response),
                 },
@@ -252,7 +411,7 @@ impl GcsBucket {
                 cfg.request(Method::Post, true, path.clone(), headers, Body::Bytes(bytes))
             },
             |response| match response.status {
-                200 | 201 => Accept::Done(Ok(Created::Written(remote_object(&response.body)))),
+                200 | 201 => Accept::Done(Ok(Created::Written(stored(&response.body)))),
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
@@ -327,7 +486,7 @@ impl GcsBucket {
                     },
                     |response| match response.status {
                         308 => Accept::Done(Ok(Step::Committed(committed(&response)))),
-                        200 | 201 => Accept::Done(Ok(Step::Finished(remote_object(&response.body)))),
+                        200 | 201 => Accept::Done(Ok(Step::Finished(stored(&response.body)))),
                         412 => Accept::Done(Ok(Step::Exists)),
                         404 | 410 => Accept::Done(Ok(Step::SessionLost(response.status))),
                         _ => Accept::Other(response),
@@ -447,7 +606,7 @@ enum Step {
     /// The server holds the bytes before this offset.
     Committed(u64),
     /// The upload is complete; the object's metadata, if sent.
-    Finished(Option<RemoteObject>),
+    Finished(Option<Stored>),
     /// The precondition failed: an object already exists under the key.
     Exists,
     /// The session is gone (expired or unknown), with the status that said so.
@@ -511,16 +670,60 @@ fn multipart_body(
     Ok(out)
 }
 
-/// An object resource's size, `md5Hash` and `etag`, if `json` is one.
-fn remote_object(json: &[u8]) -> Option<RemoteObject> {
+/// An object resource's size, `md5Hash`, `etag` and `generation`, if `json` is one.
+fn stored(json: &[u8]) -> Option<Stored> {
     let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let size = match &value["size"] {
-        serde_json::Value::String(s) => s.parse().ok()?,
-        serde_json::Value::Number(n) => n.as_u64()?,
-        _ => return None,
-    };
+    let size = json_u64(&value["size"])?;
     let md5 = value["md5Hash"].as_str().and_then(|m| B64.decode(m).ok()).filter(|m| m.len() == 16);
-    Some(RemoteObject { size, md5, etag: value["etag"].as_str().map(str::to_string) })
+    let generation = json_u64(&value["generation"]).map(|g| g.to_string());
+    Some(Stored { object: RemoteObject { size, md5, etag: value["etag"].as_str().map(str::to_string) }, generation })
+}
+
+/// An int64 of the JSON API: a decimal string (or, from some emulators, a number).
+fn json_u64(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+/// The page of an `objects.list` answer: names without the `prefix` setting
+/// `key_prefix`, those not after `after` skipped (`startOffset` is
+/// inclusive), at most `limit`; `next` is the last key when there is more.
+/// `None` when `json` is not a listing; an error when the server says there is
+/// more but sent nothing after `after` (the listing could not go on).
+fn object_page(
+    json: &[u8],
+    key_prefix: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Option<Result<ObjectPage, UploadError>> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let items = match value.as_object()?.get("items") {
+        None => &[][..],
+        Some(serde_json::Value::Array(items)) => &items[..],
+        Some(_) => return None,
+    };
+    let mut objects = Vec::new();
+    for item in items {
+        let (name, size) = (item["name"].as_str()?, json_u64(&item["size"])?);
+        match name.strip_prefix(key_prefix) {
+            Some(key) if after.is_none_or(|after| key > after) => {
+                objects.push(ListedObject { key: key.to_string(), size })
+            }
+            _ => {}
+        }
+    }
+    let more = value["nextPageToken"].as_str().is_some_and(|t| !t.is_empty()) || objects.len() > limit as usize;
+    objects.truncate(limit as usize);
+    if more && objects.is_empty() {
+        return Some(Err(UploadError::Transient(format!(
+            "objects.list: the server said there are more objects after {after:?} but sent none; retry later"
+        ))));
+    }
+    let next = if more { objects.last().map(|o| o.key.clone()) } else { None };
+    Some(Ok(ObjectPage { objects, next }))
 }
 
 /// `error.message` of a JSON API error document (empty if none).
@@ -610,6 +813,12 @@ impl<T> Call for GcsCall<'_, T> {
             Err(HttpError::Invalid(e)) => {
                 return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
             }
+            Err(HttpError::Interrupted(e)) => {
+                return Verdict::Done(Err(UploadError::Transient(format!(
+                    "{}: the object's body broke off {e}; retry later",
+                    self.target()
+                ))));
+            }
         };
         let response = match (self.accept)(response) {
             Accept::Done(result) => return Verdict::Done(result),
@@ -667,11 +876,15 @@ impl<T> Call for GcsCall<'_, T> {
     }
 }
 
-/// The component: its only export is the `bucket` resource.
+/// The component: it exports the `bucket` and `reader` resources.
 struct Component;
 
 impl blockferry_guest::Guest for Component {
     type Bucket = GcsBucket;
+}
+
+impl blockferry_guest::ReaderGuest for Component {
+    type Reader = GcsBucket;
 }
 
 blockferry_guest::export_reading_provider!(Component);
@@ -685,6 +898,7 @@ mod tests {
             status: 308,
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: Vec::new(),
+            streamed: None,
         }
     }
 
@@ -706,13 +920,46 @@ mod tests {
 
     #[test]
     fn object_resource() {
-        let o = remote_object(br#"{"size":"11","md5Hash":"XrY7u+Ae7tCTyyK7j1rNww==","etag":"CJ"}"#).unwrap();
+        let s = stored(
+            br#"{"size":"11","md5Hash":"XrY7u+Ae7tCTyyK7j1rNww==","etag":"CJ","generation":"1700000000123456"}"#,
+        )
+        .unwrap();
+        let o = s.object;
         assert_eq!(o.size, 11);
         assert_eq!(o.md5.unwrap()[0], 0x5e);
         assert_eq!(o.etag.as_deref(), Some("CJ"));
-        // Composite objects have no md5Hash.
-        assert_eq!(remote_object(br#"{"size":"3"}"#).unwrap().md5, None);
-        assert!(remote_object(b"<html>").is_none());
+        assert_eq!(s.generation.as_deref(), Some("1700000000123456"));
+        // Composite objects have no md5Hash; some emulators send numbers.
+        let s = stored(br#"{"size":3,"generation":7}"#).unwrap();
+        assert_eq!((s.object.md5, s.generation.as_deref()), (None, Some("7")));
+        assert!(stored(b"<html>").is_none());
+    }
+
+    /// `(key, size)` pairs and `next` of a parsed page.
+    fn page(json: &[u8], key_prefix: &str, after: Option<&str>, limit: u32) -> (Vec<(String, u64)>, Option<String>) {
+        let page = object_page(json, key_prefix, after, limit).unwrap().unwrap();
+        (page.objects.into_iter().map(|o| (o.key, o.size)).collect(), page.next)
+    }
+
+    #[test]
+    fn listings_skip_the_start_offset_and_page_by_the_last_key() {
+        let json = br#"{"kind":"storage#objects","items":[{"name":"p/a/1","size":"9"},{"name":"p/a/2","size":"10"},
+            {"name":"p/a/3","size":11}],"nextPageToken":"tok"}"#;
+        let (objects, next) = page(json, "p/", Some("a/1"), 2);
+        assert_eq!(objects, [("a/2".to_string(), 10), ("a/3".to_string(), 11)]);
+        assert_eq!(next.as_deref(), Some("a/3"));
+        // More than asked for (the start offset was not there): cut, with a next.
+        let (objects, next) = page(json, "p/", Some("a/0"), 2);
+        assert_eq!((objects.len(), next.as_deref()), (2, Some("a/2")));
+        // The last page.
+        let json = br#"{"items":[{"name":"a/1","size":"1"}]}"#;
+        assert_eq!(page(json, "", None, 10), (vec![("a/1".to_string(), 1)], None));
+        assert_eq!(page(b"{}", "", None, 10), (vec![], None));
+        // More, but nothing after `after`: the listing cannot go on.
+        let stuck = br#"{"items":[{"name":"a/1","size":"1"}],"nextPageToken":"t"}"#;
+        assert!(object_page(stuck, "", Some("a/1"), 1).unwrap().is_err());
+        assert!(object_page(b"<html>", "", None, 1).is_none());
+        assert!(object_page(br#"{"items":[{"name":"a"}]}"#, "", None, 1).is_none());
     }
 
     #[test]

@@ -91,7 +91,12 @@ pub fn parse_timestamp_ms(text: &str) -> Option<u64> {
         let part = b.get(range)?;
         part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':'
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }
@@ -146,7 +151,16 @@ mod tests {
         assert_eq!(parse_timestamp_ms("2010-11-10T21:48:33+01:00"), Some(1_289_422_113_000));
         assert_eq!(parse_timestamp_ms("2000-02-29T12:00:00Z"), Some(951_825_600_000));
         assert_eq!(parse_timestamp_ms("2024-12-31T23:59:59.999Z"), Some(1_735_689_599_999));
-        for bad in ["", "2010-11-10", "2010-11-10T20:48:33", "2010-13-10T20:48:33Z", "1969-12-31T23:59:59Z", "x010-11-10T20:48:33Z", "2010-11-10T20:48:33.Z", "2010-11-10T20:48:33+0100"] {
+        for bad in [
+            "",
+            "2010-11-10",
+            "2010-11-10T20:48:33",
+            "2010-13-10T20:48:33Z",
+            "1969-12-31T23:59:59Z",
+            "x010-11-10T20:48:33Z",
+            "2010-11-10T20:48:33.Z",
+            "2010-11-10T20:48:33+0100",
+        ] {
             assert_eq!(parse_timestamp_ms(bad), None, "{bad}");
         }
     }

@@ -270,7 +270,16 @@ impl Config {
         headers.push(("authorization".into(), authorization));
         let path_and_query =
             if query.is_empty() { canonical_uri } else { format!("{canonical_uri}?{}", sigv4::canonical_query(query)) };
-        Request { method, https: self.https, authority, path_and_query, headers, body, timeouts: self.timeouts, sink: None }
+        Request {
+            method,
+            https: self.https,
+            authority,
+            path_and_query,
+            headers,
+            body,
+            timeouts: self.timeouts,
+            sink: None,
+        }
     }
 
     /// Headers of a new object (single PUT or CreateMultipartUpload):
@@ -423,10 +432,9 @@ impl<F: Flavor> S3Bucket<F> {
         let result = self.upload_parts_and_complete(block, body, key, &upload_id);
         if !matches!(result, Ok(Created::Written(_))) {
             match self.abort(key, &upload_id) {
-                Ok(()) => crate::log(
-                    Level::Info,
-                    &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)),
-                ),
+                Ok(()) => {
+                    crate::log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)))
+                }
                 Err(e) => crate::log(
                     Level::Error,
                     &format!(
@@ -916,7 +924,10 @@ mod tests {
             body: Vec::new(),
             streamed: None,
         };
-        assert_eq!(version_id(&response(&[("x-amz-version-id", "3/L4kqtJlcpXroDTDmJ")])).as_deref(), Some("3/L4kqtJlcpXroDTDmJ"));
+        assert_eq!(
+            version_id(&response(&[("x-amz-version-id", "3/L4kqtJlcpXroDTDmJ")])).as_deref(),
+            Some("3/L4kqtJlcpXroDTDmJ")
+        );
         assert_eq!(version_id(&response(&[])), None);
     }
 
