@@ -17,8 +17,8 @@ use blockferry::publish::Publisher;
 use blockferry::store::BlockStore;
 use blockferry::upload::{BucketArchive, Target, UploadManager};
 use blockferry_proto::EndStreamCode;
-use blockferry_proto::api::publish_stream_response::{BehindPublisher, Response};
 use blockferry_proto::PublishStreamResponse;
+use blockferry_proto::api::publish_stream_response::{BehindPublisher, Response};
 use blockferry_sim::block_node::{Action, BlockNode, Trigger};
 use blockferry_sim::{PublisherOptions, generate_block, publish};
 use common::servers::{ACCESS_KEY, Moto, S3sFs, boto};
@@ -56,7 +56,7 @@ async fn a_block_node_behind_local_retention_gets_old_blocks_from_the_bucket() {
     let uploads = Arc::new(UploadManager::start(store.clone(), vec![target], UploadConfig::default()).unwrap());
 
     // Blocks 0-9 are stored and uploaded; local retention then deletes 0-5.
-    let blocks: Vec<Block> = (0..10).map(|n| Block::new(n, generate_block(n, 8192))).collect();
+    let blocks: Vec<Arc<Block>> = (0..10).map(|n| Arc::new(Block::new(n, generate_block(n, 8192)))).collect();
     for b in &blocks {
         store.write_block(b.number, &b.encode(), &["archive".to_string()]).unwrap();
         uploads.block_stored(b.number);
@@ -85,7 +85,7 @@ async fn a_block_node_behind_local_retention_gets_old_blocks_from_the_bucket() {
     }];
     let publisher = Publisher::start(config, nodes, buffer.clone(), Some(store.clone()), Some(archive));
     for b in &blocks[6..] {
-        buffer.insert(Arc::new(b.clone()));
+        buffer.insert(b.clone());
     }
     wait_for("blocks 2-5 arrive from the bucket", || (2..6).all(|n| node.blocks().contains_key(&n))).await;
     for n in 2..6 {
@@ -156,7 +156,8 @@ async fn a_bucket_with_refused_credentials_is_unhealthy_at_start_up_while_anothe
         s3_bucket("cloud", &s3.endpoint(), "blocks", ""),
     );
     let sidecar = Sidecar::start(&config(dir.path(), &buckets, ""), dir.path(), &[]);
-    wait_for("the bad bucket is reported", || get(&sidecar.url("/readyz")).1.contains("bucket cloud is unhealthy")).await;
+    wait_for("the bad bucket is reported", || get(&sidecar.url("/readyz")).1.contains("bucket cloud is unhealthy"))
+        .await;
     let (status, body) = get(&sidecar.url("/readyz"));
     assert_eq!(status, 503);
     assert!(!body.contains("bucket local"), "the good bucket is healthy: {body}");
@@ -165,8 +166,10 @@ async fn a_bucket_with_refused_credentials_is_unhealthy_at_start_up_while_anothe
     assert!(!log.contains("not-the-secret"), "the secret is never logged");
 
     assert!(publish(&PublisherOptions::new(sidecar.endpoint(), 0, 5, 4096)).await.unwrap().complete());
-    wait_for("the good bucket has every block", || (0..5).all(|n| dir.path().join(format!("bucket/{n:036}.blk")).exists()))
-        .await;
+    wait_for("the good bucket has every block", || {
+        (0..5).all(|n| dir.path().join(format!("bucket/{n:036}.blk")).exists())
+    })
+    .await;
     let scraped = get(&sidecar.url("/metrics")).1;
     assert_eq!(metric(&scraped, "blockferry_bucket_healthy{bucket=\"local\",provider=\"fs\"}"), Some(1.0), "{scraped}");
     assert_eq!(metric(&scraped, "blockferry_bucket_healthy{bucket=\"cloud\",provider=\"s3\"}"), Some(0.0), "{scraped}");
@@ -197,13 +200,13 @@ async fn an_abandoned_multipart_upload_is_aborted_at_the_next_start_and_versions
         ),
     );
     let buckets = s3_bucket("cloud", &moto.endpoint(), "blocks", "key_template = \"net/{number}{ext}\"\n");
-    let sidecar = Sidecar::start(
-        &config(dir.path(), &buckets, "[upload]\nabandoned_upload_age_secs = 1\n"),
-        dir.path(),
-        &[],
-    );
+    let sidecar =
+        Sidecar::start(&config(dir.path(), &buckets, "[upload]\nabandoned_upload_age_secs = 1\n"), dir.path(), &[]);
     let open_uploads = || {
-        boto(&moto.endpoint(), "print(json.dumps([u['Key'] for u in s3.list_multipart_uploads(Bucket='blocks').get('Uploads', [])]))")
+        boto(
+            &moto.endpoint(),
+            "print(json.dumps([u['Key'] for u in s3.list_multipart_uploads(Bucket='blocks').get('Uploads', [])]))",
+        )
     };
     wait_for("the abandoned upload is aborted", || !open_uploads().contains("net/")).await;
     assert!(open_uploads().contains("elsewhere/not-ours"), "an upload outside the key prefix is left alone");

@@ -283,7 +283,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if tally.failed > 0 {
-        println!("failed ({}; nothing in {} was overwritten):", tally.failed, dir.display());
+        println!("{} blocks could not be restored (nothing in {} was overwritten):", tally.failed, dir.display());
         for e in &tally.errors {
             println!("  {e}");
         }

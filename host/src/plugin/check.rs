@@ -84,9 +84,8 @@ pub fn inspect(engine: &Engine, path: &Path, component: &Component) -> Result<Co
     }
     let reader_export = format!("{PACKAGE}/{READER_INTERFACE}");
     let reader = exports.iter().any(|e| {
-        e.split_once('@').is_some_and(|(name, v)| {
-            name == reader_export && semver::Version::parse(v).is_ok_and(|v| compatible(&v))
-        })
+        e.split_once('@')
+            .is_some_and(|(name, v)| name == reader_export && semver::Version::parse(v).is_ok_and(|v| compatible(&v)))
     });
     Ok(ComponentReport { version, imports, exports, reader })
 }

@@ -15,10 +15,10 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::reading::ReadingProvider;
 use super::bindings::{IncompleteUpload, ObjectPage, Provider, UploadError};
-use super::sink::{BlockSink, Received};
 use super::egress::{EgressPolicy, url_authority};
 use super::error::{CallError, PluginFailure};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
+use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
 
 /// Extra time the host allows past a call's deadline for the guest to notice
@@ -313,8 +313,11 @@ impl BucketClient {
                 with_reader!(self, i, |reader, handle| async {
                     let sink = i.store.data_mut().table.push(lent)?;
                     let rep = sink.rep();
-                    let result =
-                        reader.blockferry_uploader_bucket_reader().reader().call_get(&mut i.store, handle, &key, sink).await;
+                    let result = reader
+                        .blockferry_uploader_bucket_reader()
+                        .reader()
+                        .call_get(&mut i.store, handle, &key, sink)
+                        .await;
                     if result.is_ok() {
                         i.store.data_mut().table.delete(Resource::<BlockSink>::new_own(rep))?;
                     }
@@ -336,10 +339,13 @@ impl BucketClient {
         let result = self
             .call(
                 "list",
-                with_reader!(self, i, |reader, handle| reader
-                    .blockferry_uploader_bucket_reader()
-                    .reader()
-                    .call_list(&mut i.store, handle, &prefix, after.as_deref(), limit.min(1000))),
+                with_reader!(self, i, |reader, handle| reader.blockferry_uploader_bucket_reader().reader().call_list(
+                    &mut i.store,
+                    handle,
+                    &prefix,
+                    after.as_deref(),
+                    limit.min(1000)
+                )),
             )
             .await?;
         result.map_err(upload_failure)
@@ -453,7 +459,9 @@ impl BucketClient {
         let opened =
             provider.blockferry_uploader_bucket_uploader().bucket().call_open(&mut store, &self.settings).await;
         match opened {
-            Ok(Ok(bucket)) => Ok(Instance { store, provider, bucket, reader: reader.map(Arc::new), opened_reader: None }),
+            Ok(Ok(bucket)) => {
+                Ok(Instance { store, provider, bucket, reader: reader.map(Arc::new), opened_reader: None })
+            }
             Ok(Err(message)) => {
                 let message = guest_text(message, MAX_GUEST_TEXT);
                 Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message }))

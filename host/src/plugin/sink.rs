@@ -79,7 +79,9 @@ impl BlockSink {
             return Err(e);
         }
         let written = match &mut s.target {
-            SinkTarget::File(file) => file.write_all(bytes).map_err(|e| format!("cannot write the object to disk: {e}")),
+            SinkTarget::File(file) => {
+                file.write_all(bytes).map_err(|e| format!("cannot write the object to disk: {e}"))
+            }
             SinkTarget::Memory(buf) => {
                 buf.extend_from_slice(bytes);
                 Ok(())

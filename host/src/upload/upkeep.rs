@@ -103,7 +103,9 @@ async fn check_health(target: &Target, stats: &BucketStats) {
         (_, Health::Unhealthy { error, .. }) => {
             tracing::error!(bucket = %target.name, "bucket unhealthy: {error}; uploads to it fail until it is fixed")
         }
-        (Health::Unhealthy { .. }, Health::Healthy { .. }) => tracing::info!(bucket = %target.name, "bucket healthy again"),
+        (Health::Unhealthy { .. }, Health::Healthy { .. }) => {
+            tracing::info!(bucket = %target.name, "bucket healthy again")
+        }
         (Health::Unknown, Health::Unchecked) => tracing::info!(
             bucket = %target.name,
             "its plugin exports no bucket-reader: no health checks and no cleanup of abandoned uploads for this bucket"

@@ -5,21 +5,31 @@
 //!   against body, what an object already under the key means).
 //! - [`http`]: HTTP/1.1 exchanges over raw `wasi:http`, request bodies either
 //!   from memory or spliced from a host `input-stream` (the block's bytes never
-//!   pass through guest memory), several exchanges driven at once with
-//!   `wasi:io` pollables.
+//!   pass through guest memory), 2xx response bodies optionally spliced into a
+//!   host `output-stream` (a `block-sink`, for the reader's `get`), several
+//!   exchanges driven at once with `wasi:io` pollables.
 //! - [`retry`]: the retry policy (exponential backoff with full jitter, capped,
 //!   `Retry-After`, attempt and elapsed-time limits) and a driver running many
 //!   retried calls with bounded concurrency.
 //! - [`settings`]: helpers of the providers' settings parsers (numbers,
 //!   endpoint URLs, the `retry_*` and `request_timeout_ms` settings).
 //! - [`sigv4`]: AWS Signature Version 4 request signing.
-//! - [`xml`]: the few XML elements S3 answers with.
-//! - [`s3`]: the S3 provider itself, generic over a [`s3::Flavor`] (defaults
-//!   such as addressing style and region), exported by the `blockferry-s3` and
-//!   `blockferry-minio` components with [`export_provider!`].
+//! - [`xml`]: the few XML elements S3 answers with (errors, upload ids,
+//!   listings).
+//! - [`s3`]: the S3 provider itself, uploader and reader, generic over a
+//!   [`s3::Flavor`] (defaults such as addressing style and region), exported by
+//!   the `blockferry-s3` and `blockferry-minio` components with
+//!   [`export_reading_provider!`].
+//! - [`bindings`]: the `reading-provider` world (`provider` plus the
+//!   `bucket-reader` export); the types and host functions are re-exported at
+//!   the crate root, with [`Guest`]/[`GuestBucket`]/[`Bucket`] (the uploader)
+//!   and [`ReaderGuest`]/[`GuestReader`]/[`Reader`] (the reader).
 //!
-//! A future provider (GCS, ...) reuses [`http`], [`retry`] and the bindings,
-//! and exports its own `GuestBucket` type with [`export_provider!`].
+//! A provider (S3, GCS, fs) implements [`GuestBucket`] and [`GuestReader`] and
+//! exports both with [`export_reading_provider!`]. A component that must stay
+//! uploader-only generates its own `provider`-world export with `with`
+//! pointing at [`bindings`]' types and host functions (as the `misbehave` test
+//! fixture does).
 
 pub mod block;
 pub mod http;
