@@ -431,7 +431,7 @@ fn plugin_check_accepts_the_component() {
     let text = text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("provider: gcs"), "{text}");
-    assert!(text.contains("blockferry:uploader/provider@0.1.0"), "{text}");
+    assert!(text.contains("blockferry:uploader/reading-provider@0.1.1"), "{text}");
 }
 
 #[tokio::test]

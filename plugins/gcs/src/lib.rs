@@ -108,8 +108,7 @@ impl GuestBucket for GcsBucket {
         };
         match created {
             Created::Written(written) => {
-                let (there, generation) = written.map_or((None, None), |s| (Some(s.object), s.generation));
-                if let Some(there) = there
+                if let Some(Stored { object: there, .. }) = &written
                     && there.md5.as_deref().is_some_and(|md5| md5 != &block.md5[..])
                 {
                     blockferry_guest::log(
@@ -121,9 +120,9 @@ impl GuestBucket for GcsBucket {
                             B64.encode(&block.md5)
                         ),
                     );
-                    return Err(UploadError::HashMismatch(there));
+                    return Err(UploadError::HashMismatch(there.clone()));
                 }
-                if let Some(generation) = generation {
+                if let Some(generation) = written.and_then(|s| s.generation) {
                     blockferry_guest::object_version(&block.key, &generation);
                 }
                 blockferry_guest::log(Level::Debug, &format!("uploaded {size} bytes to {}", cfg.location(&key)));
