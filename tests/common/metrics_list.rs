@@ -49,6 +49,8 @@ pub const METRICS: &[Metric] = &[
     m("blockferry_plugin_errors_total", Counter, &["bucket", "provider", "kind"]),
     m("blockferry_plugin_egress_refused_total", Counter, BUCKET_PROVIDER),
     m("blockferry_plugin_swaps_total", Counter, BUCKET_PROVIDER),
+    m("blockferry_bucket_healthy", Gauge, BUCKET_PROVIDER),
+    m("blockferry_abandoned_uploads_aborted_total", Counter, BUCKET_PROVIDER),
     m("blockferry_plugin_call_duration_seconds", Histogram, BUCKET_PROVIDER),
     // Block store.
     m("blockferry_store_blocks_written_total", Counter, &[]),
@@ -80,6 +82,7 @@ pub const METRICS: &[Metric] = &[
     m("blockferry_publish_timeouts_total", Counter, &["node"]),
     m("blockferry_publish_item_too_large_total", Counter, &["node"]),
     m("blockferry_publish_end_of_stream_rate_limited_total", Counter, &["node"]),
+    m("blockferry_publish_archive_reads_total", Counter, &["node"]),
     m("blockferry_publish_ack_latency_seconds", Histogram, &[]),
     m("blockferry_publish_streaming_block", Gauge, &[]),
     m("blockferry_publish_connected", Gauge, &[]),

@@ -5,11 +5,13 @@
 //!
 //! The plain check trusts what the bucket says of the object (`stat`: the
 //! MD5 recorded at upload, or a single-part ETag). `--deep` also downloads
-//! every object that passes it (through the plugin's `bucket-reader`, into a
-//! digest-only sink that accepts at most the local size + 1 bytes) and
-//! compares the MD5 of the bytes received with the `.meta`'s, which catches
-//! an object rewritten behind blockferry's back with the same size and
-//! metadata. A bucket whose plugin cannot read is reported as an error.
+//! every object that matches by metadata or whose MD5 the bucket does not
+//! report (through the plugin's `bucket-reader`, into a digest-only sink
+//! that accepts at most the local size + 1 bytes) and compares the MD5 of the
+//! bytes received with the `.meta`'s, which catches an object rewritten
+//! behind blockferry's back with the same size and metadata; one the bucket
+//! reports larger than the local block differs without a download. A bucket
+//! whose plugin cannot read is reported as an error and not checked.
 
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
@@ -35,9 +37,10 @@ pub struct VerifyArgs {
     /// Only the blocks in this range: `A..B` (B excluded), `A..=B`, `A..` or `..B`.
     #[arg(long, value_name = "A..B", value_parser = parse_range)]
     pub range: Option<RangeInclusive<u64>>,
-    /// Also download every object that matches by metadata and compare the
-    /// MD5 of its content with the local one (needs plugins that can read:
-    /// the `reading-provider` world; a bucket whose plugin cannot is an error).
+    /// Also download every object that matches by metadata (or whose MD5 the
+    /// bucket does not report) and compare the MD5 of its content with the
+    /// local one (needs plugins that can read: the `reading-provider` world;
+    /// a bucket whose plugin cannot is an error).
     #[arg(long)]
     pub deep: bool,
 }
