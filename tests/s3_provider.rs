@@ -433,10 +433,11 @@ async fn minio_defaults_to_path_style_and_us_east_1() {
 /// Upload throughput of the S3 plugin beside a native Rust client
 /// (`object_store`) writing the same blocks to the same `s3s-fs` server in the
 /// same run, 8 uploads in flight each, conditional creates both; prints the
-/// figures to stderr and `target/s3-throughput.txt`. A benchmark, not a test:
-/// `cargo bench -p blockferry --bench s3_throughput` runs it (BENCHMARKS.md).
+/// figures to stderr and `target/s3-throughput.txt` and returns them, with the
+/// process CPU time (`cpu()`, seconds) each client used. A benchmark, not a
+/// test: `cargo bench -p blockferry --bench s3_throughput` runs it (BENCHMARKS.md).
 #[allow(dead_code)]
-pub async fn throughput_beside_a_native_client() {
+pub async fn throughput_beside_a_native_client(cpu: fn() -> f64) -> Vec<Throughput> {
     use futures::StreamExt;
     use object_store::aws::AmazonS3Builder;
     use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -461,6 +462,7 @@ pub async fn throughput_beside_a_native_client() {
         .unwrap();
 
     let mut report = String::new();
+    let mut figures = Vec::new();
     for (label, size, count) in [("64 KiB", 64 * 1024, 200usize), ("16 MiB", 16 * MIB, 6)] {
         let bodies: Vec<bytes::Bytes> = (0..count).map(|i| common::bytes(size, 1000 + i as u64).into()).collect();
         let total = (size * count) as f64 / MIB as f64;
@@ -477,8 +479,9 @@ pub async fn throughput_beside_a_native_client() {
             })
             .collect();
         let (mut best_plugin, mut best_native) = (f64::MAX, f64::MAX);
+        let (mut plugin_cpu, mut native_cpu) = (0.0, 0.0);
         for round in 0..ROUNDS {
-            let started = Instant::now();
+            let (started, cpu_before) = (Instant::now(), cpu());
             let results: Vec<_> = futures::stream::iter(0..count)
                 .map(|i| {
                     let (client, infos) = (&client, &infos);
@@ -492,8 +495,9 @@ pub async fn throughput_beside_a_native_client() {
                 .await;
             assert!(results.iter().all(|r| matches!(r, Ok(Outcome::Uploaded))), "{results:?}");
             best_plugin = best_plugin.min(started.elapsed().as_secs_f64());
+            plugin_cpu += cpu() - cpu_before;
 
-            let started = Instant::now();
+            let (started, cpu_before) = (Instant::now(), cpu());
             let results: Vec<_> = futures::stream::iter(bodies.iter().enumerate())
                 .map(|(i, body)| {
                     let native = &native;
@@ -508,7 +512,15 @@ pub async fn throughput_beside_a_native_client() {
                 .await;
             assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
             best_native = best_native.min(started.elapsed().as_secs_f64());
+            native_cpu += cpu() - cpu_before;
         }
+        let gib = (size * count * ROUNDS) as f64 / (1u64 << 30) as f64;
+        figures.push(Throughput {
+            label,
+            blocks_per_s: [count as f64 / best_plugin, count as f64 / best_native],
+            mib_per_s: [total / best_plugin, total / best_native],
+            cpu_s_per_gib: [plugin_cpu / gib, native_cpu / gib],
+        });
         let line = format!(
             "{label} x {count}: plugin {:.1} MiB/s ({:.0} blocks/s), object_store {:.1} MiB/s ({:.0} blocks/s), ratio {:.2}\n",
             total / best_plugin,
@@ -521,6 +533,21 @@ pub async fn throughput_beside_a_native_client() {
     }
     eprintln!("{report}");
     let _ = std::fs::write(workspace().join("target/s3-throughput.txt"), &report);
+    figures
+}
+
+/// One block size's figures from [`throughput_beside_a_native_client`]: each
+/// pair is `[S3 plugin, object_store]`.
+#[allow(dead_code)]
+pub struct Throughput {
+    /// `64 KiB` or `16 MiB`.
+    pub label: &'static str,
+    /// Blocks per second (best round).
+    pub blocks_per_s: [f64; 2],
+    /// MiB per second (best round).
+    pub mib_per_s: [f64; 2],
+    /// Process CPU seconds per GiB uploaded (all rounds).
+    pub cpu_s_per_gib: [f64; 2],
 }
 
 #[tokio::test]

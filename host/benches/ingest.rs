@@ -8,6 +8,8 @@
 //! `cargo bench -p blockferry --bench ingest`; `INGEST_MAINNET_BLOCKS=N` sets
 //! how many blocks the mainnet-rate run publishes (default 15, 30 s).
 
+mod report;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +19,9 @@ use blockferry::ingest::Ingest;
 use blockferry::store::BlockStore;
 use blockferry_sim::{PublisherOptions, publish};
 
-/// One run on a fresh store: `blocks` blocks of `size` bytes, `interval` apart.
-async fn run(label: &str, blocks: u64, size: usize, interval: Duration) {
+/// One run on a fresh store: `blocks` blocks of `size` bytes, `interval`
+/// apart; returns the p99 acknowledgement latency in milliseconds.
+async fn run(label: &str, blocks: u64, size: usize, interval: Duration) -> f64 {
     let dir = tempfile::tempdir_in(std::env::var_os("INGEST_DIR").unwrap_or_else(|| ".".into())).unwrap();
     let store = Arc::new(BlockStore::open(dir.path(), Compression::None).unwrap());
     let buffer = Arc::new(BlockBuffer::new(BufferConfig::default(), false));
@@ -40,6 +43,7 @@ async fn run(label: &str, blocks: u64, size: usize, interval: Duration) {
         ms(report.max()),
     );
     server.abort();
+    ms(report.p99())
 }
 
 fn main() {
@@ -49,6 +53,13 @@ fn main() {
         run("full speed, 64 KiB blocks", 2000, 64 * 1024, Duration::ZERO).await;
         run("full speed, 1 MiB blocks", 300, 1024 * 1024, Duration::ZERO).await;
         run("full speed, 8 MiB blocks", 40, 8 * 1024 * 1024, Duration::ZERO).await;
-        run("mainnet rate (2 s), 1 MiB blocks", mainnet, 1024 * 1024, Duration::from_secs(2)).await;
+        let p99 = run("mainnet rate (2 s), 1 MiB blocks", mainnet, 1024 * 1024, Duration::from_secs(2)).await;
+        report::row(
+            &format!("ingest → durable → acknowledged at mainnet rate (1 MiB per 2 s, {mainnet} blocks), p99"),
+            p99,
+            "ms",
+            None,
+            report::Goal::AtMost(20.0),
+        );
     });
 }

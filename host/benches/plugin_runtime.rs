@@ -3,8 +3,11 @@
 //! a direct Rust call. Run with `cargo bench -p blockferry --bench plugin_runtime`
 //! after `scripts/build-plugins.sh`.
 
+mod report;
+
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use blockferry::plugin::{EngineSettings, PluginRuntime, Provenance};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -48,6 +51,37 @@ fn instantiate_and_call(c: &mut Criterion) {
     }
     group.bench_function("direct Rust call (baseline)", |b| b.iter(|| black_box(provider_name_native())));
     group.finish();
+    report_row(&rt);
+}
+
+/// The table's row: median of single instantiate + call timings (pooling on),
+/// beside the median direct call.
+fn report_row(rt: &tokio::runtime::Runtime) {
+    let runtime = PluginRuntime::new(&EngineSettings::default(), None).unwrap();
+    let plugin = runtime.load(&fs_plugin(), None).unwrap();
+    let time = |f: &mut dyn FnMut()| {
+        let mut samples: Vec<f64> = (0..2000)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        report::median(&mut samples)
+    };
+    let call = time(&mut || {
+        rt.block_on(plugin.provider_name()).unwrap();
+    });
+    let direct = time(&mut || {
+        black_box(provider_name_native());
+    });
+    report::row(
+        "instantiate + one trivial plugin call, median (pooling allocator)",
+        call,
+        "µs",
+        Some(direct),
+        report::Goal::AtMost(20.0),
+    );
 }
 
 criterion_group!(benches, compile, instantiate_and_call);

@@ -7,6 +7,8 @@
 //! `cargo bench -p blockferry --bench publish`; `PUBLISH_BLOCKS=N` and
 //! `PUBLISH_BLOCK_SIZE=BYTES` change the workload (default 200 × 1 MiB).
 
+mod report;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +112,16 @@ fn main() {
             "  blockferry publish  {:>8.1} MB/s   ratio {:.2}",
             mb_s(ours),
             bare.as_secs_f64() / ours.as_secs_f64()
+        );
+        report::row(
+            &format!(
+                "publisher streaming {n} × {} KiB blocks to the block-node simulator, vs a bare tonic stream",
+                size / 1024
+            ),
+            mb_s(ours),
+            "MB/s",
+            Some(mb_s(bare)),
+            report::Goal::RatioAtLeast(0.8),
         );
 
         // Latency at a paced rate: one block every 50 ms.
