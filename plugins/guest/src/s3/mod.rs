@@ -190,7 +190,8 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         retry::run_one(&mut call, &cfg.policy)
     }
 
-    /// `ListMultipartUploads` under the prefix (one page: at most 1000).
+    /// `ListMultipartUploads` under the prefix (one page: at most 1000); a
+    /// service that does not implement it (HTTP 501) has none to list.
     fn incomplete_uploads(&self, prefix: String) -> Result<Vec<IncompleteUpload>, UploadError> {
         let cfg = &self.cfg;
         let full_prefix = format!("{}{prefix}", cfg.prefix);
@@ -205,6 +206,9 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
             || Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
             |response| match (response.status, incomplete_uploads(&response.body, &cfg.prefix)) {
                 (200..=299, Some(uploads)) => Accept::Done(Ok(uploads)),
+                // A service without multipart listing (e.g. s3s-fs) has nothing
+                // this provider could abort: an empty list, not an error.
+                (501, _) => Accept::Done(Ok(Vec::new())),
                 _ => Accept::Other(response),
             },
         );
