@@ -155,12 +155,26 @@ fn random_fault(roll: u64, n: u64) -> Action {
     }
 }
 
+/// One schedule per round (`BLOCKFERRY_FAULT_ROUNDS`, default 1: the short
+/// run), each from its own seed; a long run sets more rounds.
 #[tokio::test(flavor = "multi_thread")]
 async fn block_nodes_failing_at_random_never_cost_a_block() {
+    let rounds: u64 = std::env::var("BLOCKFERRY_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut total = 0;
+    for round in 0..rounds {
+        total += random_schedule(0x5eed_f417 + round).await;
+    }
+    println!("{rounds} schedules, {total} faults injected across two block nodes; {} blocks, none lost", rounds * BLOCKS);
+}
+
+/// Two block nodes failing on the schedule drawn from `seed`: every block
+/// must still reach one, byte for byte, and be acknowledged. Returns the
+/// faults injected.
+async fn random_schedule(initial: u64) -> usize {
+    let mut seed = initial;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (BlockNode::start().await, BlockNode::start().await);
-    // About one block in six gets a fault on each node, from a fixed seed.
-    let mut seed = 0x5eed_f417_u64;
+    // About one block in six gets a fault on each node.
     let mut faults = 0;
     for node in [&a, &b] {
         for n in 0..BLOCKS {
@@ -193,7 +207,8 @@ async fn block_nodes_failing_at_random_never_cost_a_block() {
         let got = a.blocks().get(&n).or(b.blocks().get(&n)).cloned().unwrap();
         assert_eq!(got, generate_block(n, SIZE), "block {n} byte for byte");
     }
-    println!("{faults} faults injected across two block nodes; {BLOCKS} blocks, none lost");
+    println!("seed {initial:#x}: {faults} faults injected across two block nodes; {BLOCKS} blocks, none lost");
     let out = sidecar.stop();
     assert!(out.status.success(), "{}", text(&out));
+    faults
 }
