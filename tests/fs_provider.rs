@@ -137,3 +137,9 @@ async fn many_uploads_through_one_instance_leak_no_file_descriptors() {
     let after = open_fds();
     assert!(after <= before + 5, "file descriptors grew from {before} to {after} over 300 uploads");
 }
+
+#[tokio::test]
+async fn the_reader_passes_the_conformance_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    common::reader::conformance(&fs_bucket(dir.path()).await).await;
+}

@@ -882,3 +882,12 @@ pub async fn throughput_against_the_emulator() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_reader_passes_the_conformance_checks() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("reading");
+    let runtime = runtime();
+    let client = open(&runtime, settings(&gcs.endpoint(), "reading", &[("prefix", "net/")])).await;
+    common::reader::conformance(&client).await;
+}

@@ -164,7 +164,10 @@ async fn block_nodes_failing_at_random_never_cost_a_block() {
     for round in 0..rounds {
         total += random_schedule(0x5eed_f417 + round).await;
     }
-    println!("{rounds} schedules, {total} faults injected across two block nodes; {} blocks, none lost", rounds * BLOCKS);
+    println!(
+        "{rounds} schedules, {total} faults injected across two block nodes; {} blocks, none lost",
+        rounds * BLOCKS
+    );
 }
 
 /// Two block nodes failing on the schedule drawn from `seed`: every block

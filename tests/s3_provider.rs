@@ -626,3 +626,16 @@ async fn a_kept_alive_connection_the_server_closed_costs_no_upload() {
     let (opened, _) = client.connections();
     assert!(opened >= 10, "a closed connection is not used again: {opened} opened");
 }
+
+#[tokio::test]
+async fn the_reader_passes_the_conformance_checks_on_moto_and_s3s_fs() {
+    let runtime = runtime();
+    let moto = Moto::start();
+    moto.create_bucket("reading");
+    let s3 = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "reading", &[("prefix", "net/")])).await;
+    common::reader::conformance(&s3).await;
+    // MinIO's component against a signature-checking server without multipart listing.
+    let server = S3sFs::start("reading");
+    let minio = open(&runtime, "blockferry_minio", settings(&server.endpoint(), "reading", &[])).await;
+    common::reader::conformance(&minio).await;
+}
