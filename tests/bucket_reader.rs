@@ -21,7 +21,7 @@ use blockferry_proto::PublishStreamResponse;
 use blockferry_proto::api::publish_stream_response::{BehindPublisher, Response};
 use blockferry_sim::block_node::{Action, BlockNode, Trigger};
 use blockferry_sim::{PublisherOptions, generate_block, publish};
-use common::servers::{ACCESS_KEY, Moto, S3sFs, boto};
+use common::servers::{ACCESS_KEY, Moto, S3sFs, SECRET_KEY, boto};
 use common::sidecar::{Sidecar, http_get as get};
 use common::*;
 
@@ -177,6 +177,18 @@ async fn a_bucket_with_refused_credentials_is_unhealthy_at_start_up_while_anothe
     let cloud = api["buckets"].as_array().unwrap().iter().find(|b| b["name"] == "cloud").unwrap();
     assert_eq!(cloud["health"], "unhealthy");
     assert!(cloud["health_error"].as_str().unwrap().contains("permanent"), "{cloud}");
+
+    // The fixed credentials are picked up by a reload, which checks the bucket
+    // again at once (not at the next 60 s pass): ready, and the held blocks go up.
+    credentials(
+        dir.path(),
+        &format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
+    );
+    wait_for("ready once the bucket is fixed", || get(&sidecar.url("/readyz")).0 == 200).await;
+    wait_for("the fixed bucket has every block", || {
+        (0..5).all(|n| s3.root.join(format!("blocks/{n:036}.blk")).exists())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,10 +206,7 @@ async fn an_abandoned_multipart_upload_is_aborted_at_the_next_start_and_versions
     let dir = tempfile::tempdir().unwrap();
     credentials(
         dir.path(),
-        &format!(
-            "[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{}\"\n",
-            common::servers::SECRET_KEY
-        ),
+        &format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
     );
     let buckets = s3_bucket("cloud", &moto.endpoint(), "blocks", "key_template = \"net/{number}{ext}\"\n");
     let sidecar =

@@ -159,6 +159,8 @@ pub struct UploadManager {
     buckets: Buckets,
     config: Arc<RwLock<UploadConfig>>,
     upkeep: JoinHandle<()>,
+    /// Wakes the upkeep task for a pass now.
+    upkeep_now: Arc<tokio::sync::Notify>,
 }
 
 impl UploadManager {
@@ -169,13 +171,16 @@ impl UploadManager {
         let backlog = backlog(&store, &names)?;
         let buckets = Buckets::default();
         let shared_config = Arc::new(RwLock::new(config.clone()));
-        let upkeep = upkeep::spawn_upkeep(buckets.clone(), shared_config.clone());
-        let manager = Self { store, buckets, config: shared_config, upkeep };
+        let upkeep_now = Arc::new(tokio::sync::Notify::new());
+        let upkeep = upkeep::spawn_upkeep(buckets.clone(), shared_config.clone(), upkeep_now.clone());
+        let manager = Self { store, buckets, config: shared_config, upkeep, upkeep_now };
         for (target, initial) in targets.into_iter().zip(backlog) {
             let (queue, rx) = mpsc::unbounded_channel();
             let running = manager.spawn(target, config.clone(), queue, rx, initial);
             write(&manager.buckets).push(running);
         }
+        // The first health checks and cleanup, now that the buckets are there.
+        manager.upkeep_now.notify_one();
         Ok(manager)
     }
 
@@ -239,6 +244,8 @@ impl UploadManager {
             write(&self.buckets).push(running);
         }
         write(&self.buckets).sort_by_key(|r| order.iter().position(|n| *n == r.name));
+        // Health checks and cleanup of the new settings at once.
+        self.upkeep_now.notify_one();
         Ok(changes)
     }
 

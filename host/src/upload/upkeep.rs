@@ -63,9 +63,17 @@ impl BucketStats {
     }
 }
 
-/// Run upkeep passes until the task is aborted, the first one at once.
-pub(super) fn spawn_upkeep(buckets: Buckets, config: Arc<RwLock<UploadConfig>>) -> tokio::task::JoinHandle<()> {
+/// Run upkeep passes until the task is aborted: the first when `wake` is
+/// first notified (once the manager has registered its buckets), then every
+/// `health_check_interval_secs`, and at once whenever `wake` is notified again
+/// (a reload changed the buckets: a fixed bucket need not wait for the next pass).
+pub(super) fn spawn_upkeep(
+    buckets: Buckets,
+    config: Arc<RwLock<UploadConfig>>,
+    wake: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        wake.notified().await;
         loop {
             let targets: Vec<(Target, Arc<BucketStats>)> =
                 read(&buckets).iter().map(|r| (r.settings.borrow().0.clone(), r.stats.clone())).collect();
@@ -83,7 +91,10 @@ pub(super) fn spawn_upkeep(buckets: Buckets, config: Arc<RwLock<UploadConfig>>) 
                 }
             });
             futures::future::join_all(passes).await;
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = wake.notified() => {}
+            }
         }
     })
 }
