@@ -130,14 +130,15 @@ impl Ctx {
         self.counters.ack_latency.observe(latency);
     }
 
-    /// Block `number` from the buffer, or read back from the store.
+    /// Block `number` from the buffer, or read back from the store, or from
+    /// the archive (a bucket) when retention deleted it.
     async fn block(&self, number: u64) -> Option<Arc<Block>> {
         if let Some(block) = self.buffer.get(number) {
             return Some(block);
         }
-        let store = self.store.clone()?;
-        let read = store.clone();
-        if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || read.read_block(number)).await {
+        if let Some(store) = self.store.clone()
+            && let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || store.read_block(number)).await
+        {
             let items = split_block(&Bytes::from(bytes)).ok()?;
             return Some(Arc::new(Block::new(number, items)));
         }

@@ -188,9 +188,7 @@ impl BlockStore {
         if !meta.file.ends_with(".gz") {
             return Ok(data);
         }
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut out).map_err(io_err("decompressing", &path))?;
-        Ok(out)
+        gunzip(&data).map_err(io_err("decompressing", &path))
     }
 
     fn tmp_path(&self, name: &str) -> PathBuf {
@@ -497,6 +495,13 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
         flate2::GzBuilder::new().mtime(0).operating_system(255).write(Vec::new(), flate2::Compression::new(6));
     enc.write_all(bytes).expect("writing to memory");
     enc.finish().expect("writing to memory")
+}
+
+/// The bytes a gzip stream (a block file stored gzipped) holds.
+pub fn gunzip(gz: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Write `data` to a new file at `path` and fsync it.

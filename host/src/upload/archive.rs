@@ -2,13 +2,13 @@
 //! local retention deleted is read back from the first bucket (in config
 //! order) whose plugin can read and which holds it with the right content.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::plugin::{BlockSink, SinkTarget};
 use crate::publish::archive::Archive;
+use crate::store::gunzip;
 
 use super::UploadManager;
 
@@ -53,12 +53,13 @@ impl BucketArchive {
             }
             let SinkTarget::Memory(bytes) = received.target else { continue };
             let bytes = if self.ext.ends_with(".gz") {
-                let mut out = Vec::new();
-                if let Err(e) = flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out) {
-                    tracing::error!(bucket = %target.name, block = number, key, "cannot decompress the object: {e}");
-                    continue;
+                match gunzip(&bytes) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::error!(bucket = %target.name, block = number, key, "cannot decompress the object: {e}");
+                        continue;
+                    }
                 }
-                out
             } else {
                 bytes
             };
