@@ -23,7 +23,7 @@ scripts/install-test-servers.sh
 cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
 
 # The short fuzzing run (issue 10): every cargo-fuzz target for 10 s, on the
-# nightly toolchain with AddressSanitizer (its first build takes ~17 minutes on
+# nightly toolchain with AddressSanitizer (its first build takes ~10 minutes on
 # 2 cores). Skipped only when a test filter was given: a partial run.
 if [ $# -eq 0 ]; then
     scripts/fuzz.sh 10
