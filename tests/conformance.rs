@@ -17,7 +17,9 @@ use common::*;
 /// the passed, failed and not-applicable checks.
 fn plugin_test(plugin: &str, args: &[&str]) -> (Output, Vec<String>, Vec<String>, Vec<String>) {
     let path = plugin_path(plugin).display().to_string();
-    let mut all = vec!["plugin", "test", &path, "--json", "--prefix", "conformance/"];
+    // Each provider in its own prefix: two may share a bucket.
+    let prefix = format!("conformance/{plugin}/");
+    let mut all = vec!["plugin", "test", &path, "--json", "--prefix", &prefix];
     all.extend_from_slice(args);
     let out = blockferry(&all);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)

@@ -130,9 +130,15 @@ struct Suite {
 
 type CheckResult = Result<(), (String, String)>;
 
-/// A failed expectation: what was expected and what came back.
+/// A failed expectation: what was expected and what came back (as Rust
+/// shows it).
 fn fail<T>(expected: impl Into<String>, got: impl std::fmt::Debug) -> Result<T, (String, String)> {
-    Err((expected.into(), format!("{got:?}")))
+    fail_text(expected, format!("{got:?}"))
+}
+
+/// A failed expectation: what was expected and what came back, in words.
+fn fail_text<T>(expected: impl Into<String>, got: String) -> Result<T, (String, String)> {
+    Err((expected.into(), got))
 }
 
 fn md5(bytes: &[u8]) -> Vec<u8> {
@@ -228,7 +234,7 @@ pub async fn run(plugin: Arc<Plugin>, opts: SuiteOptions) -> Report {
                     client = Some(c);
                     Ok(())
                 }
-                Err(e) => fail("open succeeds", e.to_string()),
+                Err(e) => fail_text("open succeeds", e.to_string()),
             }
         })
         .await;
@@ -271,28 +277,6 @@ async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: us
         })
         .await;
     suite
-        .check(
-            "upload-different",
-            "different bytes are `hash-mismatch` carrying what is there, and the object is unchanged",
-            async {
-                match put(client, &said, 1, &key, &b).await {
-                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: Some(m), size, .. })))
-                        if m == md5(&a) && size == a.len() as u64 =>
-                    {
-                        holds(client, &key, &a).await
-                    }
-                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: None, .. }))) => {
-                        holds(client, &key, &a).await
-                    }
-                    other => {
-                        let kept = holds(client, &key, &a).await.map_or(" (and the object was replaced)", |()| "");
-                        fail("Err(HashMismatch) carrying the stored object's MD5 and size", format!("{other:?}{kept}"))
-                    }
-                }
-            },
-        )
-        .await;
-    suite
         .check("stat-present", "`stat` of an uploaded key gives its size and content MD5", async {
             match client.stat(&key).await {
                 Ok(Some(RemoteObject { size, md5: Some(m), .. })) if size == a.len() as u64 && m == md5(&a) => Ok(()),
@@ -310,6 +294,28 @@ async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: us
         })
         .await;
 
+    suite
+        .check(
+            "upload-different",
+            "different bytes are `hash-mismatch` carrying what is there, and the object is unchanged",
+            async {
+                match put(client, &said, 1, &key, &b).await {
+                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: Some(m), size, .. })))
+                        if m == md5(&a) && size == a.len() as u64 =>
+                    {
+                        holds(client, &key, &a).await
+                    }
+                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: None, .. }))) => {
+                        holds(client, &key, &a).await
+                    }
+                    other => {
+                        let kept = holds(client, &key, &a).await.map_or(" (and the object was replaced)", |()| "");
+                        fail_text("Err(HashMismatch) carrying the stored object's MD5 and size", format!("{other:?}{kept}"))
+                    }
+                }
+            },
+        )
+        .await;
     let (c1, c2) = (test_bytes(200_000, 3), test_bytes(200_000, 4));
     let race = suite.key("upload/000000000000000000000000000000000002.blk");
     suite
@@ -447,7 +453,7 @@ async fn errors(suite: &mut Suite, opts: &SuiteOptions) {
                 let took = start.elapsed();
                 match result {
                     Err(e) if e.is_retryable() && took <= deadline + Duration::from_secs(2) => Ok(()),
-                    other => fail(
+                    other => fail_text(
                         format!("a transient error within {} ms", deadline.as_millis()),
                         format!("{other:?} after {} ms", took.as_millis()),
                     ),
@@ -494,7 +500,7 @@ async fn reader(suite: &mut Suite, client: &BucketClient) {
                     Ok(Some((remote, received))) => {
                         let SinkTarget::Memory(got) = &received.target else { return fail("the memory sink", "another") };
                         if got != body || received.md5[..] != md5(body)[..] {
-                            return fail(format!("{key}: {} bytes as uploaded", body.len()), format!("{} bytes", got.len()));
+                            return fail_text(format!("{key}: {} bytes as uploaded", body.len()), format!("{} bytes", got.len()));
                         }
                         if remote.size != body.len() as u64 || remote.md5.as_deref() != Some(&md5(body)[..]) {
                             return fail(format!("{key}: size {} and its content MD5", body.len()), remote);
@@ -535,13 +541,13 @@ async fn reader(suite: &mut Suite, client: &BucketClient) {
                 pages += 1;
                 match page.next {
                     Some(next) if pages < 10 => after = Some(next),
-                    Some(_) => return fail("paging ends", "more than 10 pages for 5 objects"),
+                    Some(_) => return fail_text("paging ends", "more than 10 pages for 5 objects".into()),
                     None => break,
                 }
             }
             let expected: Vec<(String, u64)> = keys.iter().cloned().zip(bodies.iter().map(|b| b.len() as u64)).collect();
             if listed != expected || pages < 3 {
-                return fail(format!("{expected:?} in 3 pages of at most 2"), format!("{listed:?} in {pages} pages"));
+                return fail_text(format!("{expected:?} in 3 pages of at most 2"), format!("{listed:?} in {pages} pages"));
             }
             Ok(())
         })
@@ -577,7 +583,7 @@ async fn hygiene(suite: &mut Suite, client: &BucketClient, opts: &SuiteOptions) 
             "sandbox-egress",
             "the plugin reached only the authorities its settings name (the host refused nothing)",
             async {
-                if refused == 0 { Ok(()) } else { fail("0 refused requests", format!("{refused} refused")) }
+                if refused == 0 { Ok(()) } else { fail_text("0 refused requests", format!("{refused} refused")) }
             },
         )
         .await;
@@ -601,7 +607,7 @@ async fn hygiene(suite: &mut Suite, client: &BucketClient, opts: &SuiteOptions) 
         .check("sandbox-secrets", "no message of the plugin contains a credential it was given", async {
             match said.iter().find(|m| secrets.iter().any(|s| m.contains(s.as_str()))) {
                 None => Ok(()),
-                Some(m) => fail("no credential value in any error message", format!("{} …", &m[..m.len().min(200)])),
+                Some(m) => fail_text("no credential value in any error message", m.chars().take(200).collect()),
             }
         })
         .await;
