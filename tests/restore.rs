@@ -324,3 +324,51 @@ fn a_bucket_whose_plugin_cannot_read_is_an_error_for_restore_and_verify_deep() {
     );
     assert!(t.contains("problems found"), "{t}");
 }
+
+#[test]
+fn zstd_blocks_in_the_block_nodes_layout_upload_restore_and_mix_with_gzip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::create_dir_all(dir.join("bn")).unwrap();
+    let bucket = format!(
+        "[[buckets]]\nname = \"bn\"\nplugin = {:?}\ndirectory = \"bn\"\nkey_template = \"blocks/{{number:bn}}{{ext}}\"\n",
+        plugin_path("blockferry_fs").display().to_string()
+    );
+    // Blocks 0-2 stored gzipped, then the compression changes: 3-5 in zstd.
+    let generate = ["run", "--generate", "3", "--block-size", "5000", "--exit-when-drained"];
+    ok(with(&write_config(dir, "", "blocks", "gzip", &bucket), &generate));
+    let config = write_config(dir, "", "blocks", "zstd", &bucket);
+    let t = ok(with(&config, &generate));
+    assert!(t.contains("bucket bn: 3 uploaded"), "{t}");
+    let store = dir.join("blocks");
+    for n in 0..6 {
+        let ext = if n < 3 { ".blk.gz" } else { ".blk.zstd" };
+        // The block node's key: 19 digits split 4/4/4/4/3.
+        let object = dir.join(format!("bn/blocks/0000/0000/0000/0000/{n:03}{ext}"));
+        assert_eq!(fs::read(&object).unwrap(), fs::read(store.join(file(n, ext))).unwrap(), "block {n}");
+        if n >= 3 {
+            // Decompressed by an independent zstd (the command-line tool).
+            let out = std::process::Command::new("zstd")
+                .args(["-d", "-c", object.to_str().unwrap()])
+                .output()
+                .expect("the zstd command: install it with scripts/install-test-servers.sh");
+            assert!(out.status.success(), "zstd -d: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, blockferry_sim::block_bytes(n, 5000), "block {n} decompressed");
+        }
+    }
+    // The mixed store verifies clean, deep.
+    let t = ok(with(&config, &["verify", "--deep"]));
+    assert!(t.contains("bucket bn: 6 matching, 0 missing, 0 mismatched"), "{t}");
+    // Restore of the zstd blocks from the block node's layout.
+    let into = dir.join("restored");
+    let t = ok(restore(&config, "bn", "3..6", &into));
+    assert!(t.contains(": 3 restored, 0 skipped (already there), 0 missing, 0 unverified, 0 failed;"), "{t}");
+    same_blocks(&store, &into, 3..6, ".blk.zstd", "bn");
+    // And import reads the block node's layout back, numbering by directory.
+    let imported = write_config(dir, "mode = \"file\"\n", "imported", "none", "");
+    let t = ok(with(&imported, &["import", dir.join("bn").to_str().unwrap()]));
+    assert!(t.contains("imported 6 blocks"), "{t}");
+    for n in 0..6 {
+        assert_eq!(fs::read(dir.join("imported").join(file(n, ".blk"))).unwrap(), blockferry_sim::block_bytes(n, 5000));
+    }
+}

@@ -429,9 +429,9 @@ fn default_soft_limit() -> usize {
     2_097_152
 }
 
-/// Block file compression. `gzip` is deterministic (fixed level, no name or
-/// time in the header), so two nodes storing the same block produce the same
-/// bytes and the same MD5.
+/// Block file compression. `gzip` and `zstd` are deterministic (fixed level,
+/// no name, time or checksum variations in the header), so two nodes storing
+/// the same block produce the same bytes and the same MD5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
@@ -440,6 +440,9 @@ pub enum Compression {
     None,
     /// Store them gzip-compressed (`.blk.gz`).
     Gzip,
+    /// Store them zstd-compressed (`.blk.zstd`), as the Hiero block node's
+    /// cloud-storage plugin writes its objects.
+    Zstd,
 }
 
 /// `[upload]`: retries and local retention.
@@ -1042,6 +1045,7 @@ fn check_key_template(template: &str) -> Result<(), String> {
         match name.split_once(':') {
             None if name == "number" => has_number = true,
             None if name == "ext" => {}
+            Some(("number", "bn")) => has_number = true,
             Some(("number", width)) if width.parse::<usize>().is_ok_and(|w| (1..=40).contains(&w)) => has_number = true,
             _ => return Err(format!("= {template:?} has an unknown placeholder `{{{name}}}`")),
         }
@@ -1064,6 +1068,7 @@ pub fn render_key(template: &str, number: u64, ext: &str) -> String {
         match rest[open + 1..close].split_once(':') {
             None if &rest[open + 1..close] == "ext" => out.push_str(ext),
             None => out.push_str(&format!("{number:036}")),
+            Some((_, "bn")) => out.push_str(&block_node_path(number)),
             Some((_, width)) => out.push_str(&format!("{number:0width$}", width = width.parse().unwrap_or(36))),
         }
         rest = &rest[close + 1..];
@@ -1072,9 +1077,26 @@ pub fn render_key(template: &str, number: u64, ext: &str) -> String {
     out
 }
 
+/// The Hiero block node's object path of block `number`: the number padded
+/// to 19 digits and split 4/4/4/4/3 (`0000/0000/0010/8273/182`).
+fn block_node_path(number: u64) -> String {
+    let digits = format!("{number:019}");
+    let split = [&digits[0..4], &digits[4..8], &digits[8..12], &digits[12..16], &digits[16..19]];
+    split.join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_block_node_layout() {
+        assert_eq!(render_key("blocks/{number:bn}{ext}", 1, ".blk.zstd"), "blocks/0000/0000/0000/0000/001.blk.zstd");
+        assert_eq!(render_key("blocks/{number:bn}{ext}", 108_273_182, ".blk.zstd"), "blocks/0000/0000/0010/8273/182.blk.zstd");
+        assert_eq!(render_key("{number:bn}{ext}", u64::MAX, ".blk"), "1844/6744/0737/0955/1615.blk");
+        assert!(check_key_template("blocks/{number:bn}{ext}").is_ok());
+        assert!(check_key_template("blocks/{number:bx}{ext}").is_err());
+    }
 
     #[test]
     fn key_templates_render_zero_padded_numbers() {

@@ -267,7 +267,7 @@ mod tests {
         let ok = [header.clone(), raw(4, b"tx"), future.clone(), footer.clone(), proof.clone()];
         assert_eq!(check_block(&ok), Ok(BlockSummary { number: 7, items: 5 }));
         assert_eq!(check_block(&[]), Err(BlockError::NoItems));
-        assert!(matches!(check_block(&[proof.clone()]), Err(BlockError::NoHeader(_))));
+        assert!(matches!(check_block(std::slice::from_ref(&proof)), Err(BlockError::NoHeader(_))));
         assert_eq!(check_block(&[header.clone(), footer.clone()]), Err(BlockError::NoProof(2)));
         assert_eq!(check_block(&[header.clone(), header.clone(), proof.clone()]), Err(BlockError::SecondHeader(1)));
         let bad = Bytes::from_static(&[0x48, 0x01]);

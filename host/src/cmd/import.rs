@@ -1,6 +1,7 @@
 //! `blockferry import DIR`: backfill block files that already exist (a
-//! consensus node's `block-<shard.realm.num>/<36 digits>.blk.gz` files, or
-//! any `<number>.blk` / `<number>.blk.gz`) into the block store, pending in
+//! consensus node's `block-<shard.realm.num>/<36 digits>.blk.gz` files, a
+//! block node's `AAAA/BBBB/CCCC/DDDD/EEE.blk.zstd` objects, or any
+//! `<number>.blk` / `.blk.gz` / `.blk.zstd`) into the block store, pending in
 //! every bucket. It does not upload: `blockferry run` does.
 //!
 //! Each block file is checked before it is stored, by the same rule ingest
@@ -18,12 +19,13 @@
 //! import again later). Any other file is skipped with a warning.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{IsTerminal, Read};
+use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use blockferry::config::Compression;
 use blockferry::store::{BlockStore, StoreError};
 use blockferry_proto::framing::split_block;
 use blockferry_proto::item::{BlockError, ItemError, check_block};
@@ -68,8 +70,8 @@ struct Tally {
 /// What a file is, by its name.
 #[derive(Debug, PartialEq, Eq)]
 enum FileKind {
-    /// `<digits>.blk` (`gz: false`) or `<digits>.blk.gz`: a block to import.
-    Block { number: u64, gz: bool },
+    /// `<digits>.blk`, `<digits>.blk.gz` or `<digits>.blk.zstd`: a block to import.
+    Block { number: u64, compression: Compression },
     /// `<digits>.mf`: the node's marker of a complete block.
     Marker,
     /// `<digits>.pnd.gz` or `<digits>.pnd.json`: a block the node is still writing.
@@ -87,12 +89,24 @@ fn numbered(name: &str, suffix: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The number of a block file in the Hiero block node's layout,
+/// `…/AAAA/BBBB/CCCC/DDDD/EEE.blk.zstd` (19 digits split 4/4/4/4/3), where
+/// the file name alone holds only the last three digits.
+fn block_node_number(path: &Path) -> Option<u64> {
+    let mut parts: Vec<String> = path.iter().rev().take(5).map(|p| p.to_string_lossy().into_owned()).collect();
+    parts.reverse();
+    let name = parts.pop()?;
+    parts.push(name.split('.').next()?.to_string());
+    let digits = |(part, len): (&String, usize)| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
+    (parts.len() == 5 && parts.iter().zip([4, 4, 4, 4, 3]).all(digits)).then(|| parts.concat().parse().ok())?
+}
+
 /// What the file named `name` is.
 fn classify(name: &str) -> FileKind {
-    if let Some(number) = numbered(name, ".blk.gz") {
-        FileKind::Block { number, gz: true }
-    } else if let Some(number) = numbered(name, ".blk") {
-        FileKind::Block { number, gz: false }
+    if let Some(compression) = Compression::of_name(name)
+        && let Some(number) = numbered(name, compression.ext())
+    {
+        FileKind::Block { number, compression }
     } else if numbered(name, ".mf").is_some() {
         FileKind::Marker
     } else if let Some(number) = numbered(name, ".pnd.gz").or_else(|| numbered(name, ".pnd.json")) {
@@ -138,16 +152,10 @@ fn files_under(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The bytes of a block file, decompressed when `gz`.
-fn read_block(path: &Path, gz: bool) -> anyhow::Result<Vec<u8>> {
-    let mut file = File::open(path).context("opening")?;
-    let mut bytes = Vec::new();
-    if gz {
-        flate2::read::MultiGzDecoder::new(file).read_to_end(&mut bytes).context("decompressing (gzip)")?;
-    } else {
-        file.read_to_end(&mut bytes).context("reading")?;
-    }
-    Ok(bytes)
+/// The bytes of a block file of `compression`, decompressed.
+fn read_block(path: &Path, compression: Compression) -> anyhow::Result<Vec<u8>> {
+    let bytes = fs::read(path).context("reading")?;
+    compression.decode(bytes).with_context(|| format!("decompressing ({compression:?})"))
 }
 
 /// Store every block file of `files`, one at a time.
@@ -163,8 +171,8 @@ fn import(
         bar.inc(1);
         let shown = path.strip_prefix(root).unwrap_or(path).display();
         let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-        let (number, gz) = match classify(&name) {
-            FileKind::Block { number, gz } => (number, gz),
+        let (number, compression) = match classify(&name) {
+            FileKind::Block { number, compression } => (block_node_number(path).unwrap_or(number), compression),
             FileKind::Marker => continue,
             FileKind::Pending(number) => {
                 tally.pending.insert((path.parent().unwrap_or(root).to_path_buf(), number));
@@ -175,7 +183,7 @@ fn import(
                 continue;
             }
         };
-        let bytes = match read_block(path, gz) {
+        let bytes = match read_block(path, compression) {
             Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
                 tally.unreadable.push(format!("{shown}: {e:#}"));
@@ -237,7 +245,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             tally.skipped.iter().map(|p| p.strip_prefix(source).unwrap_or(p).display().to_string()).collect();
         list(
             &format!(
-                "warning: skipped {} files whose name is not a block file's (<number>.blk or <number>.blk.gz)",
+                "warning: skipped {} files whose name is not a block file's (<number>.blk, .blk.gz or .blk.zstd)",
                 names.len()
             ),
             &names,
@@ -290,8 +298,11 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(classify(&format!("{:036}.blk.gz", 42)), FileKind::Block { number: 42, gz: true });
-        assert_eq!(classify("7.blk"), FileKind::Block { number: 7, gz: false });
+        let block = |number, compression| FileKind::Block { number, compression };
+        assert_eq!(classify(&format!("{:036}.blk.gz", 42)), block(42, Compression::Gzip));
+        assert_eq!(classify("7.blk"), block(7, Compression::None));
+        assert_eq!(classify("0000/0000/0000/0000/001.blk.zstd"), FileKind::Foreign, "a whole path is not a name");
+        assert_eq!(classify("001.blk.zstd"), block(1, Compression::Zstd));
         assert_eq!(classify(&format!("{:036}.mf", 42)), FileKind::Marker);
         assert_eq!(classify(&format!("{:036}.pnd.gz", 43)), FileKind::Pending(43));
         assert_eq!(classify("43.pnd.json"), FileKind::Pending(43));
@@ -301,6 +312,11 @@ mod tests {
         assert_eq!(classify("x.mf"), FileKind::Foreign);
         assert_eq!(classify(".pnd.gz"), FileKind::Foreign);
         assert_eq!(classify("99999999999999999999999.blk"), FileKind::Foreign, "beyond u64");
+        let bn = |p: &str| block_node_number(Path::new(p));
+        assert_eq!(bn("bucket/blocks/0000/0000/0010/8273/182.blk.zstd"), Some(108_273_182));
+        assert_eq!(bn("0000/0000/0000/0000/001.blk.zstd"), Some(1));
+        assert_eq!(bn("blocks/0000/0000/0000/000/001.blk.zstd"), None);
+        assert_eq!(bn(&format!("block-0.0.3/{:036}.blk.gz", 5)), None);
     }
 
     fn block(items: &[Bytes]) -> Bytes {

@@ -124,8 +124,8 @@ impl BlockMeta {
             return Err(format!("it describes block {} instead of {number}", meta.number));
         }
         let stem = format!("{number:036}");
-        if meta.file != format!("{stem}.blk") && meta.file != format!("{stem}.blk.gz") {
-            return Err(format!("its file {:?} is not {stem}.blk or {stem}.blk.gz", meta.file));
+        if super::strip_block_ext(&meta.file) != Some(stem.as_str()) {
+            return Err(format!("its file {:?} is not {stem} with a block extension ({})", meta.file, super::BLOCK_EXTS.join(", ")));
         }
         if meta.md5_bytes().len() != 16 {
             return Err(format!("its md5 {:?} is not a base64 MD5", meta.md5));
@@ -133,9 +133,9 @@ impl BlockMeta {
         Ok(meta)
     }
 
-    /// Extension of the block file (`.blk` or `.blk.gz`), as object keys carry it.
+    /// Extension of the block file (`.blk`, `.blk.gz` or `.blk.zstd`), as object keys carry it.
     pub fn ext(&self) -> &'static str {
-        if self.file.ends_with(".blk.gz") { ".blk.gz" } else { ".blk" }
+        crate::config::Compression::of_name(&self.file).unwrap_or_default().ext()
     }
 
     /// Status in `bucket` (pending when the bucket is not recorded yet).

@@ -3,6 +3,7 @@
 //! temporary file, fsync, rename, directory fsync. A crash at any instant
 //! leaves the old state or the new, and [`BlockStore::recover`] tidies up.
 
+mod codec;
 mod meta;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
+pub use codec::{BLOCK_EXTS, gunzip, gzip, strip_block_ext, zstd};
 pub use meta::{BlockMeta, BucketStatus, md5_base64, now_ms};
 
 use crate::config::Compression;
@@ -154,12 +156,9 @@ impl BlockStore {
         &self.dir
     }
 
-    /// Extension of newly written block files (`.blk` or `.blk.gz`).
+    /// Extension of newly written block files (`.blk`, `.blk.gz` or `.blk.zstd`).
     pub fn ext(&self) -> &'static str {
-        match self.compression {
-            Compression::None => ".blk",
-            Compression::Gzip => ".blk.gz",
-        }
+        self.compression.ext()
     }
 
     /// Path of block `number`'s `.meta` file.
@@ -167,9 +166,9 @@ impl BlockStore {
         self.dir.join(format!("{number:0DIGITS$}.meta"))
     }
 
-    /// Whether block `number`'s file (of either extension) is in the store.
+    /// Whether block `number`'s file (of any extension) is in the store.
     pub fn has_block(&self, number: u64) -> bool {
-        [".blk", ".blk.gz"].iter().any(|ext| self.dir.join(format!("{number:0DIGITS$}{ext}")).exists())
+        BLOCK_EXTS.iter().any(|ext| self.dir.join(format!("{number:0DIGITS$}{ext}")).exists())
     }
 
     /// Path of the block file described by `meta`.
@@ -177,7 +176,7 @@ impl BlockStore {
         self.dir.join(&meta.file)
     }
 
-    /// The bytes of block `number` as received (decompressed if stored gzipped).
+    /// The bytes of block `number` as received (decompressed if stored compressed).
     pub fn read_block(&self, number: u64) -> Result<Vec<u8>, StoreError> {
         let meta = self.read_meta(number)?;
         let path = self.block_path(&meta);
@@ -185,10 +184,8 @@ impl BlockStore {
             io::ErrorKind::NotFound => StoreError::NotFound(number),
             _ => StoreError::Io { op: "reading", path: path.clone(), error: e },
         })?;
-        if !meta.file.ends_with(".gz") {
-            return Ok(data);
-        }
-        gunzip(&data).map_err(io_err("decompressing", &path))
+        let compression = Compression::of_name(&meta.file).unwrap_or_default();
+        compression.decode(data).map_err(io_err("decompressing", &path))
     }
 
     fn tmp_path(&self, name: &str) -> PathBuf {
@@ -201,14 +198,8 @@ impl BlockStore {
     /// metadata is returned); different bytes for a stored number are refused.
     pub fn write_block(&self, number: u64, bytes: &[u8], buckets: &[String]) -> Result<BlockMeta, StoreError> {
         let started = std::time::Instant::now();
-        let encoded;
-        let data = match self.compression {
-            Compression::None => bytes,
-            Compression::Gzip => {
-                encoded = gzip(bytes);
-                &encoded[..]
-            }
-        };
+        let encoded = self.compression.encode(bytes);
+        let data = &encoded[..];
         let md5 = Md5::digest(data);
         if let Some(existing) = self.stored_as(number, &md5)? {
             return Ok(existing);
@@ -477,9 +468,9 @@ impl Drop for TempBlock {
     }
 }
 
-/// The number of a block file name (`<36 digits>.blk` or `.blk.gz`).
+/// The number of a block file name (`<36 digits>` and a block extension).
 fn block_number(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".blk").or_else(|| name.strip_suffix(".blk.gz"))?;
+    let stem = strip_block_ext(name)?;
     (stem.len() == DIGITS && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
 }
 
@@ -489,20 +480,6 @@ fn meta_number(name: &str) -> Option<u64> {
     (stem.len() == DIGITS && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
 }
 
-/// Deterministic gzip: fixed level, no file name, zero time, fixed OS byte.
-pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc =
-        flate2::GzBuilder::new().mtime(0).operating_system(255).write(Vec::new(), flate2::Compression::new(6));
-    enc.write_all(bytes).expect("writing to memory");
-    enc.finish().expect("writing to memory")
-}
-
-/// The bytes a gzip stream (a block file stored gzipped) holds.
-pub fn gunzip(gz: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut out)?;
-    Ok(out)
-}
 
 /// Write `data` to a new file at `path` and fsync it.
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {

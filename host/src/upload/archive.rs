@@ -8,14 +8,14 @@ use futures::future::BoxFuture;
 
 use crate::plugin::{BlockSink, SinkTarget};
 use crate::publish::archive::Archive;
-use crate::store::gunzip;
+use crate::config::Compression;
 
 use super::UploadManager;
 
 /// Reads old blocks from the buckets an [`UploadManager`] uploads to.
 pub struct BucketArchive {
     uploads: Arc<UploadManager>,
-    /// The block file extension (`.blk` or `.blk.gz`) the keys were rendered with.
+    /// The block file extension (`.blk`, `.blk.gz` or `.blk.zstd`) the keys were rendered with.
     ext: &'static str,
     /// Largest object accepted, in bytes.
     max_bytes: u64,
@@ -52,16 +52,12 @@ impl BucketArchive {
                 continue;
             }
             let SinkTarget::Memory(bytes) = received.target else { continue };
-            let bytes = if self.ext.ends_with(".gz") {
-                match gunzip(&bytes) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        tracing::error!(bucket = %target.name, block = number, key, "cannot decompress the object: {e}");
-                        continue;
-                    }
+            let bytes = match Compression::of_name(self.ext).unwrap_or_default().decode(bytes) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(bucket = %target.name, block = number, key, "cannot decompress the object: {e}");
+                    continue;
                 }
-            } else {
-                bytes
             };
             tracing::info!(bucket = %target.name, block = number, key, "old block read back from the bucket");
             return Some(bytes);

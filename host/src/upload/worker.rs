@@ -187,7 +187,12 @@ async fn try_upload(
         size: meta.size,
         md5: meta.md5_bytes(),
         key: (target.key)(n, ext),
-        content_type: if ext.ends_with(".gz") { "application/gzip" } else { "application/octet-stream" }.into(),
+        content_type: match crate::config::Compression::of_name(ext).unwrap_or_default() {
+            crate::config::Compression::None => "application/octet-stream",
+            crate::config::Compression::Gzip => "application/gzip",
+            crate::config::Compression::Zstd => "application/zstd",
+        }
+        .into(),
     };
     let started = Instant::now();
     let result = target.client.put_block_versioned(&info, &body).await;
