@@ -127,7 +127,15 @@ fn a_flawed_provider_fails_exactly_the_checks_its_flaw_breaks() {
     // Without --json: a checklist naming what was expected and what came back.
     let dir = tempfile::tempdir().unwrap();
     let path = plugin_path("blockferry_flawed").display().to_string();
-    let out = blockferry(&["plugin", "test", &path, "--directory", dir.path().to_str().unwrap(), "--setting", "flaw=overwrite"]);
+    let out = blockferry(&[
+        "plugin",
+        "test",
+        &path,
+        "--directory",
+        dir.path().to_str().unwrap(),
+        "--setting",
+        "flaw=overwrite",
+    ]);
     let t = text(&out);
     assert!(t.contains("FAIL  upload-different"), "{t}");
     assert!(t.contains("expected: Err(HashMismatch)"), "{t}");

@@ -1092,7 +1092,10 @@ mod tests {
     #[test]
     fn the_block_node_layout() {
         assert_eq!(render_key("blocks/{number:bn}{ext}", 1, ".blk.zstd"), "blocks/0000/0000/0000/0000/001.blk.zstd");
-        assert_eq!(render_key("blocks/{number:bn}{ext}", 108_273_182, ".blk.zstd"), "blocks/0000/0000/0010/8273/182.blk.zstd");
+        assert_eq!(
+            render_key("blocks/{number:bn}{ext}", 108_273_182, ".blk.zstd"),
+            "blocks/0000/0000/0010/8273/182.blk.zstd"
+        );
         assert_eq!(render_key("{number:bn}{ext}", u64::MAX, ".blk"), "1844/6744/0737/0955/1615.blk");
         assert!(check_key_template("blocks/{number:bn}{ext}").is_ok());
         assert!(check_key_template("blocks/{number:bx}{ext}").is_err());

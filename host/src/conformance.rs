@@ -16,8 +16,8 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::plugin::{
-    BlockBody, BlockInfo, BlockSink, BucketClient, BucketSpec, CallError, Outcome, Plugin, PluginFailure,
-    RemoteObject, SinkTarget,
+    BlockBody, BlockInfo, BlockSink, BucketClient, BucketSpec, CallError, Outcome, Plugin, PluginFailure, RemoteObject,
+    SinkTarget,
 };
 
 /// What the suite runs against, and how.
@@ -99,7 +99,9 @@ impl Report {
         for c in &self.checks {
             let (mark, detail) = match &c.verdict {
                 Verdict::Pass => ("pass", String::new()),
-                Verdict::Fail { expected, got } => ("FAIL", format!("\n       expected: {expected}\n       got:      {got}")),
+                Verdict::Fail { expected, got } => {
+                    ("FAIL", format!("\n       expected: {expected}\n       got:      {got}"))
+                }
                 Verdict::NotApplicable { why } => ("n/a ", format!(" ({why})")),
             };
             let _ = writeln!(out, "{mark}  {:<26} {:>6} ms  {}{detail}", c.name, c.millis, c.what);
@@ -191,7 +193,13 @@ impl Suite {
 }
 
 /// Put `bytes` under `key`, remembering what the plugin said.
-async fn put(client: &BucketClient, said: &Mutex<Vec<String>>, number: u64, key: &str, bytes: &[u8]) -> Result<Outcome, CallError> {
+async fn put(
+    client: &BucketClient,
+    said: &Mutex<Vec<String>>,
+    number: u64,
+    key: &str,
+    bytes: &[u8],
+) -> Result<Outcome, CallError> {
     let result = client.put_block(&info(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await;
     if let Err(e) = &result {
         said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
@@ -224,7 +232,8 @@ async fn holds(client: &BucketClient, key: &str, bytes: &[u8]) -> CheckResult {
 /// Run the whole suite with `plugin` against the bucket of `opts`.
 pub async fn run(plugin: Arc<Plugin>, opts: SuiteOptions) -> Report {
     let provider = plugin.provider_name().await.unwrap_or_else(|e| format!("(provider() failed: {e})"));
-    let mut suite = Suite { plugin: plugin.clone(), prefix: opts.prefix.clone(), checks: Vec::new(), said: Arc::default() };
+    let mut suite =
+        Suite { plugin: plugin.clone(), prefix: opts.prefix.clone(), checks: Vec::new(), said: Arc::default() };
     let mut client = None;
     let spec = opts.spec.clone();
     suite
@@ -300,17 +309,18 @@ async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: us
             "different bytes are `hash-mismatch` carrying what is there, and the object is unchanged",
             async {
                 match put(client, &said, 1, &key, &b).await {
-                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: Some(m), size, .. })))
-                        if m == md5(&a) && size == a.len() as u64 =>
-                    {
-                        holds(client, &key, &a).await
-                    }
+                    Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject {
+                        md5: Some(m), size, ..
+                    }))) if m == md5(&a) && size == a.len() as u64 => holds(client, &key, &a).await,
                     Err(CallError::Plugin(PluginFailure::HashMismatch(RemoteObject { md5: None, .. }))) => {
                         holds(client, &key, &a).await
                     }
                     other => {
                         let kept = holds(client, &key, &a).await.map_or(" (and the object was replaced)", |()| "");
-                        fail_text("Err(HashMismatch) carrying the stored object's MD5 and size", format!("{other:?}{kept}"))
+                        fail_text(
+                            "Err(HashMismatch) carrying the stored object's MD5 and size",
+                            format!("{other:?}{kept}"),
+                        )
                     }
                 }
             },
@@ -363,23 +373,19 @@ async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: us
     let (claimed, sent) = (test_bytes(30_000, 6), test_bytes(30_000, 7));
     let lying = suite.key("upload/000000000000000000000000000000000004.blk");
     suite
-        .check(
-            "md5-enforced",
-            "a body whose bytes do not match the MD5 the host gives is never `uploaded`",
-            async {
-                let block = info(4, &lying, &claimed);
-                let result = client.put_block(&block, &BlockBody::from_bytes(sent.clone())).await;
-                if let Err(e) = &result {
-                    said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        .check("md5-enforced", "a body whose bytes do not match the MD5 the host gives is never `uploaded`", async {
+            let block = info(4, &lying, &claimed);
+            let result = client.put_block(&block, &BlockBody::from_bytes(sent.clone())).await;
+            if let Err(e) = &result {
+                said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            }
+            match result {
+                Ok(Outcome::Uploaded | Outcome::AlreadyPresent) => {
+                    fail("an error or hash-mismatch (the server's integrity check refuses the body)", result)
                 }
-                match result {
-                    Ok(Outcome::Uploaded | Outcome::AlreadyPresent) => {
-                        fail("an error or hash-mismatch (the server's integrity check refuses the body)", result)
-                    }
-                    _ => Ok(()),
-                }
-            },
-        )
+                _ => Ok(()),
+            }
+        })
         .await;
 }
 
@@ -498,9 +504,14 @@ async fn reader(suite: &mut Suite, client: &BucketClient) {
                 let sink = BlockSink::new(SinkTarget::Memory(Vec::new()), 1 << 20);
                 match client.get(key, sink).await {
                     Ok(Some((remote, received))) => {
-                        let SinkTarget::Memory(got) = &received.target else { return fail("the memory sink", "another") };
+                        let SinkTarget::Memory(got) = &received.target else {
+                            return fail("the memory sink", "another");
+                        };
                         if got != body || received.md5[..] != md5(body)[..] {
-                            return fail_text(format!("{key}: {} bytes as uploaded", body.len()), format!("{} bytes", got.len()));
+                            return fail_text(
+                                format!("{key}: {} bytes as uploaded", body.len()),
+                                format!("{} bytes", got.len()),
+                            );
                         }
                         if remote.size != body.len() as u64 || remote.md5.as_deref() != Some(&md5(body)[..]) {
                             return fail(format!("{key}: size {} and its content MD5", body.len()), remote);
@@ -545,18 +556,18 @@ async fn reader(suite: &mut Suite, client: &BucketClient) {
                     None => break,
                 }
             }
-            let expected: Vec<(String, u64)> = keys.iter().cloned().zip(bodies.iter().map(|b| b.len() as u64)).collect();
+            let expected: Vec<(String, u64)> =
+                keys.iter().cloned().zip(bodies.iter().map(|b| b.len() as u64)).collect();
             if listed != expected || pages < 3 {
-                return fail_text(format!("{expected:?} in 3 pages of at most 2"), format!("{listed:?} in {pages} pages"));
+                return fail_text(
+                    format!("{expected:?} in 3 pages of at most 2"),
+                    format!("{listed:?} in {pages} pages"),
+                );
             }
             Ok(())
         })
         .await;
-    suite
-        .check(NAMES[3].0, NAMES[3].1, async {
-            client.health().await.or_else(|e| fail("Ok(())", e))
-        })
-        .await;
+    suite.check(NAMES[3].0, NAMES[3].1, async { client.health().await.or_else(|e| fail("Ok(())", e)) }).await;
     suite
         .check(NAMES[4].0, NAMES[4].1, async {
             match client.incomplete_uploads(&prefix).await {
@@ -582,9 +593,7 @@ async fn hygiene(suite: &mut Suite, client: &BucketClient, opts: &SuiteOptions) 
         .check(
             "sandbox-egress",
             "the plugin reached only the authorities its settings name (the host refused nothing)",
-            async {
-                if refused == 0 { Ok(()) } else { fail_text("0 refused requests", format!("{refused} refused")) }
-            },
+            async { if refused == 0 { Ok(()) } else { fail_text("0 refused requests", format!("{refused} refused")) } },
         )
         .await;
     let secrets: Vec<String> = opts

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use blockferry::conformance::{self, SuiteOptions};
 use blockferry::config::Config;
+use blockferry::conformance::{self, SuiteOptions};
 use blockferry::credentials::Credentials;
 use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
 use blockferry::plugin::{BucketSpec, CONTRACT_VERSION, EngineSettings, PluginRuntime};

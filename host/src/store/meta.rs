@@ -125,7 +125,11 @@ impl BlockMeta {
         }
         let stem = format!("{number:036}");
         if super::strip_block_ext(&meta.file) != Some(stem.as_str()) {
-            return Err(format!("its file {:?} is not {stem} with a block extension ({})", meta.file, super::BLOCK_EXTS.join(", ")));
+            return Err(format!(
+                "its file {:?} is not {stem} with a block extension ({})",
+                meta.file,
+                super::BLOCK_EXTS.join(", ")
+            ));
         }
         if meta.md5_bytes().len() != 16 {
             return Err(format!("its md5 {:?} is not a base64 MD5", meta.md5));

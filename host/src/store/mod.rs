@@ -480,7 +480,6 @@ fn meta_number(name: &str) -> Option<u64> {
     (stem.len() == DIGITS && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok())?
 }
 
-
 /// Write `data` to a new file at `path` and fsync it.
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     write_file(path, data, Sync::Durable)

@@ -88,7 +88,8 @@ impl GuestBucket for Flawed {
         let mut md5 = Md5::new();
         let mut offset = 0u64;
         loop {
-            let chunk = body.read(offset, CHUNK).map_err(|e| UploadError::Transient(format!("reading the body: {e}")))?;
+            let chunk =
+                body.read(offset, CHUNK).map_err(|e| UploadError::Transient(format!("reading the body: {e}")))?;
             md5.update(&chunk);
             file.write_all(&chunk).map_err(io)?;
             offset += chunk.len() as u64;
