@@ -1078,10 +1078,18 @@ pub fn render_key(template: &str, number: u64, ext: &str) -> String {
 }
 
 /// The Hiero block node's object path of block `number`: the number padded
-/// to 19 digits and split 4/4/4/4/3 (`0000/0000/0010/8273/182`).
+/// to 19 digits and split 4/4/4/4/3 (`0000/0000/0010/8273/182`); a number of
+/// 20 digits gets them in its first group.
 fn block_node_path(number: u64) -> String {
     let digits = format!("{number:019}");
-    let split = [&digits[0..4], &digits[4..8], &digits[8..12], &digits[12..16], &digits[16..19]];
+    let first = digits.len() - 15;
+    let split = [
+        &digits[..first],
+        &digits[first..first + 4],
+        &digits[first + 4..first + 8],
+        &digits[first + 8..first + 12],
+        &digits[first + 12..],
+    ];
     split.join("/")
 }
 
@@ -1096,7 +1104,7 @@ mod tests {
             render_key("blocks/{number:bn}{ext}", 108_273_182, ".blk.zstd"),
             "blocks/0000/0000/0010/8273/182.blk.zstd"
         );
-        assert_eq!(render_key("{number:bn}{ext}", u64::MAX, ".blk"), "1844/6744/0737/0955/1615.blk");
+        assert_eq!(render_key("{number:bn}{ext}", u64::MAX, ".blk"), "18446/7440/7370/9551/615.blk");
         assert!(check_key_template("blocks/{number:bn}{ext}").is_ok());
         assert!(check_key_template("blocks/{number:bx}{ext}").is_err());
     }
