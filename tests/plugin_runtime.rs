@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use blockferry::plugin::{
@@ -96,13 +98,22 @@ async fn allocating_past_the_cap_is_out_of_memory() {
 
 /// A one-shot HTTP server on loopback answering 200 to every request.
 async fn http_ok_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (addr, _, task) = counting_ok_server().await;
+    (addr, task)
+}
+
+/// [`http_ok_server`], counting the connections it accepts.
+async fn counting_ok_server() -> (std::net::SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let mut buf = vec![0; 4096];
                 let _ = socket.read(&mut buf).await;
@@ -110,7 +121,7 @@ async fn http_ok_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
             });
         }
     });
-    (addr, task)
+    (addr, accepted, task)
 }
 
 #[tokio::test]
@@ -145,6 +156,46 @@ async fn a_permitted_name_resolving_into_a_denied_network_is_refused() {
     let err = put(&bad, 1, &format!("egress:http://localhost:{}/", server.port())).await.unwrap_err();
     assert!(matches!(err, CallError::Plugin(PluginFailure::Permanent(_))), "{err}");
     assert_eq!(bad.refused_requests(), 1);
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_denied_address_reaches_the_metadata_canary() {
+    // A loopback server stands in for the cloud metadata service; denying
+    // loopback makes it as forbidden as 169.254.169.254 is by default.
+    let (canary, hits, _task) = counting_ok_server().await;
+    let port = canary.port();
+    let spellings: Vec<String> = [
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[0000:0000:0000:0000:0000:FFFF:7F00:0001]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|host| format!("{host}:{port}"))
+    .collect();
+    let runtime = runtime();
+    let (bad, good, _dir) = two_buckets(&runtime, |s| {
+        s.denied_networks.push("127.0.0.0/8".parse().unwrap());
+        s.allow_hosts = spellings.clone();
+        s.settings.push(("endpoint".into(), format!("http://[::ffff:127.0.0.1]:{port}/")));
+    })
+    .await;
+    for (n, authority) in spellings.iter().enumerate() {
+        let err = put(&bad, n as u64 + 1, &format!("egress:http://{authority}/latest/meta-data")).await.unwrap_err();
+        let CallError::Plugin(PluginFailure::Permanent(message)) = &err else { panic!("{authority}: got {err}") };
+        assert!(message.contains("egress to"), "{authority}: {message}");
+    }
+    assert_eq!(bad.refused_requests(), spellings.len() as u64);
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "a request reached the canary");
+    both_still_work(&bad, &good, 100).await;
+
+    // The same request from a bucket that does not deny loopback reaches the
+    // canary (connecting to the IPv4 address): the refusals above are the policy's.
+    let open = two_buckets(&runtime, |s| s.allow_hosts = spellings.clone()).await.0;
+    assert_eq!(put(&open, 1, &format!("egress:http://[::ffff:127.0.0.1]:{port}/")).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

@@ -798,6 +798,26 @@ impl Config {
                     "use 1 to 1024",
                 ));
             }
+            let denied = self.denied_networks();
+            for (j, host) in b.allow_hosts.iter().enumerate() {
+                if let Some(why) = crate::plugin::egress::denied_literal(host, &denied) {
+                    return Err(invalid(
+                        key(&format!("allow_hosts[{j}]")),
+                        format!("= {host:?} can never be reached: {why}"),
+                        "remove the entry, or remove its network from plugins.denied_networks",
+                    ));
+                }
+            }
+            for (name, value) in b.settings_list() {
+                if let Some(why) = crate::plugin::egress::denied_literal(&value, &denied).filter(|_| value.contains("://"))
+                {
+                    return Err(invalid(
+                        key(&format!("settings.{name}")),
+                        format!("= {value:?} can never be reached: {why}"),
+                        "use the service's address, or remove its network from plugins.denied_networks",
+                    ));
+                }
+            }
             if let Err(problem) = check_key_template(&b.key_template) {
                 return Err(invalid(
                     key("key_template"),
