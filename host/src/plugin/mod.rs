@@ -16,6 +16,7 @@ pub mod check;
 mod client;
 pub mod egress;
 pub mod engine;
+pub mod logs;
 pub mod error;
 pub mod pool;
 pub mod sandbox;
