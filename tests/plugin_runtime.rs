@@ -228,6 +228,57 @@ async fn a_plugin_refusing_its_settings_fails_at_open() {
     assert!(err.to_string().contains("fail-open requested"), "{err}");
 }
 
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test]
+async fn streams_and_resources_are_capped_per_instance_while_another_bucket_carries_on() {
+    let runtime = runtime();
+    let (bad, good, dir) = two_buckets(&runtime, |s| s.memory_limit = 64 << 20).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let content = bytes(4096, 3);
+    let path = tmp.path().join("block.blk");
+    std::fs::write(&path, &content).unwrap();
+    let body = BlockBody::open(&path).unwrap();
+    let before = open_fds();
+    // Streams over a file-backed body (each holds a file of the host) until refused, three times over.
+    for n in 1..=3 {
+        let err = bad.put_block(&block(n, "streams", &content), &body).await.unwrap_err();
+        let message = permanent(err);
+        assert!(message.contains("opened 64 streams, then: refused"), "{message}");
+        assert!(message.contains("drop streams"), "says what to do: {message}");
+    }
+    assert!(open_fds() <= before + 2, "streams' files were closed: {before} fds before, {} after", open_fds());
+    // HTTP fields until the resource table is full: the call traps, the host does not.
+    let err = put(&bad, 4, "fields").await.unwrap_err();
+    let trapped = matches!(&err, CallError::Trap { .. });
+    let refused = matches!(&err, CallError::Plugin(PluginFailure::Permanent(m)) if m.contains("made"));
+    assert!(trapped || refused, "{err}");
+    both_still_work(&bad, &good, 5).await;
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_forged_provider_name_is_refused_shown_escaped_and_cut() {
+    let runtime = runtime();
+    for (forged, shown) in [
+        ("x\"} 1\nblockferry_injected_metric 1\nok: fake".to_string(), r#""x\"} 1\nblockferry_injected_metric 1\nok: fake""#),
+        ("n".repeat(10 << 20), "more bytes"),
+    ] {
+        let mut s = spec("forged");
+        s.settings.push(("provider-name".into(), forged.clone()));
+        s.memory_limit = 128 << 20;
+        let err = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap_err();
+        assert!(matches!(err, CallError::BadProviderName { .. }), "{err}");
+        assert!(!err.is_retryable());
+        let message = err.to_string();
+        assert!(message.contains(shown) && !message.contains('\n'), "{message}");
+        assert!(message.len() < 1024, "{} bytes", message.len());
+    }
+}
+
 #[tokio::test]
 async fn streamed_and_chunked_bodies_arrive_intact_from_files() {
     let runtime = runtime();

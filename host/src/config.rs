@@ -593,6 +593,9 @@ pub struct BucketConfig {
     /// Uploads in flight at once to this bucket.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Log lines (`host.log`, stdout, stderr) the plugin may write per minute.
+    #[serde(default = "default_log_lines_per_minute")]
+    pub log_lines_per_minute: u32,
     /// Object key of a block: `{number}` is the block number zero-padded to
     /// 36 digits (`{number:N}` pads to N), `{ext}` the file extension
     /// (`.blk` or `.blk.gz`). Keys sort numerically.
@@ -614,6 +617,9 @@ fn default_call_timeout_ms() -> u64 {
 }
 fn default_concurrency() -> usize {
     4
+}
+fn default_log_lines_per_minute() -> u32 {
+    crate::plugin::logs::DEFAULT_LINES_PER_MINUTE
 }
 fn default_key_template() -> String {
     "{number}{ext}".into()
@@ -789,6 +795,13 @@ impl Config {
                         self.upload.abandoned_upload_age_secs, b.name, b.call_timeout_ms
                     ),
                     "make it longer than every bucket's call timeout; 86400 (a day) is the default",
+                ));
+            }
+            if b.log_lines_per_minute == 0 {
+                return Err(invalid(
+                    key("log_lines_per_minute"),
+                    "is 0".into(),
+                    "use at least 1; 600 is the default",
                 ));
             }
             if b.concurrency == 0 || b.concurrency > 1024 {
@@ -1047,6 +1060,8 @@ impl BucketConfig {
             memory_limit: self.memory_limit_mib * 1024 * 1024,
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             max_concurrency: self.concurrency,
+            secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
+            log_lines_per_minute: self.log_lines_per_minute,
         }
     }
 }

@@ -60,6 +60,8 @@ pub fn spec(name: &str) -> BucketSpec {
         memory_limit: 32 << 20,
         call_timeout: Duration::from_secs(10),
         max_concurrency: 4,
+        secrets: Vec::new(),
+        log_lines_per_minute: 600,
     }
 }
 

@@ -465,6 +465,7 @@ impl BucketClient {
             Ok(result) => result,
             Err(_) => Err(self.timed_out(name)),
         };
+        self.sandbox.log.flush_dropped();
         self.stats.call_seconds.observe(started.elapsed());
         result
     }
@@ -573,6 +574,8 @@ mod tests {
             memory_limit: 1 << 20,
             call_timeout: Duration::from_secs(1),
             max_concurrency: 1,
+            secrets: Vec::new(),
+            log_lines_per_minute: 60,
         }
     }
 

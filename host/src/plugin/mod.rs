@@ -111,6 +111,7 @@ impl Plugin {
             egress: Default::default(),
             directory: None,
             memory_limit: 64 << 20,
+            log: Arc::new(logs::PluginLog::new(&label, [], logs::DEFAULT_LINES_PER_MINUTE)),
         };
         let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -21,6 +22,17 @@ use super::logs::PluginLog;
 
 /// Guest path at which a bucket's directory is preopened (filesystem providers only).
 pub const BUCKET_DIR_GUEST_PATH: &str = "/bucket";
+
+/// `block-body` and `block-sink` streams one instance may hold open at once
+/// (each body stream holds an open file of the host).
+pub const MAX_OPEN_STREAMS: usize = 64;
+
+/// Resources (streams, pollables, HTTP fields, requests, responses, bodies,
+/// ...) one instance may hold in its resource table at once.
+pub const MAX_TABLE_ENTRIES: usize = 1024;
+
+/// Bytes of HTTP headers one `wasi:http` fields resource may hold.
+pub const MAX_FIELDS_BYTES: usize = 32 * 1024;
 
 /// What a bucket grants its plugin, shared by all of the bucket's instances.
 #[derive(Debug)]
@@ -45,6 +57,8 @@ pub struct StoreState {
     hooks: EgressHooks,
     limiter: MemoryCap,
     log: Arc<PluginLog>,
+    /// Block-body and block-sink streams open now.
+    streams: Arc<AtomicUsize>,
     /// The version the service gave the object written by the current call
     /// (`host.object-version`), with its key.
     object_version: Option<(String, String)>,
@@ -64,13 +78,18 @@ impl StoreState {
             wasi.preopened_dir(dir, BUCKET_DIR_GUEST_PATH, FsPerms::ReadWrite)
                 .map_err(|e| anyhow::anyhow!("cannot open bucket directory {}: {e}", dir.display()))?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_TABLE_ENTRIES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         Ok(Self {
-            table: ResourceTable::new(),
+            table,
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
+            http,
             hooks: EgressHooks { policy: sandbox.egress.clone(), deadline: Instant::now() },
             limiter: MemoryCap { limit: sandbox.memory_limit as usize, hit: false },
             log,
+            streams: Arc::new(AtomicUsize::new(0)),
             object_version: None,
         })
     }
@@ -85,6 +104,18 @@ impl StoreState {
     /// The version the plugin reported for `key` during the current call.
     pub fn object_version(&mut self, key: &str) -> Option<String> {
         self.object_version.take().filter(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A place for one more open stream, or why there is none.
+    pub(crate) fn stream_slot(&self) -> Result<StreamSlot, String> {
+        if self.streams.fetch_add(1, Ordering::Relaxed) >= MAX_OPEN_STREAMS {
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!(
+                "refused: the plugin already holds {MAX_OPEN_STREAMS} block-body/block-sink streams open, \
+                 the most one instance may; drop streams when done with them"
+            ));
+        }
+        Ok(StreamSlot(self.streams.clone()))
     }
 
     /// When the current call must end.
@@ -138,6 +169,16 @@ impl Host for StoreState {
 }
 
 impl super::bindings::blockferry::uploader::types::Host for StoreState {}
+
+/// One of an instance's open streams: frees its place when the stream is dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Refuses memory growth past the cap and remembers that it did.
 #[derive(Debug)]

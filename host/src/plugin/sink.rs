@@ -13,7 +13,7 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynOutputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::blockferry::uploader::host::HostBlockSink;
-use super::sandbox::StoreState;
+use super::sandbox::{StoreState, StreamSlot};
 
 /// Bytes a plugin may write to a sink per `check-write` permit.
 const WRITE_PERMIT: usize = 1 << 20;
@@ -112,7 +112,7 @@ impl BlockSink {
 
 /// A `wasi:io` output-stream appending to a sink. Writes complete at once,
 /// so it is always ready and always flushed.
-struct SinkStream(BlockSink);
+struct SinkStream(BlockSink, StreamSlot);
 
 #[async_trait::async_trait]
 impl Pollable for SinkStream {
@@ -146,7 +146,11 @@ impl HostBlockSink for StoreState {
         sink: Resource<BlockSink>,
     ) -> wasmtime::Result<Result<Resource<DynOutputStream>, String>> {
         let sink = self.table.get(&sink)?.clone();
-        let stream: DynOutputStream = Box::new(SinkStream(sink));
+        let slot = match self.stream_slot() {
+            Ok(slot) => slot,
+            Err(e) => return Ok(Err(e)),
+        };
+        let stream: DynOutputStream = Box::new(SinkStream(sink, slot));
         Ok(Ok(self.table.push(stream)?))
     }
 
