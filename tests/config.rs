@@ -135,6 +135,16 @@ fn invalid_values_name_the_key_and_the_fix() {
         ("allow_hosts = [\"[fe80::1]:80\"]", "buckets[0].allow_hosts[0]"),
         ("settings = { endpoint = \"http://[::ffff:169.254.169.254]/\" }", "buckets[0].settings.endpoint"),
     ];
+    let overlapping = [
+        ("[store]\ndir = \"data/blocks\"\n", "directory = \"data/blocks/bucket\"", "store.dir"),
+        ("[store]\ndir = \"data/blocks\"\n", "directory = \"data\"", "store.dir"),
+        ("[plugins]\ncache_dir = \"cache\"\n", "directory = \"cache\"", "plugins.cache_dir"),
+    ];
+    for (section, line, other) in overlapping {
+        let msg = load_err(&format!("{section}[[buckets]]\nname = \"a\"\nplugin = \"p\"\n{line}\n"));
+        assert!(msg.contains("buckets[0].directory") && msg.contains(other), "{msg}");
+        assert!(msg.contains("directory of its own"), "{msg}");
+    }
     for (line, key) in denied {
         let msg = load_err(&format!("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n{line}\n"));
         assert!(msg.contains(key), "names {key}: {msg}");

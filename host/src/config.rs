@@ -811,6 +811,18 @@ impl Config {
                     "use 1 to 1024",
                 ));
             }
+            if let Some(dir) = &b.directory {
+                for (other, name) in [(&self.store.dir, "store.dir"), (&self.plugins.cache_dir, "plugins.cache_dir")] {
+                    if overlaps(dir, other) {
+                        return Err(invalid(
+                            key("directory"),
+                            format!("= {} overlaps {name} = {}", dir.display(), other.display()),
+                            "give the bucket a directory of its own, outside the block store and the plugin cache \
+                             (a plugin may write anything in its directory)",
+                        ));
+                    }
+                }
+            }
             let denied = self.denied_networks();
             for (j, host) in b.allow_hosts.iter().enumerate() {
                 if let Some(why) = crate::plugin::egress::denied_literal(host, &denied) {
@@ -1064,6 +1076,14 @@ impl BucketConfig {
             log_lines_per_minute: self.log_lines_per_minute,
         }
     }
+}
+
+/// Whether one of two directories contains the other (compared as they
+/// really are when they exist, symlinks resolved).
+fn overlaps(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (a, b) = (real(a), real(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Check a key template: `{number}` or `{number:N}` must appear, and only
