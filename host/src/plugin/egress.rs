@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 use http::uri::{Authority, Scheme};
-use http_body_util::BodyExt;
 use ipnet::IpNet;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::pool::Destination;
 
 /// Networks refused by default even when a permitted name resolves into them:
 /// link-local (cloud metadata services live there) and known metadata addresses.
@@ -165,18 +166,20 @@ impl WasiHttpHooks for EgressHooks {
         Box::new(async move {
             let addr = policy.admit(request.uri()).await?;
             let options = bounded_options(options, remaining);
-            // Plain HTTP connects to the address just checked, so a name cannot
-            // resolve differently between the check and the connection, and
-            // reuses the bucket's idle connections to it. (TLS needs the name
-            // for SNI and certificate checks, so HTTPS connects by name, a
-            // connection per request.)
-            if request.uri().scheme() == Some(&Scheme::HTTP) {
-                let response = policy.pool.send(addr, request, options).await?;
-                let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
-                return Ok((response, done));
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            // Connect to the address just checked, so a name cannot resolve
+            // differently between the check and the connection; HTTPS still
+            // verifies the certificate for the name. Idle connections of the
+            // bucket are reused.
+            let tls_name = match request.uri().scheme() {
+                Some(s) if s == &Scheme::HTTPS => {
+                    let host = request.uri().host().ok_or(HttpError::HttpRequestUriInvalid)?;
+                    Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
+                }
+                _ => None,
+            };
+            let response = policy.pool.send(Destination { addr, tls_name }, request, options).await?;
+            let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
+            Ok((response, done))
         })
     }
 }
