@@ -18,6 +18,7 @@ use super::bindings::{IncompleteUpload, ObjectPage, Provider, UploadError};
 use super::egress::{EgressPolicy, url_authority};
 use super::error::{CallError, PluginFailure};
 use super::logs::PluginLog;
+use super::pool::{ConnectionPool, MAX_CONNECTIONS_PER_INSTANCE};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
 use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
@@ -198,6 +199,7 @@ impl BucketClient {
             label: label.clone(),
             allowed: spec.allowed_authorities(),
             denied_networks: spec.denied_networks.clone(),
+            pool: ConnectionPool::new(MAX_CONNECTIONS_PER_INSTANCE * spec.max_concurrency.max(1)),
             ..Default::default()
         };
         let secrets = spec.settings.iter().filter(|(k, _)| spec.secrets.contains(k)).map(|(_, v)| v.clone());

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -47,17 +47,48 @@ impl std::fmt::Display for Destination {
     }
 }
 
+/// Connections one instance may hold open at once (a provider's parallel
+/// part uploads included); a bucket's pool allows this many per instance.
+pub const MAX_CONNECTIONS_PER_INSTANCE: usize = 64;
+
 /// A bucket's open connections, by destination.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<Destination, Vec<SendRequest<WasiBody>>>>,
+    /// Connections open now (busy or idle).
+    open: Arc<AtomicUsize>,
+    /// Most connections open at once; past it a request that finds no idle
+    /// connection fails (`connection-limit-reached`).
+    max_open: usize,
     /// Connections opened so far.
     pub opened: AtomicU64,
     /// Requests sent on a connection opened for an earlier one.
     pub reused: AtomicU64,
 }
 
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        Self::new(MAX_CONNECTIONS_PER_INSTANCE)
+    }
+}
+
 impl ConnectionPool {
+    /// A pool holding at most `max_open` connections open at once.
+    pub fn new(max_open: usize) -> Self {
+        Self {
+            idle: Mutex::default(),
+            open: Arc::default(),
+            max_open,
+            opened: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Send `request` to `dest`, on an idle connection if there is one;
     /// timeouts as in `options` (all set).
     pub async fn send(
@@ -114,6 +145,12 @@ impl ConnectionPool {
     }
 
     async fn connect(&self, dest: &Destination, timeout: Duration) -> Result<SendRequest<WasiBody>, HttpError> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_open {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%dest, "refused a new plugin connection: the bucket already holds {} open", self.max_open);
+            return Err(HttpError::ConnectionLimitReached);
+        }
+        let slot = OpenConnection(self.open.clone());
         let connect = async {
             let stream = tokio::net::TcpStream::connect(dest.addr).await.map_err(HttpError::Connect)?;
             let _ = stream.set_nodelay(true);
@@ -133,12 +170,22 @@ impl ConnectionPool {
         // The connection serves until the server closes it or its sender is dropped.
         let dest = dest.to_string();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(%dest, "plugin HTTP connection ended: {e}");
             }
         });
         self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(sender)
+    }
+}
+
+/// One open connection of a pool: counted until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
