@@ -236,6 +236,7 @@ impl LineWriter {
     fn emit(&mut self, cut: bool) {
         let text = String::from_utf8_lossy(&self.pending);
         self.stream.log.line(self.stream.level, Some(self.stream.stream), text.trim_end(), cut);
+        drop(text);
         self.pending.clear();
     }
 

@@ -20,7 +20,7 @@
 //! | `log-long:<bytes>` | one `host.log` line of that many bytes, then `uploaded` |
 //! | `stdout-flood:<bytes>` | writes that many bytes to stdout in 1 KiB lines, then `uploaded` |
 //! | `stderr-flood:<bytes>` | writes that many bytes to stderr without a newline, then `uploaded` |
-//! | `hostile` | `streams`, floods of `host.log`, stdout and stderr, says every setting's value, then `fields` (the host traps it) |
+//! | `hostile` | `streams`, floods of `host.log`, stdout and stderr, then `transient` saying every setting's value (in its log too) |
 //! | `leak` | says every setting's value in `host.log`, stdout and stderr, then fails `permanent` with them |
 //! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
 //!
@@ -126,9 +126,7 @@ impl GuestBucket for Misbehave {
                 let said = format!("{streams}; my settings: {}", values.join(" "));
                 blockferry_guest::log(Level::Error, &said);
                 eprintln!("{said}");
-                // The host traps the call when the resource table is full.
-                let fields = make_fields();
-                return Err(UploadError::Transient(format!("{said}; {fields}")));
+                return Err(UploadError::Transient(said));
             }
             "leak" => {
                 let values: Vec<&str> = self.settings.iter().map(|(_, v)| v.as_str()).collect();
