@@ -257,8 +257,11 @@ async fn a_hostile_plugin_cannot_starve_the_good_bucket_flood_the_log_or_leak_it
     assert_eq!(std::fs::read_dir(dir.path().join("bucket")).unwrap().count(), 20);
     // The hostile bucket has failed a few times over meanwhile.
     wait_for("hostile attempts", || {
-        metric(&get(&sidecar.url("/metrics")).1, "blockferry_upload_failed_total{bucket=\"hostile\",provider=\"misbehave\"}")
-            .is_some_and(|n| n >= 4.0)
+        metric(
+            &get(&sidecar.url("/metrics")).1,
+            "blockferry_upload_failed_total{bucket=\"hostile\",provider=\"misbehave\"}",
+        )
+        .is_some_and(|n| n >= 4.0)
     })
     .await;
     let (status, scraped) = get(&sidecar.url("/metrics"));

@@ -264,7 +264,10 @@ async fn streams_and_resources_are_capped_per_instance_while_another_bucket_carr
 async fn a_forged_provider_name_is_refused_shown_escaped_and_cut() {
     let runtime = runtime();
     for (forged, shown) in [
-        ("x\"} 1\nblockferry_injected_metric 1\nok: fake".to_string(), r#""x\"} 1\nblockferry_injected_metric 1\nok: fake""#),
+        (
+            "x\"} 1\nblockferry_injected_metric 1\nok: fake".to_string(),
+            r#""x\"} 1\nblockferry_injected_metric 1\nok: fake""#,
+        ),
         ("n".repeat(10 << 20), "more bytes"),
     ] {
         let mut s = spec("forged");

@@ -798,11 +798,7 @@ impl Config {
                 ));
             }
             if b.log_lines_per_minute == 0 {
-                return Err(invalid(
-                    key("log_lines_per_minute"),
-                    "is 0".into(),
-                    "use at least 1; 600 is the default",
-                ));
+                return Err(invalid(key("log_lines_per_minute"), "is 0".into(), "use at least 1; 600 is the default"));
             }
             if b.concurrency == 0 || b.concurrency > 1024 {
                 return Err(invalid(
@@ -834,7 +830,8 @@ impl Config {
                 }
             }
             for (name, value) in b.settings_list() {
-                if let Some(why) = crate::plugin::egress::denied_literal(&value, &denied).filter(|_| value.contains("://"))
+                if let Some(why) =
+                    crate::plugin::egress::denied_literal(&value, &denied).filter(|_| value.contains("://"))
                 {
                     return Err(invalid(
                         key(&format!("settings.{name}")),

@@ -38,7 +38,11 @@ async fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let provider = match plugin.provider_name().await {
         Ok(name) => name,
         Err(e) => {
-            eprintln!("error: {} loads but its `provider` function failed: {}", file.display(), escape_controls(&e.to_string()));
+            eprintln!(
+                "error: {} loads but its `provider` function failed: {}",
+                file.display(),
+                escape_controls(&e.to_string())
+            );
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -305,7 +305,10 @@ fn print_listing(dir: &Path) -> anyhow::Result<()> {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| {
-            Some((blockferry::plugin::logs::escape_controls(&e.file_name().to_string_lossy()), e.metadata().ok()?.len()))
+            Some((
+                blockferry::plugin::logs::escape_controls(&e.file_name().to_string_lossy()),
+                e.metadata().ok()?.len(),
+            ))
         })
         .collect();
     entries.sort();

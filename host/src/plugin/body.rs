@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamResult};
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, MemoryInputPipe};
+use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamResult};
 
 use super::bindings::blockferry::uploader::host::HostBlockBody;
 use super::sandbox::{StoreState, StreamSlot};

@@ -64,7 +64,9 @@ pub fn provider_name_problem(name: &str) -> Option<String> {
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Some("only ASCII letters, digits, `-`, `_` and `.` are allowed, starting with a letter or digit".into());
+        return Some(
+            "only ASCII letters, digits, `-`, `_` and `.` are allowed, starting with a letter or digit".into(),
+        );
     }
     None
 }

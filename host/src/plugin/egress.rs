@@ -229,13 +229,13 @@ mod tests {
     fn ipv6_spellings_of_a_denied_ipv4_address_are_refused() {
         let denied = defaults();
         for spelling in [
-            "::ffff:169.254.169.254",         // IPv4-mapped
-            "::ffff:a9fe:a9fe",               // IPv4-mapped, hex
-            "0:0:0:0:0:ffff:a9fe:a9fe",       // IPv4-mapped, unabbreviated
+            "::ffff:169.254.169.254",                  // IPv4-mapped
+            "::ffff:a9fe:a9fe",                        // IPv4-mapped, hex
+            "0:0:0:0:0:ffff:a9fe:a9fe",                // IPv4-mapped, unabbreviated
             "0000:0000:0000:0000:0000:FFFF:A9FE:A9FE", // zero-padded, upper case
-            "::169.254.169.254",              // IPv4-compatible
-            "::a9fe:a9fe",                    // IPv4-compatible, hex
-            "64:ff9b::169.254.169.254",       // NAT64 well-known prefix
+            "::169.254.169.254",                       // IPv4-compatible
+            "::a9fe:a9fe",                             // IPv4-compatible, hex
+            "64:ff9b::169.254.169.254",                // NAT64 well-known prefix
             "64:ff9b::a9fe:a9fe",
             "0064:ff9b:0000::a9fe:a9fe",
             "::ffff:100.100.100.200", // another metadata address

@@ -64,7 +64,8 @@ impl PluginLog {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
         let capacity = f64::from(lines_per_minute.max(1));
-        let budget = Budget { tokens: capacity, capacity, per_second: capacity / 60.0, refilled: Instant::now(), dropped: 0 };
+        let budget =
+            Budget { tokens: capacity, capacity, per_second: capacity / 60.0, refilled: Instant::now(), dropped: 0 };
         Self { label: label.to_string(), secrets, budget: Mutex::new(budget) }
     }
 

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -154,16 +154,15 @@ impl ConnectionPool {
         let connect = async {
             let stream = tokio::net::TcpStream::connect(dest.addr).await.map_err(HttpError::Connect)?;
             let _ = stream.set_nodelay(true);
-            let handshake = hyper::client::conn::http1::Builder::new();
-            match &dest.tls_name {
-                None => handshake.handshake(TokioIo::new(stream)).await.map_err(HttpError::from),
+            let io: Box<dyn Io> = match &dest.tls_name {
+                None => Box::new(stream),
                 Some(name) => {
                     let name = rustls::pki_types::ServerName::try_from(name.clone())
                         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-                    let stream = tls_connector().connect(name, stream).await.map_err(HttpError::Tls)?;
-                    handshake.handshake(TokioIo::new(stream)).await.map_err(HttpError::from)
+                    Box::new(tls_connector().connect(name, stream).await.map_err(HttpError::Tls)?)
                 }
-            }
+            };
+            hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(HttpError::from)
         };
         let (sender, connection) =
             tokio::time::timeout(timeout, connect).await.map_err(|_| HttpError::ConnectionTimeout)??;
@@ -179,6 +178,11 @@ impl ConnectionPool {
         Ok(sender)
     }
 }
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// One open connection of a pool: counted until dropped.
 struct OpenConnection(Arc<AtomicUsize>);
