@@ -254,7 +254,7 @@ async fn a_hostile_plugin_cannot_starve_the_good_bucket_flood_the_log_or_leak_it
             == Some(20.0)
     })
     .await;
-    assert_eq!(std::fs::read_dir(dir.path().join("bucket")).unwrap().count(), 20);
+    assert_eq!(objects_in(&dir.path().join("bucket")), 20);
     // The hostile bucket has failed a few times over meanwhile.
     wait_for("hostile attempts", || {
         metric(

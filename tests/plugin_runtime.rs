@@ -257,7 +257,7 @@ async fn streams_and_resources_are_capped_per_instance_while_another_bucket_carr
     let refused = matches!(&err, CallError::Plugin(PluginFailure::Permanent(m)) if m.contains("made"));
     assert!(trapped || refused, "{err}");
     both_still_work(&bad, &good, 5).await;
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(objects_in(dir.path()), 1);
 }
 
 #[tokio::test]
