@@ -83,7 +83,7 @@ async fn a_flooding_plugin_logs_a_bounded_amount_with_its_secrets_redacted() {
 
     // Then floods every channel, while the good bucket gets every block.
     let flood = async {
-        for (n, key) in ["log-flood:100000", "log-long:16777216", "stdout-flood:50000000", "stderr-flood:50000000"]
+        for (n, key) in ["log-long:16777216", "stderr-flood:50000000", "stdout-flood:50000000", "log-flood:100000"]
             .iter()
             .enumerate()
         {
@@ -118,6 +118,9 @@ async fn a_flooding_plugin_logs_a_bounded_amount_with_its_secrets_redacted() {
     assert!(bytes_logged <= lines.len() * (8 * 1024 + 512), "{bytes_logged} bytes in {} lines", lines.len());
     assert!(lines.iter().all(|l| l.len() <= 8 * 1024 + 512), "a line longer than the cut");
     assert!(lines.iter().any(|l| l.contains("lines dropped")), "no dropped-lines summary");
+    // The 16 MiB host.log line and the newline-less stderr were each logged once, cut.
+    let cut: Vec<&&str> = lines.iter().filter(|l| l.contains("line cut at 8192 bytes")).collect();
+    assert!(cut.iter().any(|l| l.contains("host.log")) && cut.iter().any(|l| l.contains("stderr")), "{cut:?}");
     assert!(!log.contains(SECRET), "the secret reached the log");
     let leaks = lines.iter().filter(|l| l.contains("my settings: [redacted] eu-west-1")).count();
     assert_eq!(leaks, 3, "host.log, stdout and stderr each logged redacted:\n{}", lines.join("\n"));
