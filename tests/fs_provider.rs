@@ -158,12 +158,9 @@ async fn symlinks_in_the_bucket_are_never_followed_out_of_it() {
 
     // Reading the object (restore, verify --deep, serving old blocks) cannot reach the target.
     let sink = blockferry::plugin::BlockSink::new(blockferry::plugin::SinkTarget::Memory(Vec::new()), 1 << 20);
-    match bucket.get(&key, sink).await {
-        Ok(Some((_, received))) => {
-            let blockferry::plugin::SinkTarget::Memory(got) = received.target else { unreachable!() };
-            assert_ne!(got, b"outside the bucket", "the host read through a symlink");
-        }
-        Ok(None) | Err(_) => {}
+    if let Ok(Some((_, received))) = bucket.get(&key, sink).await {
+        let blockferry::plugin::SinkTarget::Memory(got) = received.target else { unreachable!() };
+        assert_ne!(got, b"outside the bucket", "the host read through a symlink");
     }
     assert!(bucket.stat(&key).await.map_or(true, |o| o.is_none_or(|o| o.size != 18)), "stat followed the link");
     // Nor can writes through a linked directory land outside.
