@@ -417,3 +417,37 @@ async fn a_plugin_sees_no_files_no_environment_and_only_its_own_settings() {
     assert_eq!(permanent(put(&bad, 3, "settings").await.unwrap_err()), "access_key_id", "only its own settings");
     both_still_work(&bad, &good, 4).await;
 }
+
+/// Peak resident memory of this process, in MiB (VmHWM).
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// Slack the host may use beyond the plugins' memory caps (docs/operator-guide.md).
+const HOST_SLACK_MIB: u64 = 64;
+
+/// Peak RSS is process-wide: nextest (scripts/test.sh) runs each test in its own process.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_stays_within_the_caps_times_concurrency() {
+    let runtime = runtime();
+    let base = peak_rss_mib();
+    let (cap_mib, concurrency) = (256, 2);
+    let mut s = spec("rss");
+    s.memory_limit = cap_mib << 20;
+    s.max_concurrency = concurrency;
+    s.call_timeout = Duration::from_secs(120);
+    let bad = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap();
+    // Three rounds of instances filling their memory to the cap, each discarded after.
+    let calls = (0..concurrency as u64 * 3).map(|n| put(&bad, n, "oom"));
+    for result in futures::future::join_all(calls).await {
+        assert!(matches!(result, Err(CallError::OutOfMemory { .. })), "{result:?}");
+    }
+    let peak = peak_rss_mib();
+    eprintln!("memory_limit_mib = {cap_mib}, concurrency = {concurrency}: base {base} MiB, peak {peak} MiB");
+    assert!(
+        peak <= base + cap_mib * concurrency as u64 + HOST_SLACK_MIB,
+        "peak RSS {peak} MiB over base {base} + {cap_mib} x {concurrency} + {HOST_SLACK_MIB} MiB"
+    );
+}
