@@ -70,6 +70,7 @@ async fn a_flooding_plugin_logs_a_bounded_amount_with_its_secrets_redacted() {
     bad.secrets = vec!["secret_access_key".into()];
     bad.log_lines_per_minute = PER_MINUTE;
     bad.memory_limit = 64 << 20;
+    bad.call_timeout = Duration::from_secs(120);
     let bad = BucketClient::open(load(&runtime, "blockferry_misbehave"), bad).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut good = spec("beside-flood");
@@ -83,7 +84,7 @@ async fn a_flooding_plugin_logs_a_bounded_amount_with_its_secrets_redacted() {
 
     // Then floods every channel, while the good bucket gets every block.
     let flood = async {
-        for (n, key) in ["log-long:16777216", "stderr-flood:50000000", "stdout-flood:50000000", "log-flood:100000"]
+        for (n, key) in ["log-long:16777216", "stderr-flood:20000000", "stdout-flood:20000000", "log-flood:20000"]
             .iter()
             .enumerate()
         {
@@ -106,7 +107,7 @@ async fn a_flooding_plugin_logs_a_bounded_amount_with_its_secrets_redacted() {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("misbehave/flood")).collect();
     let bytes_logged: usize = lines.iter().map(|l| l.len()).sum();
     eprintln!(
-        "flood of 100,000 host.log lines, a 16 MiB line, 50 MB of stdout, 50 MB of stderr without a newline \
+        "flood of 20,000 host.log lines, a 16 MiB line, 20 MB of stdout, 20 MB of stderr without a newline \
          in {:.1} s: {} lines, {bytes_logged} bytes logged",
         minutes * 60.0,
         lines.len()
