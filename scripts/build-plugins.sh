@@ -13,6 +13,7 @@ cargo build --target wasm32-wasip2 --profile plugin \
     -p blockferry-s3 \
     -p blockferry-minio \
     -p blockferry-misbehave \
+    -p blockferry-flawed \
     -p blockferry-old-contract \
     -p blockferry-wrong-version \
     -p blockferry-wrong-world \
@@ -25,6 +26,7 @@ for wasm in \
     blockferry_s3.wasm \
     blockferry_minio.wasm \
     blockferry_misbehave.wasm \
+    blockferry_flawed.wasm \
     blockferry_old_contract.wasm \
     blockferry_wrong_version.wasm \
     blockferry-wrong-world.wasm \

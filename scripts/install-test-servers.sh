@@ -5,6 +5,12 @@
 #   Versions after 0.14.1 need a newer rustc; the build takes about 5 minutes.
 set -euo pipefail
 
+# - grpcio, for the independent gRPC peers (tests/peers/grpc_peer.py): a
+#   consensus node and a block node written with grpc-python.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+    python3 -m pip install --quiet grpcio
+fi
+
 if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
     python3 -m pip install --quiet 'moto[server]'
 fi

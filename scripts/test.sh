@@ -13,7 +13,7 @@ scripts/build-plugins.sh
 cargo fmt --all --check
 cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 --profile plugin \
-    -p blockferry-fs -p blockferry-gcs -p blockferry-guest -p blockferry-s3 -p blockferry-minio -p blockferry-misbehave -p blockferry-old-contract -p blockferry-wrong-version \
+    -p blockferry-fs -p blockferry-gcs -p blockferry-guest -p blockferry-s3 -p blockferry-minio -p blockferry-misbehave -p blockferry-flawed -p blockferry-old-contract -p blockferry-wrong-version \
     -p blockferry-wrong-world -p blockferry-plugin-template -- -D warnings
 
 # The emulators the S3 and MinIO provider tests start (moto, s3s-fs).

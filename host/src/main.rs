@@ -71,7 +71,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // Exit at once: tearing the runtime down would cancel tasks that
+            // were started before the error (plugin instances among them)
+            // and could print their cancellation as a panic after the error.
+            std::process::exit(2)
         }
     }
 }

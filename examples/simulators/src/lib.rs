@@ -6,6 +6,8 @@
 //! `EndOfStream`) and reports throughput and acknowledgement latency.
 //!
 //! - [`blocks`]: deterministic blocks with a consensus node's item mix;
+//! - [`files`]: real blocks read from block files, replayed item by item,
+//!   and blocks with items at field numbers a newer schema may add;
 //! - [`publish`]: the consensus node, paced and bounded like a real one;
 //! - [`Session`]: a raw stream for tests that send arbitrary requests;
 //! - [`BlockNode`]: the other side, a scriptable block node that records what
@@ -16,11 +18,13 @@
 pub mod block_node;
 pub mod blocks;
 mod error;
+pub mod files;
 pub mod publisher;
 pub mod session;
 
 pub use block_node::{Action, BlockNode, Record, RequestKind, RequestRecord, Rule, Trigger};
 pub use blocks::{block_bytes, generate_block};
 pub use error::{PublishError, Result};
+pub use files::{read_block_dir, with_future_items};
 pub use publisher::{PublishReport, PublisherOptions, publish};
 pub use session::Session;

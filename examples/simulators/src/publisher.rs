@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tonic::Streaming;
 
 use blockferry_proto::api::publish_stream_response::{EndOfStream, Response};
 use blockferry_proto::framing::{item_frame_len, items_request_len};
+use blockferry_proto::item::header_number;
 use blockferry_proto::{EndOfStreamCode, EndStreamCode, PublishStreamRequest, PublishStreamResponse};
 
 use crate::blocks::generate_block;
@@ -37,12 +39,30 @@ pub struct PublisherOptions {
     pub max_unacked: u64,
     /// Give up after this long without progress.
     pub ack_timeout: Duration,
+    /// Stream these blocks (each its items, byte for byte; block
+    /// `first_block + i` is `replay[i]`) instead of generated ones.
+    pub replay: Option<Arc<Vec<Vec<Bytes>>>>,
 }
 
 impl PublisherOptions {
     /// Publish `blocks` blocks of `block_size` bytes from `first_block` to `endpoint`, otherwise the defaults.
     pub fn new(endpoint: impl Into<String>, first_block: u64, blocks: u64, block_size: usize) -> Self {
         Self { endpoint: endpoint.into(), first_block, blocks, block_size, ..Self::default() }
+    }
+
+    /// Replay `blocks` (consecutive blocks, each its items as they are to be
+    /// sent) to `endpoint`, otherwise the defaults.
+    pub fn replay(endpoint: impl Into<String>, blocks: Vec<Vec<Bytes>>) -> Self {
+        let first_block =
+            blocks.first().and_then(|items| items.first()).and_then(|h| header_number(h).ok()).unwrap_or(0);
+        let count = blocks.len() as u64;
+        Self {
+            endpoint: endpoint.into(),
+            first_block,
+            blocks: count,
+            replay: Some(Arc::new(blocks)),
+            ..Self::default()
+        }
     }
 }
 
@@ -57,6 +77,7 @@ impl Default for PublisherOptions {
             soft_limit: 2_000_000,
             max_unacked: 150,
             ack_timeout: Duration::from_secs(30),
+            replay: None,
         }
     }
 }
@@ -390,7 +411,10 @@ impl<'a> Run<'a> {
             None => {
                 let number = self.next;
                 self.produced = self.produced.max(Some(number));
-                let items = generate_block(number, self.opts.block_size);
+                let items = match &self.opts.replay {
+                    Some(blocks) => blocks[(number - self.opts.first_block) as usize].clone(),
+                    None => generate_block(number, self.opts.block_size),
+                };
                 self.current.insert(Current { number, items, next_item: 0 })
             }
         };

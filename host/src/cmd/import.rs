@@ -3,10 +3,11 @@
 //! any `<number>.blk` / `<number>.blk.gz`) into the block store, pending in
 //! every bucket. It does not upload: `blockferry run` does.
 //!
-//! Each block file is checked before it is stored: its (decompressed) bytes
-//! must be a serialized `Block` with at least one item, the first a
-//! `block_header` whose number is the one in the file name, and a
-//! `block_proof` among them. A file that fails is not stored; it is listed
+//! Each block file is checked before it is stored, by the same rule ingest
+//! applies: its (decompressed) bytes must be a serialized `Block` whose first
+//! item is a `block_header` with the number in the file name, whose items are
+//! each one length-delimited field (of any field number: items a newer
+//! schema adds are kept as they are), with a `block_proof` among them. A file that fails is not stored; it is listed
 //! with what is wrong, as are files that cannot be read, and the import exits
 //! non-zero. The bytes stored are the file's, decompressed, never re-encoded.
 //!
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use blockferry::store::{BlockStore, StoreError};
 use blockferry_proto::framing::split_block;
-use blockferry_proto::item::{ItemError, ItemKind, header_number};
+use blockferry_proto::item::{BlockError, ItemError, check_block};
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -101,50 +102,20 @@ fn classify(name: &str) -> FileKind {
     }
 }
 
-/// The `BlockItem` field name of `kind`, as in the protobuf definition.
-fn kind_name(kind: ItemKind) -> &'static str {
-    use ItemKind::*;
-    match kind {
-        BlockHeader => "block_header",
-        EventHeader => "event_header",
-        RoundHeader => "round_header",
-        SignedTransaction => "signed_transaction",
-        TransactionResult => "transaction_result",
-        TransactionOutput => "transaction_output",
-        StateChanges => "state_changes",
-        FilteredItemHash => "filtered_item_hash",
-        BlockProof => "block_proof",
-        RecordFile => "record_file",
-        TraceData => "trace_data",
-        FilteredSingleItem => "filtered_single_item",
-        BlockFooter => "block_footer",
-    }
-}
-
-/// Check that `bytes` are block `number`: a serialized `Block` with at least
-/// one item, the first a `block_header` for `number`, and a `block_proof`.
-/// The error says what is wrong.
-fn check_block(number: u64, bytes: &Bytes) -> Result<(), String> {
+/// Check that `bytes` are block `number`: a serialized `Block` whose items
+/// pass the one rule for items ([`check_block`]) and whose header is for
+/// `number`. The error says what is wrong.
+fn check_file_block(number: u64, bytes: &Bytes) -> Result<(), String> {
     let items = split_block(bytes).map_err(|e| match e {
         ItemError::Malformed(m) => format!("not a serialized Block: {m}"),
         e => format!("not a serialized Block: {e}"),
     })?;
-    let Some(first) = items.first() else {
-        return Err(format!("not a serialized Block: no items ({} bytes)", bytes.len()));
-    };
-    match header_number(first) {
-        Ok(header) if header == number => {}
-        Ok(header) => return Err(format!("header says block {header} but the file is named for block {number}")),
-        Err(ItemError::NotAHeader(kind)) => {
-            return Err(format!("the first item is a {}, not a block_header", kind_name(kind)));
-        }
-        Err(e) => return Err(format!("the first item is not a readable block_header: {e}")),
+    match check_block(&items) {
+        Ok(summary) if summary.number == number => Ok(()),
+        Ok(summary) => Err(format!("header says block {} but the file is named for block {number}", summary.number)),
+        Err(BlockError::NoItems) => Err(format!("not a serialized Block: no items ({} bytes)", bytes.len())),
+        Err(e) => Err(e.to_string()),
     }
-    // The proof comes last: look from the end.
-    if !items.iter().rev().any(|item| ItemKind::of(item) == Ok(ItemKind::BlockProof)) {
-        return Err(format!("no block_proof item (among {} items)", items.len()));
-    }
-    Ok(())
 }
 
 /// Every file under `root` (following symlinks to files, not to directories),
@@ -211,7 +182,7 @@ fn import(
                 continue;
             }
         };
-        if let Err(e) = check_block(number, &bytes) {
+        if let Err(e) = check_file_block(number, &bytes) {
             tally.unreadable.push(format!("{shown}: {e}"));
             continue;
         }
@@ -339,18 +310,27 @@ mod tests {
     #[test]
     fn a_real_block_passes() {
         for n in [0, 1, 7, u64::MAX] {
-            assert_eq!(check_block(n, &block(&generate_block(n, 2000))), Ok(()), "block {n}");
+            assert_eq!(check_file_block(n, &block(&generate_block(n, 2000))), Ok(()), "block {n}");
         }
     }
 
     #[test]
     fn each_defect_is_named() {
         let items = generate_block(7, 2000);
-        let err = |number, bytes: Bytes| check_block(number, &bytes).unwrap_err();
+        let err = |number, bytes: Bytes| check_file_block(number, &bytes).unwrap_err();
 
         assert_eq!(err(8, block(&items)), "header says block 7 but the file is named for block 8");
         assert!(err(7, block(&items[..items.len() - 1])).starts_with("no block_proof item"));
-        assert_eq!(err(7, block(&items[1..])), "the first item is a round_header, not a block_header");
+        assert_eq!(
+            err(7, block(&items[1..])),
+            "the first item is not a readable block_header: expected a block_header item, found round_header (field 3)"
+        );
+        // Items at field numbers a newer schema may use pass; a varint item does not.
+        let mut future = items.clone();
+        future.insert(2, Bytes::from_static(&[0xa2, 0x1f, 0x01, 0x00]));
+        assert_eq!(check_file_block(7, &block(&future)), Ok(()));
+        future.insert(3, Bytes::from_static(&[0xa0, 0x1f, 0x01]));
+        assert!(err(7, block(&future)).starts_with("item 3 of the block: "));
         assert_eq!(err(7, Bytes::new()), "not a serialized Block: no items (0 bytes)");
         let e = err(7, Bytes::from_static(b"\x0a\xff\xff\xff\x0f garbage"));
         assert!(e.starts_with("not a serialized Block: an item claims"), "{e}");

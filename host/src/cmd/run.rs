@@ -3,8 +3,9 @@
 //! their plugins, resumes unfinished uploads at start-up and deletes local
 //! blocks once retention allows.
 //!
-//! `--generate N` feeds it from the built-in consensus-node simulator, over
-//! real gRPC to its own ingest endpoint.
+//! `--generate N` (generated blocks) or `--replay DIR` (real block files)
+//! feeds it from the built-in consensus-node simulator, over real gRPC to its
+//! own ingest endpoint.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ use blockferry::store::BlockStore;
 use blockferry::upload::{
     BlockNodeAcks, BucketArchive, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
 };
+use blockferry_sim::files::read_block_dir;
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
 
@@ -67,6 +69,11 @@ pub struct RunArgs {
     /// Time between generated blocks, in milliseconds (0: as fast as acknowledged).
     #[arg(long, default_value_t = 0)]
     pub block_interval_ms: u64,
+    /// Publish the real blocks of this directory (`<number>.blk` /
+    /// `<number>.blk.gz` files, consecutive) item by item from the built-in
+    /// consensus-node simulator, exactly as the files hold them.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["generate", "first", "block_size"])]
+    pub replay: Option<PathBuf>,
     /// Exit once every stored block is final in every bucket (after one
     /// retention pass).
     #[arg(long)]
@@ -125,6 +132,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         format!("cannot serve metrics and the status page on {http_listen} (http.listen): is another process using it? choose another address")
     })?;
     tracing::info!(address = %http_listener.local_addr()?, "http: /metrics, /healthz, /readyz, /api/status, status page");
+    // Both ports are taken before anything else starts, so a port in use ends
+    // the start-up before any stage runs.
+    let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen for the consensus node on {listen} (ingest.listen): is another process using it? choose another address")
+    })?;
     let started = Arc::new(Started::default());
     let http_server = tokio::spawn(Http::serve(http_listener, started.clone()));
     let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
@@ -161,10 +174,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
-    let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen for the consensus node on {listen} (ingest.listen): is another process using it? choose another address")
-    })?;
     let address = listener.local_addr()?;
     tracing::info!(%address, next_block = ?ingest.latest().map(|l| l + 1), "ingest: waiting for the consensus node");
     let (stop_ingest, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -202,19 +211,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => reload::ignore_hangup()?,
     };
 
-    if args.generate > 0 {
-        let first = args.first.unwrap_or_else(|| ingest.latest().map_or(0, |l| l + 1));
-        let options = PublisherOptions {
-            endpoint: format!("http://{address}"),
-            first_block: first,
+    let endpoint = format!("http://{address}");
+    let interval = Duration::from_millis(args.block_interval_ms);
+    let simulated = if let Some(dir) = &args.replay {
+        let blocks = read_block_dir(dir).with_context(|| format!("--replay {}", dir.display()))?;
+        Some(PublisherOptions { interval, ..PublisherOptions::replay(endpoint, blocks) })
+    } else {
+        (args.generate > 0).then(|| PublisherOptions {
+            endpoint,
+            first_block: args.first.unwrap_or_else(|| ingest.latest().map_or(0, |l| l + 1)),
             blocks: args.generate,
             block_size: args.block_size,
-            interval: Duration::from_millis(args.block_interval_ms),
+            interval,
             ..PublisherOptions::default()
-        };
-        let report = publish(&options).await.context("publishing generated blocks to the ingest endpoint")?;
+        })
+    };
+    if let Some(options) = simulated {
+        let report = publish(&options).await.context("publishing blocks to the ingest endpoint")?;
         println!("consensus-node simulator:\n{}", report.summary());
-        anyhow::ensure!(report.complete(), "the generated blocks were not all acknowledged: {}", report.summary());
+        anyhow::ensure!(report.complete(), "the published blocks were not all acknowledged: {}", report.summary());
     }
 
     if args.exit_when_drained {

@@ -9,7 +9,9 @@ use blockferry_proto::api::publish_stream_response::{
     BehindPublisher, BlockAcknowledgement, EndOfStream, Response, SkipBlock,
 };
 use blockferry_proto::item::header_number;
-use blockferry_proto::{EndOfStreamCode, EndStreamCode, ItemKind, PublishStreamRequest, PublishStreamResponse};
+use blockferry_proto::{
+    EndOfStreamCode, EndStreamCode, ItemKind, PublishStreamRequest, PublishStreamResponse, UNKNOWN_BLOCK_NUMBER,
+};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -54,13 +56,18 @@ impl Session {
                 Ok(Some(request)) => request,
                 Ok(None) => return,
                 Err(status) => {
-                    let limit = self.ingest.limits.hard_limit_bytes;
-                    self.invalid(format!(
-                        "unreadable request: {} (requests up to ingest.hard_limit_bytes = {limit} bytes are accepted; \
-                         raise it if the consensus node's hard limit is higher)",
-                        status.message()
-                    ))
-                    .await;
+                    let why = if status.code() == tonic::Code::OutOfRange {
+                        // tonic's answer to a message above the decoding limit.
+                        let limit = self.ingest.limits.hard_limit_bytes;
+                        format!(
+                            "request too large: {} (requests up to ingest.hard_limit_bytes = {limit} bytes are \
+                             accepted; raise it if the consensus node's hard limit is higher)",
+                            status.message()
+                        )
+                    } else {
+                        format!("unreadable request: {}", status.message())
+                    };
+                    self.invalid(why).await;
                     return;
                 }
             };
@@ -105,7 +112,7 @@ impl Session {
             Ok(kind) => kind,
             Err(e) => return self.invalid(format!("{}: {e}", self.position())).await,
         };
-        if kind == ItemKind::BlockHeader {
+        if kind == ItemKind::BLOCK_HEADER {
             // The next header also ends the open block, except a skipped
             // one: the publisher stops sending it part-way, so without its
             // `BlockEnd` it is incomplete and simply dropped.
@@ -124,7 +131,7 @@ impl Session {
         match &mut self.open {
             Open::Receiving { number, items, bytes, has_proof, .. } => {
                 *bytes += item.len();
-                *has_proof |= kind == ItemKind::BlockProof;
+                *has_proof |= kind == ItemKind::BLOCK_PROOF;
                 items.push(item);
                 if *bytes > max {
                     let msg = format!(
@@ -135,7 +142,7 @@ impl Session {
                 Flow::Continue
             }
             Open::Discarding => Flow::Continue,
-            Open::Nothing => self.invalid(format!("a {kind:?} item before any block_header")).await,
+            Open::Nothing => self.invalid(format!("{kind} before any block_header")).await,
         }
     }
 
@@ -206,7 +213,7 @@ impl Session {
             }
             Err(e @ StoreError::Conflict { .. }) => {
                 tracing::error!(block = number, "{e}");
-                let latest = self.ingest.latest().unwrap_or(0);
+                let latest = self.ingest.latest().unwrap_or(UNKNOWN_BLOCK_NUMBER);
                 self.end(EndOfStreamCode::DuplicateBlock, latest).await
             }
             Err(e) => {
@@ -217,7 +224,7 @@ impl Session {
                     "cannot store the block: {e}; the stream ends with PERSISTENCE_FAILED and the consensus node \
                      resends it"
                 );
-                let latest = self.ingest.latest().unwrap_or(0);
+                let latest = self.ingest.latest().unwrap_or(UNKNOWN_BLOCK_NUMBER);
                 self.end(EndOfStreamCode::PersistenceFailed, latest).await
             }
         }
@@ -257,7 +264,7 @@ impl Session {
     async fn invalid(&mut self, why: impl Into<String>) -> Flow {
         self.ingest.counters.invalid.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("invalid request from the publisher: {}; stream ended", why.into());
-        let latest = self.ingest.latest().unwrap_or(0);
+        let latest = self.ingest.latest().unwrap_or(UNKNOWN_BLOCK_NUMBER);
         self.end(EndOfStreamCode::InvalidRequest, latest).await
     }
 

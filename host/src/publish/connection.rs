@@ -216,10 +216,43 @@ fn closed(ctx: &Ctx, name: &str, ended: Ended, acknowledged: bool) -> Outcome {
     Outcome { ended, acknowledged }
 }
 
-/// Connect and open the bidirectional stream.
-async fn open(
-    node: &BlockNodeConfig,
-) -> Result<(mpsc::Sender<PublishStreamRequest>, Streaming<PublishStreamResponse>), String> {
+/// The node's side of the stream. The call is under way from the moment the
+/// stream is opened: requests flow before the node's response headers arrive
+/// (a gRPC server may send its headers only with its first response, and a
+/// publisher that waited for them would wait forever).
+struct Responses {
+    /// The call, until the node's response headers arrive.
+    call: Option<tokio::task::JoinHandle<Result<Streaming<PublishStreamResponse>, tonic::Status>>>,
+    stream: Option<Streaming<PublishStreamResponse>>,
+}
+
+impl Responses {
+    /// The next response (cancel-safe: an unfinished wait for the headers is
+    /// resumed by the next call).
+    async fn message(&mut self) -> Result<Option<PublishStreamResponse>, tonic::Status> {
+        if let Some(call) = &mut self.call {
+            let opened = call.await.unwrap_or_else(|e| Err(tonic::Status::internal(format!("the call failed: {e}"))));
+            self.call = None;
+            self.stream = Some(opened?);
+        }
+        match &mut self.stream {
+            Some(stream) => stream.message().await,
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Responses {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.abort();
+        }
+    }
+}
+
+/// Connect and start the bidirectional stream, without waiting for the
+/// node's response headers.
+async fn open(node: &BlockNodeConfig) -> Result<(mpsc::Sender<PublishStreamRequest>, Responses), String> {
     let uri = format!("http://{}:{}", node.address, node.port);
     let channel = tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| format!("{uri} is not a usable address: {e}"))?
@@ -232,12 +265,14 @@ async fn open(
         .max_decoding_message_size(16 * 1024 * 1024);
     // One request in flight ahead of the HTTP/2 stream: its flow control is the backpressure.
     let (tx, rx) = mpsc::channel(1);
-    let responses = client
-        .publish_block_stream(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("{uri} refused the stream: {:?} {}", s.code(), s.message()))?
-        .into_inner();
-    Ok((tx, responses))
+    let call = tokio::spawn(async move {
+        client
+            .publish_block_stream(ReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| tonic::Status::new(s.code(), format!("{uri} refused the stream: {}", s.message())))
+    });
+    Ok((tx, Responses { call: Some(call), stream: None }))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -415,7 +450,7 @@ impl Worker<'_> {
     /// its side, handling acknowledgements that still arrive: what we sent,
     /// our `EndStream` included, reaches the node before the connection
     /// closes. `false` if the node did not end its side in time.
-    async fn end_our_side(&mut self, responses: &mut Streaming<PublishStreamResponse>) -> bool {
+    async fn end_our_side(&mut self, responses: &mut Responses) -> bool {
         let (closed_tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed_tx));
         let deadline = Instant::now() + self.ctx.pipeline_timeout();
@@ -434,7 +469,7 @@ impl Worker<'_> {
     /// Finish the block in flight, send `EndStream RESET`, end our side and
     /// wait (bounded) for the node to end its side, so the `EndStream`
     /// reaches it before the connection closes.
-    async fn close_gracefully(&mut self, responses: &mut Streaming<PublishStreamResponse>, why: Ended) -> Ended {
+    async fn close_gracefully(&mut self, responses: &mut Responses, why: Ended) -> Ended {
         let name = self.node.name();
         self.ctx.set_state(&name, ConnectionState::Closing, None);
         let pipeline = self.ctx.pipeline_timeout();

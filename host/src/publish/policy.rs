@@ -32,7 +32,8 @@ pub fn on_end_of_stream(code: EndOfStreamCode, block_number: u64) -> (Retry, Res
     match code {
         Success | Error | PersistenceFailed | Unknown => (Retry::SwitchFixed, Restart::Latest),
         Timeout | DuplicateBlock | BadBlockProof | InvalidRequest => {
-            (Retry::SameNodeBackoff, Restart::At(block_number.saturating_add(1)))
+            // A node that knows no block reports -1 (`u64::MAX`): the next is block 0.
+            (Retry::SameNodeBackoff, Restart::At(block_number.wrapping_add(1)))
         }
     }
 }
@@ -117,6 +118,9 @@ mod tests {
         }
         for code in [Timeout, DuplicateBlock, BadBlockProof, InvalidRequest] {
             assert_eq!(on_end_of_stream(code, 41), (Retry::SameNodeBackoff, Restart::At(42)), "{code:?}");
+            // A node that knows no block (-1) gets block 0 next.
+            let unknown = blockferry_proto::UNKNOWN_BLOCK_NUMBER;
+            assert_eq!(on_end_of_stream(code, unknown), (Retry::SameNodeBackoff, Restart::At(0)), "{code:?}");
         }
     }
 

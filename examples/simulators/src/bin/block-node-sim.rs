@@ -28,6 +28,10 @@ struct Args {
     /// Acknowledge nothing.
     #[arg(long)]
     no_ack: bool,
+    /// Send a stream's response headers only with its first response (as
+    /// grpc-python's server does), not when the stream opens.
+    #[arg(long)]
+    late_headers: bool,
     /// Answer this block's BlockEnd with EndOfStream (once) instead of an acknowledgement.
     #[arg(long)]
     end_of_stream_at: Option<u64>,
@@ -64,6 +68,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .listen(args.listen)
         .hard_limit(args.hard_limit)
         .keep_items(false)
+        .late_headers(args.late_headers)
         .start()
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

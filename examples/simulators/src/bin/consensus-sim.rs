@@ -1,11 +1,12 @@
-//! `consensus-sim`: stream generated blocks to blockferry as a consensus node
-//! does, and print acknowledgement latency and throughput.
+//! `consensus-sim`: stream generated blocks, or real block files, to
+//! blockferry as a consensus node does, and print acknowledgement latency and
+//! throughput.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use blockferry_sim::{PublisherOptions, publish};
+use blockferry_sim::{PublisherOptions, publish, read_block_dir};
 use clap::Parser;
 
 /// Stream generated blocks to a block node (blockferry's ingest) over the
@@ -37,6 +38,11 @@ struct Args {
     /// Give up after this many seconds without progress.
     #[arg(long, default_value_t = 30)]
     ack_timeout_s: u64,
+    /// Replay the real blocks of this directory (`<number>.blk` /
+    /// `<number>.blk.gz`, consecutive) item by item, exactly as the files
+    /// hold them, instead of generated blocks.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["first", "blocks", "block_size"])]
+    replay: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -50,15 +56,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = match &args.replay {
+        Some(dir) => PublisherOptions::replay(args.endpoint, read_block_dir(dir)?),
+        None => PublisherOptions::new(args.endpoint, args.first, args.blocks, args.block_size),
+    };
     let opts = PublisherOptions {
-        endpoint: args.endpoint,
-        first_block: args.first,
-        blocks: args.blocks,
-        block_size: args.block_size,
         interval: Duration::from_millis(args.interval_ms),
         soft_limit: args.soft_limit,
         max_unacked: args.max_unacked,
         ack_timeout: Duration::from_secs(args.ack_timeout_s),
+        ..base
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     let report = runtime.block_on(publish(&opts))?;

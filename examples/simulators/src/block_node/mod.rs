@@ -290,6 +290,7 @@ pub struct BlockNodeBuilder {
     hard_limit: usize,
     window: Option<u32>,
     keep_items: bool,
+    late_headers: bool,
 }
 
 impl Default for BlockNodeBuilder {
@@ -299,6 +300,7 @@ impl Default for BlockNodeBuilder {
             hard_limit: DEFAULT_HARD_LIMIT,
             window: None,
             keep_items: true,
+            late_headers: false,
         }
     }
 }
@@ -330,6 +332,13 @@ impl BlockNodeBuilder {
         self
     }
 
+    /// Send a stream's response headers only with its first response (as
+    /// grpc-python's server does), not when the stream opens (default off).
+    pub fn late_headers(mut self, late: bool) -> Self {
+        self.late_headers = late;
+        self
+    }
+
     /// Bind and serve (on the current tokio runtime).
     pub async fn start(self) -> io::Result<BlockNode> {
         let listener = net::bind(self.addr)?;
@@ -338,6 +347,7 @@ impl BlockNodeBuilder {
             hard_limit: self.hard_limit,
             window: self.window,
             keep_items: self.keep_items,
+            late_headers: self.late_headers,
             record: Mutex::default(),
             rules: Mutex::default(),
             streams: Mutex::default(),
@@ -535,6 +545,8 @@ struct Shared {
     hard_limit: usize,
     window: Option<u32>,
     keep_items: bool,
+    /// Response headers go out with the first response.
+    late_headers: bool,
     record: Mutex<Record>,
     /// Rules, and whether each has fired.
     rules: Mutex<Vec<(Rule, bool)>>,

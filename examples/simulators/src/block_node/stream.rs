@@ -44,7 +44,8 @@ pub(super) struct Service(pub Arc<Shared>);
 
 #[tonic::async_trait]
 impl BlockStreamPublishService for Service {
-    type publishBlockStreamStream = UnboundedReceiverStream<Result<PublishStreamResponse, Status>>;
+    type publishBlockStreamStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<PublishStreamResponse, Status>> + Send>>;
 
     async fn publish_block_stream(
         &self,
@@ -88,7 +89,16 @@ impl BlockStreamPublishService for Service {
             ending: None,
         };
         tokio::spawn(task.run(request.into_inner(), start));
-        Ok(Response::new(UnboundedReceiverStream::new(responses)))
+        let mut responses = UnboundedReceiverStream::new(responses);
+        if !shared.late_headers {
+            return Ok(Response::new(Box::pin(responses)));
+        }
+        // Send the response headers only with the first response, as
+        // grpc-python's server does by default: a publisher that waits for
+        // the headers before its first request never gets them.
+        use tokio_stream::StreamExt;
+        let first = responses.next().await;
+        Ok(Response::new(Box::pin(tokio_stream::iter(first).chain(responses))))
     }
 }
 
@@ -257,7 +267,7 @@ impl StreamTask {
         while !self.stalled {
             let Some(item) = self.pending.pop_front() else { break };
             let header = match ItemKind::of(&item) {
-                Ok(ItemKind::BlockHeader) => header_number(&item).ok(),
+                Ok(ItemKind::BLOCK_HEADER) => header_number(&item).ok(),
                 _ => None,
             };
             match (header, &mut self.open) {

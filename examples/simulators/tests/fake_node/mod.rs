@@ -247,7 +247,7 @@ impl Stream {
                     let item_lens = set.block_items.iter().map(Bytes::len).collect();
                     shared.record().requests.push(Seen::Items { encoded_len, item_lens });
                     for item in set.block_items {
-                        if ItemKind::of(&item) != Ok(ItemKind::BlockHeader) {
+                        if ItemKind::of(&item) != Ok(ItemKind::BLOCK_HEADER) {
                             if let Some((_, items)) = &mut self.open {
                                 items.push(item);
                             }
