@@ -444,6 +444,12 @@ async fn host_memory_stays_within_the_caps_times_concurrency() {
     for result in futures::future::join_all(calls).await {
         assert!(matches!(result, Err(CallError::OutOfMemory { .. })), "{result:?}");
     }
+    // Then instances reading a 17 MiB body in 16 MiB reads, the most one read may ask for.
+    let body = BlockBody::from_bytes(bytes(17 << 20, 5));
+    let info = block(1, "read-big:5", &bytes(1, 1));
+    for result in futures::future::join_all((0..concurrency * 2).map(|_| bad.put_block(&info, &body))).await {
+        assert_eq!(result.unwrap(), Outcome::Uploaded);
+    }
     let peak = peak_rss_mib();
     eprintln!("memory_limit_mib = {cap_mib}, concurrency = {concurrency}: base {base} MiB, peak {peak} MiB");
     assert!(

@@ -21,6 +21,7 @@
 //! | `stdout-flood:<bytes>` | writes that many bytes to stdout in 1 KiB lines, then `uploaded` |
 //! | `stderr-flood:<bytes>` | writes that many bytes to stderr without a newline, then `uploaded` |
 //! | `hostile` | `streams`, floods of `host.log`, stdout and stderr, then `transient` saying every setting's value (in its log too) |
+//! | `read-big:<n>` | `n` reads of 16 MiB (the most one `read` may ask for), then `uploaded` |
 //! | `leak` | says every setting's value in `host.log`, stdout and stderr, then fails `permanent` with them |
 //! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
 //!
@@ -137,6 +138,15 @@ impl GuestBucket for Misbehave {
                 return Err(UploadError::Permanent(said));
             }
             _ if key.contains("-flood:") || key.starts_with("log-long:") => flood(key)?,
+            _ if key.starts_with("read-big:") => {
+                let rounds: u64 = key["read-big:".len()..]
+                    .parse()
+                    .map_err(|e| UploadError::Permanent(format!("bad key `{key}`: {e}")))?;
+                for round in 0..rounds {
+                    let chunk = body.read(round % 2, 16 << 20).map_err(UploadError::Transient)?;
+                    std::hint::black_box(chunk);
+                }
+            }
             _ if key.starts_with("open-file:") => {
                 let path = &key["open-file:".len()..];
                 return Err(UploadError::Permanent(match std::fs::read(path) {
