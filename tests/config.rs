@@ -123,6 +123,33 @@ fn invalid_values_name_the_key_and_the_fix() {
         ),
         ("mode = \"file\"\n[buffer]\nrecovery_percent = 100\n", "buffer.recovery_percent", "e.g. 85"),
     ];
+    // Every spelling of a metadata address in allow_hosts or a URL setting is
+    // refused at load, naming the entry.
+    let denied = [
+        ("allow_hosts = [\"[::ffff:169.254.169.254]:80\"]", "buckets[0].allow_hosts[0]"),
+        ("allow_hosts = [\"example.com:443\", \"[::ffff:a9fe:a9fe]:80\"]", "buckets[0].allow_hosts[1]"),
+        ("allow_hosts = [\"[0:0:0:0:0:FFFF:A9FE:A9FE]\"]", "buckets[0].allow_hosts[0]"),
+        ("allow_hosts = [\"[::169.254.169.254]:80\"]", "buckets[0].allow_hosts[0]"),
+        ("allow_hosts = [\"[64:ff9b::a9fe:a9fe]:80\"]", "buckets[0].allow_hosts[0]"),
+        ("allow_hosts = [\"http://169.254.169.254/latest\"]", "buckets[0].allow_hosts[0]"),
+        ("allow_hosts = [\"[fe80::1]:80\"]", "buckets[0].allow_hosts[0]"),
+        ("settings = { endpoint = \"http://[::ffff:169.254.169.254]/\" }", "buckets[0].settings.endpoint"),
+    ];
+    let overlapping = [
+        ("[store]\ndir = \"data/blocks\"\n", "directory = \"data/blocks/bucket\"", "store.dir"),
+        ("[store]\ndir = \"data/blocks\"\n", "directory = \"data\"", "store.dir"),
+        ("[plugins]\ncache_dir = \"cache\"\n", "directory = \"cache\"", "plugins.cache_dir"),
+    ];
+    for (section, line, other) in overlapping {
+        let msg = load_err(&format!("{section}[[buckets]]\nname = \"a\"\nplugin = \"p\"\n{line}\n"));
+        assert!(msg.contains("buckets[0].directory") && msg.contains(other), "{msg}");
+        assert!(msg.contains("directory of its own"), "{msg}");
+    }
+    for (line, key) in denied {
+        let msg = load_err(&format!("[[buckets]]\nname = \"a\"\nplugin = \"p\"\n{line}\n"));
+        assert!(msg.contains(key), "names {key}: {msg}");
+        assert!(msg.contains("denied network") && msg.contains("plugins.denied_networks"), "{msg}");
+    }
     for (config, key, fix) in cases {
         let msg = load_err(config);
         assert!(msg.contains(key), "names {key}: {msg}");

@@ -143,3 +143,30 @@ async fn the_reader_passes_the_conformance_checks() {
     let dir = tempfile::tempdir().unwrap();
     common::reader::conformance(&fs_bucket(dir.path()).await).await;
 }
+
+#[tokio::test]
+async fn symlinks_in_the_bucket_are_never_followed_out_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, b"outside the bucket").unwrap();
+    // Links a provider (or anyone with the directory) could leave in the bucket.
+    let key = format!("{:036}.blk", 7);
+    std::os::unix::fs::symlink(&secret, dir.path().join(&key)).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+    let bucket = fs_bucket(dir.path()).await;
+
+    // Reading the object (restore, verify --deep, serving old blocks) cannot reach the target.
+    let sink = blockferry::plugin::BlockSink::new(blockferry::plugin::SinkTarget::Memory(Vec::new()), 1 << 20);
+    if let Ok(Some((_, received))) = bucket.get(&key, sink).await {
+        let blockferry::plugin::SinkTarget::Memory(got) = received.target else { unreachable!() };
+        assert_ne!(got, b"outside the bucket", "the host read through a symlink");
+    }
+    assert!(bucket.stat(&key).await.map_or(true, |o| o.is_none_or(|o| o.size != 18)), "stat followed the link");
+    // Nor can writes through a linked directory land outside.
+    let _ = put(&bucket, "escape/planted.blk", b"x").await;
+    assert!(!outside.path().join("planted.blk").exists(), "a write went through the symlinked directory");
+    // Writing the key replaces nothing outside the bucket.
+    let _ = put(&bucket, &key, b"new content").await;
+    assert_eq!(std::fs::read(&secret).unwrap(), b"outside the bucket");
+}

@@ -217,3 +217,82 @@ fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
     assert!(!quiet.contains("INFO") && !quiet.contains("DEBUG"), "error from the config: {quiet}");
     assert!(run("error", Some("info")).contains("INFO"), "RUST_LOG wins");
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_plugin_cannot_starve_the_good_bucket_flood_the_log_or_leak_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every upload of the hostile bucket opens streams until refused, floods
+    // host.log, stdout and stderr, and fails saying its credential.
+    let hostile = format!(
+        "[[buckets]]\nname = \"hostile\"\nplugin = {:?}\nlog_lines_per_minute = 60\nconcurrency = 2\n\
+         [buckets.settings]\nmode = \"hostile\"\n",
+        plugin_path("blockferry_misbehave").display().to_string()
+    );
+    let path = config(dir.path(), &hostile);
+    std::fs::write(
+        dir.path().join("credentials.toml"),
+        format!("[buckets.local]\napi_token = \"{SECRET}\"\n[buckets.hostile]\nsecret_key = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let sidecar = Sidecar::start(&path, dir.path(), &[]);
+    wait_for("ready", || get(&sidecar.url("/readyz")).0 == 200).await;
+    feed(&sidecar, 0, 20).await;
+    // The good bucket gets every block.
+    wait_for("20 uploads to the good bucket", || {
+        metric(&get(&sidecar.url("/metrics")).1, "blockferry_upload_succeeded_total{bucket=\"local\",provider=\"fs\"}")
+            == Some(20.0)
+    })
+    .await;
+    assert_eq!(objects_in(&dir.path().join("bucket")), 20);
+    // The hostile bucket has failed a few times over meanwhile.
+    wait_for("hostile attempts", || {
+        metric(
+            &get(&sidecar.url("/metrics")).1,
+            "blockferry_upload_failed_total{bucket=\"hostile\",provider=\"misbehave\"}",
+        )
+        .is_some_and(|n| n >= 4.0)
+    })
+    .await;
+    let (status, scraped) = get(&sidecar.url("/metrics"));
+    assert_eq!(status, 200);
+    let (_, api) = get(&sidecar.url("/api/status"));
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let output = sidecar.stop();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // Its log lines stay within its budget (a minute's worth at once, then
+    // 60 a minute, plus the dropped-lines summaries), each within 8 KiB.
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("misbehave/hostile")).collect();
+    let budget = (60.0 * (1.0 + minutes)).ceil() as usize;
+    assert!(lines.len() <= 2 * budget + 100, "{} lines for a budget of {budget}", lines.len());
+    assert!(lines.iter().all(|l| l.len() <= 9 * 1024), "a plugin line over the cut");
+    assert!(lines.iter().any(|l| l.contains("lines dropped")), "no dropped-lines summary");
+    assert!(log.len() < 4 << 20, "{} bytes of log", log.len());
+    // Its secret reaches no log, metric, status page or .meta file.
+    assert!(log.contains("[redacted]"), "the plugin's words are not in the log");
+    for (what, text) in [("log", &log), ("metrics", &scraped), ("status", &api)] {
+        assert!(!text.contains(SECRET), "the secret appears in the {what}");
+    }
+    for file in files_under(&dir.path().join("blocks")) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "the secret is in {}", file.display());
+    }
+    let metas = files_under(&dir.path().join("blocks"));
+    let meta_text: String = metas
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "meta"))
+        .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+        .collect();
+    assert!(meta_text.contains("[redacted]"), "the hostile bucket's error is not in the .meta files");
+}

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use blockferry::plugin::{
@@ -96,13 +98,22 @@ async fn allocating_past_the_cap_is_out_of_memory() {
 
 /// A one-shot HTTP server on loopback answering 200 to every request.
 async fn http_ok_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (addr, _, task) = counting_ok_server().await;
+    (addr, task)
+}
+
+/// [`http_ok_server`], counting the connections it accepts.
+async fn counting_ok_server() -> (std::net::SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let mut buf = vec![0; 4096];
                 let _ = socket.read(&mut buf).await;
@@ -110,7 +121,7 @@ async fn http_ok_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
             });
         }
     });
-    (addr, task)
+    (addr, accepted, task)
 }
 
 #[tokio::test]
@@ -148,6 +159,46 @@ async fn a_permitted_name_resolving_into_a_denied_network_is_refused() {
 }
 
 #[tokio::test]
+async fn no_spelling_of_a_denied_address_reaches_the_metadata_canary() {
+    // A loopback server stands in for the cloud metadata service; denying
+    // loopback makes it as forbidden as 169.254.169.254 is by default.
+    let (canary, hits, _task) = counting_ok_server().await;
+    let port = canary.port();
+    let spellings: Vec<String> = [
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[0000:0000:0000:0000:0000:FFFF:7F00:0001]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|host| format!("{host}:{port}"))
+    .collect();
+    let runtime = runtime();
+    let (bad, good, _dir) = two_buckets(&runtime, |s| {
+        s.denied_networks.push("127.0.0.0/8".parse().unwrap());
+        s.allow_hosts = spellings.clone();
+        s.settings.push(("endpoint".into(), format!("http://[::ffff:127.0.0.1]:{port}/")));
+    })
+    .await;
+    for (n, authority) in spellings.iter().enumerate() {
+        let err = put(&bad, n as u64 + 1, &format!("egress:http://{authority}/latest/meta-data")).await.unwrap_err();
+        let CallError::Plugin(PluginFailure::Permanent(message)) = &err else { panic!("{authority}: got {err}") };
+        assert!(message.contains("egress to"), "{authority}: {message}");
+    }
+    assert_eq!(bad.refused_requests(), spellings.len() as u64);
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "a request reached the canary");
+    both_still_work(&bad, &good, 100).await;
+
+    // The same request from a bucket that does not deny loopback reaches the
+    // canary (connecting to the IPv4 address): the refusals above are the policy's.
+    let open = two_buckets(&runtime, |s| s.allow_hosts = spellings.clone()).await.0;
+    assert_eq!(put(&open, 1, &format!("egress:http://[::ffff:127.0.0.1]:{port}/")).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
 async fn the_deadline_bounds_http_waits_too() {
     // A server that accepts and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -175,6 +226,60 @@ async fn a_plugin_refusing_its_settings_fails_at_open() {
     let err = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap_err();
     assert!(matches!(err, CallError::Plugin(PluginFailure::Open { .. })), "{err}");
     assert!(err.to_string().contains("fail-open requested"), "{err}");
+}
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test]
+async fn streams_and_resources_are_capped_per_instance_while_another_bucket_carries_on() {
+    let runtime = runtime();
+    let (bad, good, dir) = two_buckets(&runtime, |s| s.memory_limit = 64 << 20).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let content = bytes(4096, 3);
+    let path = tmp.path().join("block.blk");
+    std::fs::write(&path, &content).unwrap();
+    let body = BlockBody::open(&path).unwrap();
+    let before = open_fds();
+    // Streams over a file-backed body (each holds a file of the host) until refused, three times over.
+    for n in 1..=3 {
+        let err = bad.put_block(&block(n, "streams", &content), &body).await.unwrap_err();
+        let message = permanent(err);
+        assert!(message.contains("opened 64 streams, then: refused"), "{message}");
+        assert!(message.contains("drop streams"), "says what to do: {message}");
+    }
+    assert!(open_fds() <= before + 2, "streams' files were closed: {before} fds before, {} after", open_fds());
+    // HTTP fields until the resource table is full: the call traps, the host does not.
+    let err = put(&bad, 4, "fields").await.unwrap_err();
+    let trapped = matches!(&err, CallError::Trap { .. });
+    let refused = matches!(&err, CallError::Plugin(PluginFailure::Permanent(m)) if m.contains("made"));
+    assert!(trapped || refused, "{err}");
+    both_still_work(&bad, &good, 5).await;
+    assert_eq!(objects_in(dir.path()), 1);
+}
+
+#[tokio::test]
+async fn a_forged_provider_name_is_refused_shown_escaped_and_cut() {
+    let runtime = runtime();
+    for (forged, shown) in [
+        (
+            "x\"} 1\nblockferry_injected_metric 1\nok: fake".to_string(),
+            r#""x\"} 1\nblockferry_injected_metric 1\nok: fake""#,
+        ),
+        ("n".repeat(10 << 20), "more bytes"),
+    ] {
+        let mut s = spec("forged");
+        s.settings.push(("provider-name".into(), forged.clone()));
+        s.memory_limit = 128 << 20;
+        let err = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap_err();
+        assert!(matches!(err, CallError::BadProviderName { .. }), "{err}");
+        assert!(!err.is_retryable());
+        let message = err.to_string();
+        assert!(message.contains(shown) && !message.contains('\n'), "{message}");
+        assert!(message.len() < 1024, "{} bytes", message.len());
+    }
 }
 
 #[tokio::test]
@@ -311,4 +416,44 @@ async fn a_plugin_sees_no_files_no_environment_and_only_its_own_settings() {
     assert_eq!(permanent(put(&bad, 2, "env").await.unwrap_err()), "none", "no environment variable reaches a plugin");
     assert_eq!(permanent(put(&bad, 3, "settings").await.unwrap_err()), "access_key_id", "only its own settings");
     both_still_work(&bad, &good, 4).await;
+}
+
+/// Peak resident memory of this process, in MiB (VmHWM).
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// Slack the host may use beyond the plugins' memory caps (docs/operator-guide.md).
+const HOST_SLACK_MIB: u64 = 64;
+
+/// Peak RSS is process-wide: nextest (scripts/test.sh) runs each test in its own process.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_stays_within_the_caps_times_concurrency() {
+    let runtime = runtime();
+    let base = peak_rss_mib();
+    let (cap_mib, concurrency) = (256, 2);
+    let mut s = spec("rss");
+    s.memory_limit = cap_mib << 20;
+    s.max_concurrency = concurrency;
+    s.call_timeout = Duration::from_secs(120);
+    let bad = BucketClient::open(load(&runtime, "blockferry_misbehave"), s).await.unwrap();
+    // Three rounds of instances filling their memory to the cap, each discarded after.
+    let calls = (0..concurrency as u64 * 3).map(|n| put(&bad, n, "oom"));
+    for result in futures::future::join_all(calls).await {
+        assert!(matches!(result, Err(CallError::OutOfMemory { .. })), "{result:?}");
+    }
+    // Then instances reading a 17 MiB body in 16 MiB reads, the most one read may ask for.
+    let body = BlockBody::from_bytes(bytes(17 << 20, 5));
+    let info = block(1, "read-big:5", &bytes(1, 1));
+    for result in futures::future::join_all((0..concurrency * 2).map(|_| bad.put_block(&info, &body))).await {
+        assert_eq!(result.unwrap(), Outcome::Uploaded);
+    }
+    let peak = peak_rss_mib();
+    eprintln!("memory_limit_mib = {cap_mib}, concurrency = {concurrency}: base {base} MiB, peak {peak} MiB");
+    assert!(
+        peak <= base + cap_mib * concurrency as u64 + HOST_SLACK_MIB,
+        "peak RSS {peak} MiB over base {base} + {cap_mib} x {concurrency} + {HOST_SLACK_MIB} MiB"
+    );
 }

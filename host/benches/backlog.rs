@@ -153,6 +153,8 @@ async fn target(
         memory_limit: 64 << 20,
         call_timeout: Duration::from_secs(30),
         max_concurrency: concurrency,
+        secrets: Vec::new(),
+        log_lines_per_minute: blockferry::plugin::logs::DEFAULT_LINES_PER_MINUTE,
     };
     let client = BucketClient::open(runtime.load(&path, None).unwrap(), spec)
         .await

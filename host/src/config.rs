@@ -596,6 +596,9 @@ pub struct BucketConfig {
     /// Uploads in flight at once to this bucket.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Log lines (`host.log`, stdout, stderr) the plugin may write per minute.
+    #[serde(default = "default_log_lines_per_minute")]
+    pub log_lines_per_minute: u32,
     /// Object key of a block: `{number}` is the block number zero-padded to
     /// 36 digits (`{number:N}` pads to N), `{ext}` the file extension
     /// (`.blk` or `.blk.gz`). Keys sort numerically.
@@ -617,6 +620,9 @@ fn default_call_timeout_ms() -> u64 {
 }
 fn default_concurrency() -> usize {
     4
+}
+fn default_log_lines_per_minute() -> u32 {
+    crate::plugin::logs::DEFAULT_LINES_PER_MINUTE
 }
 fn default_key_template() -> String {
     "{number}{ext}".into()
@@ -794,12 +800,48 @@ impl Config {
                     "make it longer than every bucket's call timeout; 86400 (a day) is the default",
                 ));
             }
+            if b.log_lines_per_minute == 0 {
+                return Err(invalid(key("log_lines_per_minute"), "is 0".into(), "use at least 1; 600 is the default"));
+            }
             if b.concurrency == 0 || b.concurrency > 1024 {
                 return Err(invalid(
                     key("concurrency"),
                     format!("= {} is out of range", b.concurrency),
                     "use 1 to 1024",
                 ));
+            }
+            if let Some(dir) = &b.directory {
+                for (other, name) in [(&self.store.dir, "store.dir"), (&self.plugins.cache_dir, "plugins.cache_dir")] {
+                    if overlaps(dir, other) {
+                        return Err(invalid(
+                            key("directory"),
+                            format!("= {} overlaps {name} = {}", dir.display(), other.display()),
+                            "give the bucket a directory of its own, outside the block store and the plugin cache \
+                             (a plugin may write anything in its directory)",
+                        ));
+                    }
+                }
+            }
+            let denied = self.denied_networks();
+            for (j, host) in b.allow_hosts.iter().enumerate() {
+                if let Some(why) = crate::plugin::egress::denied_literal(host, &denied) {
+                    return Err(invalid(
+                        key(&format!("allow_hosts[{j}]")),
+                        format!("= {host:?} can never be reached: {why}"),
+                        "remove the entry, or remove its network from plugins.denied_networks",
+                    ));
+                }
+            }
+            for (name, value) in b.settings_list() {
+                if let Some(why) =
+                    crate::plugin::egress::denied_literal(&value, &denied).filter(|_| value.contains("://"))
+                {
+                    return Err(invalid(
+                        key(&format!("settings.{name}")),
+                        format!("= {value:?} can never be reached: {why}"),
+                        "use the service's address, or remove its network from plugins.denied_networks",
+                    ));
+                }
             }
             if let Err(problem) = check_key_template(&b.key_template) {
                 return Err(invalid(
@@ -1030,8 +1072,18 @@ impl BucketConfig {
             memory_limit: self.memory_limit_mib * 1024 * 1024,
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             max_concurrency: self.concurrency,
+            secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
+            log_lines_per_minute: self.log_lines_per_minute,
         }
     }
+}
+
+/// Whether one of two directories contains the other (compared as they
+/// really are when they exist, symlinks resolved).
+fn overlaps(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (a, b) = (real(a), real(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Check a key template: `{number}` or `{number:N}` must appear, and only

@@ -231,7 +231,14 @@ async fn holds(client: &BucketClient, key: &str, bytes: &[u8]) -> CheckResult {
 
 /// Run the whole suite with `plugin` against the bucket of `opts`.
 pub async fn run(plugin: Arc<Plugin>, opts: SuiteOptions) -> Report {
-    let provider = plugin.provider_name().await.unwrap_or_else(|e| format!("(provider() failed: {e})"));
+    let provider = match plugin.provider_name().await {
+        // A name the host would refuse is shown escaped and cut, never as the plugin wrote it.
+        Ok(name) if crate::plugin::check::provider_name_problem(&name).is_some() => {
+            crate::plugin::check::shown(&name, 64)
+        }
+        Ok(name) => name,
+        Err(e) => crate::plugin::logs::escape_controls(&format!("(provider() failed: {e})")),
+    };
     let mut suite =
         Suite { plugin: plugin.clone(), prefix: opts.prefix.clone(), checks: Vec::new(), said: Arc::default() };
     let mut client = None;

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -174,6 +176,25 @@ impl Sources {
 /// A metric's label pairs.
 type Labels<'a> = Vec<(&'a str, String)>;
 
+/// A label value escaped as the text format requires (`\\`, `"`, newline):
+/// prometheus-client writes label values as they are, and some come from
+/// plugins and the config.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Encodes one metric family at a time.
 struct Enc<'a, 'b>(&'a mut DescriptorEncoder<'b>);
 
@@ -202,7 +223,7 @@ impl Enc<'_, '_> {
         }
         let mut family = self.0.encode_descriptor(name, help, None, kind)?;
         for (labels, value) in rows {
-            let labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let labels: Vec<(&str, Escaped)> = labels.iter().map(|(k, v)| (*k, Escaped(v))).collect();
             encode(*value, family.encode_family(&labels)?)?;
         }
         Ok(())
@@ -502,5 +523,31 @@ impl Sources {
             "From a block's header sent to its acknowledgement",
             publisher.counters().ack_latency(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A family whose label value is a forged provider name.
+    #[derive(Debug)]
+    struct Forged;
+
+    impl Collector for Forged {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let forged = "x\"} 1\nblockferry_injected_metric 1\n\\".to_string();
+            Enc(&mut encoder).counters("t_calls", "Calls", &[(vec![("provider", forged)], 3)])
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped_so_they_cannot_forge_lines() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Forged));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(!out.lines().any(|l| l.starts_with("blockferry_injected_metric")), "{out}");
+        assert!(out.contains(r#"t_calls_total{provider="x\"} 1\nblockferry_injected_metric 1\n\\"} 3"#), "{out}");
     }
 }

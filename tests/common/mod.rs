@@ -60,6 +60,8 @@ pub fn spec(name: &str) -> BucketSpec {
         memory_limit: 32 << 20,
         call_timeout: Duration::from_secs(10),
         max_concurrency: 4,
+        secrets: Vec::new(),
+        log_lines_per_minute: 600,
     }
 }
 
@@ -135,4 +137,13 @@ pub fn blockferry(args: &[&str]) -> Output {
 /// The output's stdout then stderr, as text.
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The objects an `fs` bucket directory holds (its hidden bookkeeping left out).
+pub fn objects_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
 }

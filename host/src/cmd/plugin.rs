@@ -9,7 +9,9 @@ use anyhow::Context;
 use blockferry::config::Config;
 use blockferry::conformance::{self, SuiteOptions};
 use blockferry::credentials::Credentials;
+use blockferry::plugin::check::{provider_name_problem, shown};
 use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
+use blockferry::plugin::logs::{DEFAULT_LINES_PER_MINUTE, escape_controls};
 use blockferry::plugin::{BucketSpec, CONTRACT_VERSION, EngineSettings, PluginRuntime};
 use clap::{Args, Subcommand};
 
@@ -114,6 +116,8 @@ fn test_spec(args: &TestArgs) -> anyhow::Result<(BucketSpec, Vec<String>)> {
         memory_limit: 64 << 20,
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         max_concurrency: 4,
+        secrets: keys.clone(),
+        log_lines_per_minute: DEFAULT_LINES_PER_MINUTE,
     };
     Ok((spec, keys))
 }
@@ -153,21 +157,34 @@ async fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let provider = match plugin.provider_name().await {
         Ok(name) => name,
         Err(e) => {
-            eprintln!("error: {} loads but its `provider` function failed: {e}", file.display());
+            eprintln!(
+                "error: {} loads but its `provider` function failed: {}",
+                file.display(),
+                escape_controls(&e.to_string())
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Some(problem) = provider_name_problem(&provider) {
+        eprintln!(
+            "error: {} names its provider {}, which is not a short identifier ({problem}); \
+             the host refuses it: the plugin is faulty or hostile",
+            file.display(),
+            shown(&provider, 64)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     println!("file:     {}", file.display());
     println!("sha256:   {}", plugin.sha256);
     println!("world:    {} (this host implements {CONTRACT_VERSION})", plugin.report.world());
     println!("provider: {provider}");
     println!("imports:");
     for i in &plugin.report.imports {
-        println!("  {i}");
+        println!("  {}", escape_controls(i));
     }
     println!("exports:");
     for e in &plugin.report.exports {
-        println!("  {e}");
+        println!("  {}", escape_controls(e));
     }
     if plugin.can_read() {
         println!("reads:    yes (bucket-reader: {})", blockferry::plugin::check::READER_FEATURES);

@@ -311,12 +311,20 @@ async fn shutdown_signal() {
 }
 
 /// Print what a filesystem bucket holds (objects only, not its bookkeeping).
+/// Only regular files count: a symlink the plugin made is never followed,
+/// and names are shown with control characters escaped.
 fn print_listing(dir: &Path) -> anyhow::Result<()> {
     let mut entries: Vec<(String, u64)> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(Result::ok)
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| {
+            Some((
+                blockferry::plugin::logs::escape_controls(&e.file_name().to_string_lossy()),
+                e.metadata().ok()?.len(),
+            ))
+        })
         .collect();
     entries.sort();
     let total: u64 = entries.iter().map(|e| e.1).sum();

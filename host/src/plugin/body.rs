@@ -9,11 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::DynInputStream;
 use wasmtime_wasi::p2::pipe::{AsyncReadStream, MemoryInputPipe};
+use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamResult};
 
 use super::bindings::blockferry::uploader::host::HostBlockBody;
-use super::sandbox::StoreState;
+use super::sandbox::{StoreState, StreamSlot};
 
 /// Largest chunk a plugin may ask for in one `read`.
 pub const MAX_READ: u32 = 16 * 1024 * 1024;
@@ -111,6 +111,42 @@ impl BlockBody {
     }
 }
 
+/// A body stream holding its place among the instance's open streams.
+struct CountedStream {
+    inner: DynInputStream,
+    _slot: StreamSlot,
+}
+
+#[async_trait::async_trait]
+impl Pollable for CountedStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for CountedStream {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.read(size)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.blocking_read(size).await
+    }
+
+    fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.skip(nelem)
+    }
+
+    async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.blocking_skip(nelem).await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
 impl HostBlockBody for StoreState {
     async fn size(&mut self, body: Resource<BlockBody>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&body)?.size())
@@ -132,8 +168,15 @@ impl HostBlockBody for StoreState {
         offset: u64,
     ) -> wasmtime::Result<Result<Resource<DynInputStream>, String>> {
         let body = self.table.get(&body)?.clone();
+        let slot = match self.stream_slot() {
+            Ok(slot) => slot,
+            Err(e) => return Ok(Err(e)),
+        };
         match body.stream_from(offset).await {
-            Ok(stream) => Ok(Ok(self.table.push(stream)?)),
+            Ok(inner) => {
+                let stream: DynInputStream = Box::new(CountedStream { inner, _slot: slot });
+                Ok(Ok(self.table.push(stream)?))
+            }
             Err(e) => Ok(Err(e)),
         }
     }

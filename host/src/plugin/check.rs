@@ -48,6 +48,40 @@ pub fn compatible(version: &semver::Version) -> bool {
     version.major == host.major && (host.major > 0 || version.minor == host.minor)
 }
 
+/// Longest provider name (the `provider` function's result) the host accepts.
+pub const MAX_PROVIDER_NAME: usize = 32;
+
+/// Why `name` is not a provider name the host accepts, if it is not: one to
+/// [`MAX_PROVIDER_NAME`] ASCII letters, digits, `-`, `_` or `.`, starting
+/// with a letter or digit (`s3`, `gcs`, `my-store`).
+pub fn provider_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name.len() > MAX_PROVIDER_NAME {
+        return Some(format!("it is {} bytes long, more than {MAX_PROVIDER_NAME}", name.len()));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Some(
+            "only ASCII letters, digits, `-`, `_` and `.` are allowed, starting with a letter or digit".into(),
+        );
+    }
+    None
+}
+
+/// Text a plugin chose, made safe to show on one line: quoted, control
+/// characters escaped, cut to `max` bytes (saying how much was cut).
+pub fn shown(text: &str, max: usize) -> String {
+    let kept = super::logs::cut_to(text, max);
+    let mut out = format!("{:?}", kept);
+    if kept.len() < text.len() {
+        out.push_str(&format!("… ({} more bytes)", text.len() - kept.len()));
+    }
+    out
+}
+
 /// Tell a core module or a non-wasm file from a component, by its header.
 pub fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     let not = |detail: &str| Err(LoadError::NotAComponent { path: path.to_path_buf(), detail: detail.to_string() });
@@ -93,6 +127,20 @@ pub fn inspect(engine: &Engine, path: &Path, component: &Component) -> Result<Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_names_are_short_identifiers() {
+        for ok in ["s3", "gcs", "my-store_2.0", "fs"] {
+            assert_eq!(provider_name_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "-x", "x\"} 1\nblockferry_injected_metric 1\nok: fake", "a b", "é", &"x".repeat(33)] {
+            assert!(provider_name_problem(bad).is_some(), "{bad:?}");
+        }
+        let forged = "x\"} 1\nok: fake";
+        assert_eq!(shown(forged, 64), r#""x\"} 1\nok: fake""#);
+        let long = shown(&"y".repeat(10 << 20), 64);
+        assert!(long.len() < 100 && long.ends_with(&format!("… ({} more bytes)", (10 << 20) - 64)), "{long}");
+    }
 
     #[test]
     fn versions_follow_semver_for_zero_major() {

@@ -17,6 +17,8 @@ use super::bindings::reading::ReadingProvider;
 use super::bindings::{IncompleteUpload, ObjectPage, Provider, UploadError};
 use super::egress::{EgressPolicy, url_authority};
 use super::error::{CallError, PluginFailure};
+use super::logs::PluginLog;
+use super::pool::{ConnectionPool, MAX_CONNECTIONS_PER_INSTANCE};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
 use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
@@ -46,6 +48,11 @@ pub struct BucketSpec {
     pub call_timeout: Duration,
     /// Calls that may run at once on this bucket.
     pub max_concurrency: usize,
+    /// Names of the settings whose values are secrets (the credentials):
+    /// redacted from everything the plugin says.
+    pub secrets: Vec<String>,
+    /// Log lines the plugin may write per minute (bursts up to as many).
+    pub log_lines_per_minute: u32,
 }
 
 /// Shows setting names only: setting values include the bucket's secrets.
@@ -59,6 +66,8 @@ impl std::fmt::Debug for BucketSpec {
             .field("memory_limit", &self.memory_limit)
             .field("call_timeout", &self.call_timeout)
             .field("max_concurrency", &self.max_concurrency)
+            .field("secrets", &self.secrets)
+            .field("log_lines_per_minute", &self.log_lines_per_minute)
             .finish_non_exhaustive()
     }
 }
@@ -134,10 +143,8 @@ impl Instance {
                 self.opened_reader = Some(handle);
                 Ok((reader, handle))
             }
-            Err(message) => Err(UploadError::Permanent(format!(
-                "its reader refused the bucket's settings: {}",
-                guest_text(message, MAX_GUEST_TEXT)
-            ))),
+            // Redacted and cut with every plugin error, by `upload_failure`.
+            Err(message) => Err(UploadError::Permanent(format!("its reader refused the bucket's settings: {message}"))),
         })
     }
 }
@@ -192,13 +199,17 @@ impl BucketClient {
             label: label.clone(),
             allowed: spec.allowed_authorities(),
             denied_networks: spec.denied_networks.clone(),
+            pool: ConnectionPool::new(MAX_CONNECTIONS_PER_INSTANCE * spec.max_concurrency.max(1)),
             ..Default::default()
         };
+        let secrets = spec.settings.iter().filter(|(k, _)| spec.secrets.contains(k)).map(|(_, v)| v.clone());
+        let log = Arc::new(PluginLog::new(&label, secrets, spec.log_lines_per_minute));
         let sandbox = Sandbox {
             label,
             egress: Arc::new(egress),
             directory: spec.directory.clone(),
             memory_limit: spec.memory_limit,
+            log,
         };
         let mut client = Self {
             plugin,
@@ -216,8 +227,17 @@ impl BucketClient {
                 (i, r)
             })
             .await?;
-        // The name becomes a metric label: keep it short.
-        client.provider = guest_text(std::mem::take(&mut client.provider), 64);
+        // The name becomes a metric label and is shown on pages: only a short identifier will do.
+        let name = client.sandbox.log.redact(&client.provider);
+        if let Some(problem) = super::check::provider_name_problem(&name) {
+            let err = CallError::BadProviderName {
+                plugin: client.sandbox.label.clone(),
+                name: super::check::shown(&name, 64),
+                problem,
+            };
+            tracing::warn!("{err}");
+            return Err(err);
+        }
         Ok(client)
     }
 
@@ -285,7 +305,7 @@ impl BucketClient {
                 (i, r)
             })
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// Whether this bucket's plugin exports the `bucket-reader`.
@@ -325,7 +345,7 @@ impl BucketClient {
                 }),
             )
             .await?;
-        let Some(remote) = result.map_err(upload_failure)? else {
+        let Some(remote) = result.map_err(|e| upload_failure(&self.sandbox.log, e))? else {
             return Ok(None);
         };
         let received = sink.finish().map_err(|e| CallError::Plugin(PluginFailure::Transient(e)))?;
@@ -348,7 +368,7 @@ impl BucketClient {
                 )),
             )
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// Whether the bucket exists and its credentials work.
@@ -363,7 +383,7 @@ impl BucketClient {
                     .call_health(&mut i.store, handle)),
             )
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// Uploads under `prefix` that were started and never completed.
@@ -379,7 +399,7 @@ impl BucketClient {
                     .call_incomplete_uploads(&mut i.store, handle, &prefix)),
             )
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// Abort an incomplete upload found by [`incomplete_uploads`](Self::incomplete_uploads).
@@ -395,7 +415,7 @@ impl BucketClient {
                     .call_abort_upload(&mut i.store, handle, &upload)),
             )
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// What the bucket holds under `key`.
@@ -412,7 +432,7 @@ impl BucketClient {
                 (i, r)
             })
             .await?;
-        result.map_err(upload_failure)
+        result.map_err(|e| upload_failure(&self.sandbox.log, e))
     }
 
     /// Run one call on an idle or new instance, within the deadline. The
@@ -447,13 +467,17 @@ impl BucketClient {
             Ok(result) => result,
             Err(_) => Err(self.timed_out(name)),
         };
+        self.sandbox.log.flush_dropped();
         self.stats.call_seconds.observe(started.elapsed());
         result
     }
 
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let fail = |detail: String| CallError::Instantiate { plugin: self.sandbox.label.clone(), detail };
+        let fail = |detail: String| CallError::Instantiate {
+            plugin: self.sandbox.label.clone(),
+            detail: guest_text(&self.sandbox.log, detail, MAX_GUEST_TEXT),
+        };
         let mut store = new_store(&self.plugin.engine, &self.sandbox, deadline).map_err(|e| fail(format!("{e:#}")))?;
         let (provider, reader) = self.plugin.instantiate(&mut store).await.map_err(|e| fail(format!("{e:#}")))?;
         let opened =
@@ -463,7 +487,7 @@ impl BucketClient {
                 Ok(Instance { store, provider, bucket, reader: reader.map(Arc::new), opened_reader: None })
             }
             Ok(Err(message)) => {
-                let message = guest_text(message, MAX_GUEST_TEXT);
+                let message = guest_text(&self.sandbox.log, message, MAX_GUEST_TEXT);
                 Err(CallError::Plugin(PluginFailure::Open { plugin: self.sandbox.label.clone(), message }))
             }
             Err(e) => Err(fail(format!("{e:#}"))),
@@ -491,7 +515,7 @@ impl BucketClient {
             CallError::OutOfMemory { plugin, call, limit_bytes: self.sandbox.memory_limit }
         } else {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
-            CallError::Trap { plugin, call, detail: format!("{e:?}") }
+            CallError::Trap { plugin, call, detail: guest_text(&self.sandbox.log, format!("{e:?}"), MAX_GUEST_TEXT) }
         };
         tracing::warn!("{err}");
         err
@@ -516,8 +540,10 @@ pub(super) fn new_store(engine: &Engine, sandbox: &Sandbox, deadline: Instant) -
 /// what a plugin returns ends up in logs, `.meta` files and metric labels.
 const MAX_GUEST_TEXT: usize = 4096;
 
-/// `text` from a plugin, cut to `max` bytes (at a character boundary).
-fn guest_text(mut text: String, max: usize) -> String {
+/// `text` from a plugin, its bucket's secrets redacted, cut to `max` bytes
+/// (at a character boundary).
+fn guest_text(log: &PluginLog, text: String, max: usize) -> String {
+    let mut text = log.redact(&text);
     if text.len() > max {
         let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
         let dropped = text.len() - cut;
@@ -527,11 +553,11 @@ fn guest_text(mut text: String, max: usize) -> String {
     text
 }
 
-/// Map the plugin's own error to the host's.
-fn upload_failure(e: UploadError) -> CallError {
+/// Map the plugin's own error to the host's, its text redacted and cut.
+fn upload_failure(log: &PluginLog, e: UploadError) -> CallError {
     CallError::Plugin(match e {
-        UploadError::Transient(m) => PluginFailure::Transient(guest_text(m, MAX_GUEST_TEXT)),
-        UploadError::Permanent(m) => PluginFailure::Permanent(guest_text(m, MAX_GUEST_TEXT)),
+        UploadError::Transient(m) => PluginFailure::Transient(guest_text(log, m, MAX_GUEST_TEXT)),
+        UploadError::Permanent(m) => PluginFailure::Permanent(guest_text(log, m, MAX_GUEST_TEXT)),
         UploadError::HashMismatch(remote) => PluginFailure::HashMismatch(remote),
     })
 }
@@ -550,6 +576,8 @@ mod tests {
             memory_limit: 1 << 20,
             call_timeout: Duration::from_secs(1),
             max_concurrency: 1,
+            secrets: Vec::new(),
+            log_lines_per_minute: 60,
         }
     }
 

@@ -14,8 +14,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// released (reset in place rather than decommitted).
 const KEEP_RESIDENT: usize = 2 << 20;
 
-/// Decommits (of the rest) batched into one system call.
-const DECOMMIT_BATCH: usize = 8;
+/// Decommits (of the rest) batched into one system call: none. A discarded
+/// instance's memory is released at once, so host memory stays within the
+/// buckets' `memory_limit_mib` × `concurrency` (with a batch of 8, released
+/// slots waiting for their batch doubled to tripled the peak).
+const DECOMMIT_BATCH: usize = 1;
 
 /// Engine settings.
 #[derive(Debug, Clone)]

@@ -119,6 +119,20 @@ pub enum CallError {
         /// What the host wanted to do.
         what: &'static str,
     },
+    /// The plugin's `provider` function returned something that is not a
+    /// short identifier (it would end up in metric labels, logs and pages).
+    #[error(
+        "plugin {plugin} names its provider {name}, which is not a short identifier ({problem}); \
+         the plugin is faulty or hostile: use a provider built from a trusted source"
+    )]
+    BadProviderName {
+        /// Plugin and bucket.
+        plugin: String,
+        /// The name, escaped and cut for display.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Instantiating the plugin failed (for example, no free instance slot).
     #[error("cannot instantiate plugin {plugin}: {detail}")]
     Instantiate {
@@ -161,6 +175,7 @@ impl CallError {
             CallError::Plugin(
                 PluginFailure::Permanent(_) | PluginFailure::HashMismatch(_) | PluginFailure::Open { .. }
             ) | CallError::NoReader { .. }
+                | CallError::BadProviderName { .. }
         )
     }
 }

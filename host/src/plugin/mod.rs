@@ -17,6 +17,7 @@ mod client;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod logs;
 pub mod pool;
 pub mod sandbox;
 pub mod sink;
@@ -110,6 +111,7 @@ impl Plugin {
             egress: Default::default(),
             directory: None,
             memory_limit: 64 << 20,
+            log: Arc::new(logs::PluginLog::new(&label, [], logs::DEFAULT_LINES_PER_MINUTE)),
         };
         let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

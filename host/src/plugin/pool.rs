@@ -1,17 +1,18 @@
-//! Keep-alive connections for a bucket's plain-HTTP requests: every instance
-//! of the bucket's plugin sends through one pool, so consecutive uploads to
-//! one endpoint reuse a connection instead of opening one per request.
+//! Keep-alive connections for a bucket's HTTP and HTTPS requests: every
+//! instance of the bucket's plugin sends through one pool, so consecutive
+//! uploads to one endpoint reuse a connection instead of opening one per
+//! request. Connections go to the address the egress policy vetted; HTTPS
+//! verifies the server's certificate for the name the plugin asked for.
 //!
 //! A connection is taken only when it is idle (its last response read to the
 //! end); a connection the server closed meanwhile gives the request back
-//! unsent and the request goes out on a new one. HTTPS requests do not use the
-//! pool (see [`super::egress`]).
+//! unsent and the request goes out on a new one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -27,22 +28,72 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Idle connections kept per address; more are closed when they finish.
 const MAX_IDLE_PER_ADDRESS: usize = 64;
 
-/// A bucket's open connections, by server address.
-#[derive(Debug, Default)]
+/// Where a connection goes: the vetted address and, for HTTPS, the server
+/// name TLS sends (SNI) and verifies the certificate for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// The server name, for HTTPS.
+    pub tls_name: Option<String>,
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls_name {
+            Some(name) => write!(f, "https://{name} at {}", self.addr),
+            None => write!(f, "http://{}", self.addr),
+        }
+    }
+}
+
+/// Connections one instance may hold open at once (a provider's parallel
+/// part uploads included); a bucket's pool allows this many per instance.
+pub const MAX_CONNECTIONS_PER_INSTANCE: usize = 64;
+
+/// A bucket's open connections, by destination.
+#[derive(Debug)]
 pub struct ConnectionPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<WasiBody>>>>,
+    idle: Mutex<HashMap<Destination, Vec<SendRequest<WasiBody>>>>,
+    /// Connections open now (busy or idle).
+    open: Arc<AtomicUsize>,
+    /// Most connections open at once; past it a request that finds no idle
+    /// connection fails (`connection-limit-reached`).
+    max_open: usize,
     /// Connections opened so far.
     pub opened: AtomicU64,
     /// Requests sent on a connection opened for an earlier one.
     pub reused: AtomicU64,
 }
 
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        Self::new(MAX_CONNECTIONS_PER_INSTANCE)
+    }
+}
+
 impl ConnectionPool {
-    /// Send `request` to `addr` (plain HTTP), on an idle connection if there
-    /// is one; timeouts as in `options` (all set).
+    /// A pool holding at most `max_open` connections open at once.
+    pub fn new(max_open: usize) -> Self {
+        Self {
+            idle: Mutex::default(),
+            open: Arc::default(),
+            max_open,
+            opened: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Send `request` to `dest`, on an idle connection if there is one;
+    /// timeouts as in `options` (all set).
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        dest: Destination,
         mut request: http::Request<WasiBody>,
         options: RequestOptions,
     ) -> Result<http::Response<WasiBody>, HttpError> {
@@ -51,9 +102,9 @@ impl ConnectionPool {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
         *request.uri_mut() = path.parse().map_err(|_| HttpError::HttpRequestUriInvalid)?;
         loop {
-            let (mut sender, reused) = match self.take_idle(addr) {
+            let (mut sender, reused) = match self.take_idle(&dest) {
                 Some(sender) => (sender, true),
-                None => (self.connect(addr, options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT)).await?, false),
+                None => (self.connect(&dest, options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT)).await?, false),
             };
             let sent = tokio::time::timeout(first_byte, sender.try_send_request(request))
                 .await
@@ -63,7 +114,7 @@ impl ConnectionPool {
                     if reused {
                         self.reused.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.put_back(addr, sender);
+                    self.put_back(&dest, sender);
                     let between = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT).max(Duration::from_nanos(1));
                     let (parts, incoming) = response.into_parts();
                     return Ok(http::Response::from_parts(parts, TimedBody::new(incoming, between).boxed_unsync()));
@@ -77,39 +128,86 @@ impl ConnectionPool {
         }
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<WasiBody>> {
+    fn take_idle(&self, dest: &Destination) -> Option<SendRequest<WasiBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let senders = idle.get_mut(&addr)?;
+        let senders = idle.get_mut(dest)?;
         senders.retain(|s| !s.is_closed());
         let ready = senders.iter().position(|s| s.is_ready())?;
         Some(senders.swap_remove(ready))
     }
 
-    fn put_back(&self, addr: SocketAddr, sender: SendRequest<WasiBody>) {
+    fn put_back(&self, dest: &Destination, sender: SendRequest<WasiBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let senders = idle.entry(addr).or_default();
+        let senders = idle.entry(dest.clone()).or_default();
         if senders.len() < MAX_IDLE_PER_ADDRESS {
             senders.push(sender);
         }
     }
 
-    async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<SendRequest<WasiBody>, HttpError> {
+    async fn connect(&self, dest: &Destination, timeout: Duration) -> Result<SendRequest<WasiBody>, HttpError> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_open {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%dest, "refused a new plugin connection: the bucket already holds {} open", self.max_open);
+            return Err(HttpError::ConnectionLimitReached);
+        }
+        let slot = OpenConnection(self.open.clone());
         let connect = async {
-            let stream = tokio::net::TcpStream::connect(addr).await.map_err(HttpError::Connect)?;
+            let stream = tokio::net::TcpStream::connect(dest.addr).await.map_err(HttpError::Connect)?;
             let _ = stream.set_nodelay(true);
-            hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(HttpError::from)
+            let io: Box<dyn Io> = match &dest.tls_name {
+                None => Box::new(stream),
+                Some(name) => {
+                    let name = rustls::pki_types::ServerName::try_from(name.clone())
+                        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                    Box::new(tls_connector().connect(name, stream).await.map_err(HttpError::Tls)?)
+                }
+            };
+            hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(HttpError::from)
         };
         let (sender, connection) =
             tokio::time::timeout(timeout, connect).await.map_err(|_| HttpError::ConnectionTimeout)??;
         // The connection serves until the server closes it or its sender is dropped.
+        let dest = dest.to_string();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
-                tracing::debug!(%addr, "plugin HTTP connection ended: {e}");
+                tracing::debug!(%dest, "plugin HTTP connection ended: {e}");
             }
         });
         self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(sender)
     }
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// One open connection of a pool: counted until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The TLS client of plugin requests: the public web PKI's roots, no client
+/// certificate (as wasmtime-wasi-http's own client).
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
 }
 
 /// A response body that fails when no bytes arrive for `timeout`.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,9 +18,21 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::Level;
 use super::bindings::blockferry::uploader::host::Host;
 use super::egress::{EgressHooks, EgressPolicy};
+use super::logs::PluginLog;
 
 /// Guest path at which a bucket's directory is preopened (filesystem providers only).
 pub const BUCKET_DIR_GUEST_PATH: &str = "/bucket";
+
+/// `block-body` and `block-sink` streams one instance may hold open at once
+/// (each body stream holds an open file of the host).
+pub const MAX_OPEN_STREAMS: usize = 64;
+
+/// Resources (streams, pollables, HTTP fields, requests, responses, bodies,
+/// ...) one instance may hold in its resource table at once.
+pub const MAX_TABLE_ENTRIES: usize = 1024;
+
+/// Bytes of HTTP headers one `wasi:http` fields resource may hold.
+pub const MAX_FIELDS_BYTES: usize = 32 * 1024;
 
 /// What a bucket grants its plugin, shared by all of the bucket's instances.
 #[derive(Debug)]
@@ -32,6 +45,8 @@ pub struct Sandbox {
     pub directory: Option<PathBuf>,
     /// Memory cap of one instance, in bytes.
     pub memory_limit: u64,
+    /// Where what the plugin says goes (cut, redacted, rate-limited).
+    pub log: Arc<PluginLog>,
 }
 
 /// The state of one plugin instance's store.
@@ -41,7 +56,9 @@ pub struct StoreState {
     http: WasiHttpCtx,
     hooks: EgressHooks,
     limiter: MemoryCap,
-    label: Arc<str>,
+    log: Arc<PluginLog>,
+    /// Block-body and block-sink streams open now.
+    streams: Arc<AtomicUsize>,
     /// The version the service gave the object written by the current call
     /// (`host.object-version`), with its key.
     object_version: Option<(String, String)>,
@@ -50,10 +67,10 @@ pub struct StoreState {
 impl StoreState {
     /// A fresh state granting exactly what `sandbox` allows.
     pub fn new(sandbox: &Sandbox) -> anyhow::Result<Self> {
-        let label: Arc<str> = sandbox.label.as_str().into();
+        let log = sandbox.log.clone();
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(LogStream { label: label.clone(), level: tracing::Level::INFO })
-            .stderr(LogStream { label: label.clone(), level: tracing::Level::WARN })
+        wasi.stdout(LogStream { log: log.clone(), stream: "stdout", level: tracing::Level::INFO })
+            .stderr(LogStream { log: log.clone(), stream: "stderr", level: tracing::Level::WARN })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -61,13 +78,18 @@ impl StoreState {
             wasi.preopened_dir(dir, BUCKET_DIR_GUEST_PATH, FsPerms::ReadWrite)
                 .map_err(|e| anyhow::anyhow!("cannot open bucket directory {}: {e}", dir.display()))?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_TABLE_ENTRIES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         Ok(Self {
-            table: ResourceTable::new(),
+            table,
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
+            http,
             hooks: EgressHooks { policy: sandbox.egress.clone(), deadline: Instant::now() },
             limiter: MemoryCap { limit: sandbox.memory_limit as usize, hit: false },
-            label,
+            log,
+            streams: Arc::new(AtomicUsize::new(0)),
             object_version: None,
         })
     }
@@ -82,6 +104,18 @@ impl StoreState {
     /// The version the plugin reported for `key` during the current call.
     pub fn object_version(&mut self, key: &str) -> Option<String> {
         self.object_version.take().filter(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A place for one more open stream, or why there is none.
+    pub(crate) fn stream_slot(&self) -> Result<StreamSlot, String> {
+        if self.streams.fetch_add(1, Ordering::Relaxed) >= MAX_OPEN_STREAMS {
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!(
+                "refused: the plugin already holds {MAX_OPEN_STREAMS} block-body/block-sink streams open, \
+                 the most one instance may; drop streams when done with them"
+            ));
+        }
+        Ok(StreamSlot(self.streams.clone()))
     }
 
     /// When the current call must end.
@@ -114,14 +148,14 @@ impl WasiHttpView for StoreState {
 
 impl Host for StoreState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let plugin = &*self.label;
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        };
+        self.log.line(level, None, &message, false);
         Ok(())
     }
 
@@ -135,6 +169,16 @@ impl Host for StoreState {
 }
 
 impl super::bindings::blockferry::uploader::types::Host for StoreState {}
+
+/// One of an instance's open streams: frees its place when the stream is dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Refuses memory growth past the cap and remembers that it did.
 #[derive(Debug)]
@@ -157,11 +201,11 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// A plugin's stdout or stderr: each line becomes a `tracing` event tagged
-/// with the plugin's label.
+/// A plugin's stdout or stderr: each line goes to the bucket's [`PluginLog`].
 #[derive(Clone)]
 struct LogStream {
-    label: Arc<str>,
+    log: Arc<PluginLog>,
+    stream: &'static str,
     level: tracing::Level,
 }
 
@@ -173,46 +217,64 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineWriter { stream: self.clone(), pending: Vec::new() })
+        Box::new(LineWriter { stream: self.clone(), pending: Vec::new(), skipping: false })
     }
 }
 
-/// Buffers partial lines; emits complete ones. Lines longer than 8 KiB are cut.
+/// Splits what a plugin writes into lines. It holds at most
+/// [`MAX_LINE`](super::logs::MAX_LINE) bytes: a longer line is logged cut
+/// as soon as it is that long, and the rest of it (up to its newline) is
+/// dropped, so output without newlines costs the host nothing more.
 struct LineWriter {
     stream: LogStream,
     pending: Vec<u8>,
+    /// The current line was already logged cut: drop bytes up to its newline.
+    skipping: bool,
 }
 
 impl LineWriter {
-    const MAX_LINE: usize = 8 * 1024;
+    fn emit(&mut self, cut: bool) {
+        let text = String::from_utf8_lossy(&self.pending);
+        self.stream.log.line(self.stream.level, Some(self.stream.stream), text.trim_end(), cut);
+        drop(text);
+        self.pending.clear();
+    }
 
-    fn emit(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end();
-        let plugin = &*self.stream.label;
-        if self.stream.level == tracing::Level::WARN {
-            tracing::warn!(plugin, stream = "stderr", "{text}");
-        } else {
-            tracing::info!(plugin, stream = "stdout", "{text}");
+    /// Take `bytes` of the current line (no newline among them).
+    fn push(&mut self, bytes: &[u8]) {
+        if self.skipping {
+            return;
+        }
+        let room = super::logs::MAX_LINE - self.pending.len();
+        self.pending.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if bytes.len() > room {
+            self.emit(true);
+            self.skipping = true;
         }
     }
 
-    fn flush_lines(&mut self) {
-        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=pos).collect();
-            self.emit(&line);
+    fn write_bytes(&mut self, mut bytes: &[u8]) {
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            self.push(&bytes[..pos]);
+            if !std::mem::take(&mut self.skipping) {
+                self.emit(false);
+            }
+            bytes = &bytes[pos + 1..];
         }
-        if self.pending.len() > Self::MAX_LINE {
-            let line = std::mem::take(&mut self.pending);
-            self.emit(&line);
+        self.push(bytes);
+    }
+
+    fn finish(&mut self) {
+        if !self.pending.is_empty() && !self.skipping {
+            self.emit(false);
         }
+        self.pending.clear();
     }
 }
 
 impl tokio::io::AsyncWrite for LineWriter {
     fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.pending.extend_from_slice(buf);
-        self.flush_lines();
+        self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -221,18 +283,13 @@ impl tokio::io::AsyncWrite for LineWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.pending.is_empty() {
-            let line = std::mem::take(&mut self.pending);
-            self.emit(&line);
-        }
+        self.finish();
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            self.emit(&self.pending);
-        }
+        self.finish();
     }
 }

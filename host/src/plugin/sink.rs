@@ -13,7 +13,7 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynOutputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::blockferry::uploader::host::HostBlockSink;
-use super::sandbox::StoreState;
+use super::sandbox::{StoreState, StreamSlot};
 
 /// Bytes a plugin may write to a sink per `check-write` permit.
 const WRITE_PERMIT: usize = 1 << 20;
@@ -112,7 +112,11 @@ impl BlockSink {
 
 /// A `wasi:io` output-stream appending to a sink. Writes complete at once,
 /// so it is always ready and always flushed.
-struct SinkStream(BlockSink);
+struct SinkStream {
+    sink: BlockSink,
+    /// Its place among the instance's open streams.
+    _slot: StreamSlot,
+}
 
 #[async_trait::async_trait]
 impl Pollable for SinkStream {
@@ -121,7 +125,7 @@ impl Pollable for SinkStream {
 
 impl OutputStream for SinkStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0.append(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!("{e}")))
+        self.sink.append(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!("{e}")))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -129,7 +133,7 @@ impl OutputStream for SinkStream {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        match &self.0.state.lock().expect("sink poisoned").failed {
+        match &self.sink.state.lock().expect("sink poisoned").failed {
             Some(e) => Err(StreamError::LastOperationFailed(wasmtime::format_err!("{e}"))),
             None => Ok(WRITE_PERMIT),
         }
@@ -146,7 +150,11 @@ impl HostBlockSink for StoreState {
         sink: Resource<BlockSink>,
     ) -> wasmtime::Result<Result<Resource<DynOutputStream>, String>> {
         let sink = self.table.get(&sink)?.clone();
-        let stream: DynOutputStream = Box::new(SinkStream(sink));
+        let slot = match self.stream_slot() {
+            Ok(slot) => slot,
+            Err(e) => return Ok(Err(e)),
+        };
+        let stream: DynOutputStream = Box::new(SinkStream { sink, _slot: slot });
         Ok(Ok(self.table.push(stream)?))
     }
 

@@ -14,9 +14,21 @@
 //! | `env` | `permanent` listing the environment variables it sees (`none` when empty) |
 //! | `settings` | `permanent` listing the names of the settings it was opened with |
 //! | `stream…` | reads the body through `block-body.stream(0)`, checks its MD5, then `uploaded` |
+//! | `streams` | opens `block-body` streams (keeping them) until refused: `permanent("opened N streams, then: …")` |
+//! | `fields` | creates `wasi:http` fields with a 1 KiB header (keeping them) until refused or trapped |
+//! | `log-flood:<n>` | calls `host.log` `n` times, then `uploaded` |
+//! | `log-long:<bytes>` | one `host.log` line of that many bytes, then `uploaded` |
+//! | `stdout-flood:<bytes>` | writes that many bytes to stdout in 1 KiB lines, then `uploaded` |
+//! | `stderr-flood:<bytes>` | writes that many bytes to stderr without a newline, then `uploaded` |
+//! | `hostile` | `streams`, floods of `host.log`, stdout and stderr, then `transient` saying every setting's value (in its log too) |
+//! | `read-big:<n>` | `n` reads of 16 MiB (the most one `read` may ask for), then `uploaded` |
+//! | `leak` | says every setting's value in `host.log`, stdout and stderr, then fails `permanent` with them |
 //! | anything else | reads the body with `read` in 64 KiB chunks, checks its MD5, then `uploaded` |
 //!
-//! `open` fails when the settings contain a `fail-open` key; `stat` always returns `none`.
+//! `open` fails when the settings contain a `fail-open` key; `stat` always
+//! returns `none`. A `mode` setting chooses the behaviour of every block in
+//! place of its key. A `provider-name` setting replaces the name `provider`
+//! returns once the bucket is opened (a forged name, for the host's tests).
 //!
 //! It is built against the plain `provider` world (no `bucket-reader`), so the
 //! host's tests also have an uploader-only provider. The types and host
@@ -27,7 +39,9 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-use blockferry_guest::{BlockBody, BlockInfo, Outcome, RemoteObject, UploadError};
+use std::io::Write;
+
+use blockferry_guest::{BlockBody, BlockInfo, Level, Outcome, RemoteObject, UploadError};
 
 /// The `provider` world's `bucket-uploader` export; everything it imports is
 /// `blockferry_guest`'s.
@@ -58,25 +72,33 @@ impl Guest for Component {
     type Bucket = Misbehave;
 }
 
-/// A bucket that stores nothing; it remembers its settings' names.
+/// A bucket that stores nothing; it remembers its settings.
 struct Misbehave {
-    setting_names: Vec<String>,
+    settings: Vec<(String, String)>,
 }
+
+/// The name `provider` returns, once a bucket set it (`provider-name`).
+static PROVIDER_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 impl GuestBucket for Misbehave {
     fn open(settings: Vec<(String, String)>) -> Result<Bucket, String> {
         if settings.iter().any(|(key, _)| key == "fail-open") {
             return Err("fail-open requested".into());
         }
-        Ok(Bucket::new(Misbehave { setting_names: settings.into_iter().map(|(k, _)| k).collect() }))
+        if let Some((_, name)) = settings.iter().find(|(key, _)| key == "provider-name") {
+            let _ = PROVIDER_NAME.set(name.clone());
+        }
+        Ok(Bucket::new(Misbehave { settings }))
     }
 
     fn provider() -> String {
-        "misbehave".into()
+        PROVIDER_NAME.get().cloned().unwrap_or_else(|| "misbehave".into())
     }
 
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
-        let key = block.key.as_str();
+        // A `mode` setting chooses the behaviour for every block instead of its key.
+        let mode = self.settings.iter().find(|(k, _)| k == "mode").map(|(_, v)| v.as_str());
+        let key = mode.unwrap_or(block.key.as_str());
         match key {
             "trap" => panic!("trap requested"),
             "loop" => spin(),
@@ -90,7 +112,41 @@ impl GuestBucket for Misbehave {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 return Err(UploadError::Permanent(if vars.is_empty() { "none".into() } else { vars.join(" ") }));
             }
-            "settings" => return Err(UploadError::Permanent(self.setting_names.join(","))),
+            "settings" => {
+                let names: Vec<&str> = self.settings.iter().map(|(k, _)| k.as_str()).collect();
+                return Err(UploadError::Permanent(names.join(",")));
+            }
+            "streams" => return Err(UploadError::Permanent(open_streams(body))),
+            "fields" => return Err(UploadError::Permanent(make_fields())),
+            "hostile" => {
+                let streams = open_streams(body);
+                flood("log-flood:2000")?;
+                flood("stdout-flood:1000000")?;
+                flood("stderr-flood:1000000")?;
+                let values: Vec<&str> = self.settings.iter().map(|(_, v)| v.as_str()).collect();
+                let said = format!("{streams}; my settings: {}", values.join(" "));
+                blockferry_guest::log(Level::Error, &said);
+                eprintln!("{said}");
+                return Err(UploadError::Transient(said));
+            }
+            "leak" => {
+                let values: Vec<&str> = self.settings.iter().map(|(_, v)| v.as_str()).collect();
+                let said = format!("my settings: {}", values.join(" "));
+                blockferry_guest::log(Level::Error, &said);
+                println!("{said}");
+                eprintln!("{said}");
+                return Err(UploadError::Permanent(said));
+            }
+            _ if key.contains("-flood:") || key.starts_with("log-long:") => flood(key)?,
+            _ if key.starts_with("read-big:") => {
+                let rounds: u64 = key["read-big:".len()..]
+                    .parse()
+                    .map_err(|e| UploadError::Permanent(format!("bad key `{key}`: {e}")))?;
+                for round in 0..rounds {
+                    let chunk = body.read(round % 2, 16 << 20).map_err(UploadError::Transient)?;
+                    std::hint::black_box(chunk);
+                }
+            }
             _ if key.starts_with("open-file:") => {
                 let path = &key["open-file:".len()..];
                 return Err(UploadError::Permanent(match std::fs::read(path) {
@@ -114,6 +170,56 @@ impl GuestBucket for Misbehave {
     fn stat(&self, _key: String) -> Result<Option<RemoteObject>, UploadError> {
         Ok(None)
     }
+}
+
+/// Opens streams over `body`, keeping every one, until the host refuses one.
+fn open_streams(body: &BlockBody) -> String {
+    let mut streams = Vec::new();
+    loop {
+        match body.stream(0) {
+            Ok(stream) => streams.push(stream),
+            Err(e) => return format!("opened {} streams, then: {e}", streams.len()),
+        }
+    }
+}
+
+/// Creates `wasi:http` fields holding a 1 KiB header, keeping every one, until
+/// the host refuses one (or traps the call).
+fn make_fields() -> String {
+    let value = vec![b'v'; 1024];
+    let mut all = Vec::new();
+    loop {
+        match Fields::from_list(&[("x-flood".to_string(), value.clone())]) {
+            Ok(fields) => all.push(fields),
+            Err(e) => return format!("made {} fields, then: {e:?}", all.len()),
+        }
+    }
+}
+
+/// The `*-flood:<n>` and `log-long:<n>` modes.
+fn flood(key: &str) -> Result<(), UploadError> {
+    let (mode, n) = key.split_once(':').unwrap_or_default();
+    let n: usize = n.parse().map_err(|e| UploadError::Permanent(format!("bad key `{key}`: {e}")))?;
+    match mode {
+        "log-flood" => (0..n).for_each(|i| blockferry_guest::log(Level::Info, &format!("flood line {i}"))),
+        "log-long" => blockferry_guest::log(Level::Info, &"L".repeat(n)),
+        "stdout-flood" => {
+            let line = format!("{}\n", "o".repeat(1023));
+            let mut out = std::io::stdout().lock();
+            for _ in 0..n / line.len() {
+                out.write_all(line.as_bytes()).map_err(|e| UploadError::Transient(format!("stdout: {e}")))?;
+            }
+        }
+        "stderr-flood" => {
+            let chunk = vec![b'e'; 64 * 1024];
+            let mut err = std::io::stderr().lock();
+            for _ in 0..n.div_ceil(chunk.len()) {
+                err.write_all(&chunk).map_err(|e| UploadError::Transient(format!("stderr: {e}")))?;
+            }
+        }
+        _ => return Err(UploadError::Permanent(format!("bad key `{key}`"))),
+    }
+    Ok(())
 }
 
 /// Loops forever without calling the host; `black_box` keeps the loop alive.
