@@ -84,7 +84,7 @@ fn plugin_check_accepts_both_components() {
         let text = text(&out);
         assert!(out.status.success(), "{name}: {text}");
         assert!(text.contains(&format!("provider: {provider}")), "{text}");
-        assert!(text.contains("blockferry:uploader/reading-provider@0.1.1"), "{text}");
+        assert!(text.contains("blockferry:uploader/reading-provider@0.1.2"), "{text}");
     }
 }
 

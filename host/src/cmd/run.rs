@@ -223,7 +223,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (s, r, a) = (store.clone(), retention_rx.borrow().clone(), acks());
-        let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, a)).await??;
+        let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
         shutdown_signal().await;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
-pub use meta::{BlockMeta, BucketStatus, md5_base64, now_ms};
+pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64, now_ms};
 
 use crate::config::Compression;
 
@@ -555,7 +555,7 @@ mod tests {
         assert!(matches!(store.write_block(7, b"other", &buckets()), Err(StoreError::Conflict { number: 7, .. })));
         let updated = store
             .update_meta(7, |m| {
-                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None }).map(drop).unwrap_or(())
+                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: None }).map(drop).unwrap_or(())
             })
             .unwrap();
         assert!(updated.status("a").is_safe() && !updated.safe_in_all(["a", "b"].into_iter()));
@@ -569,7 +569,7 @@ mod tests {
     fn adopted_blocks_are_stored_as_written_ones_and_never_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path(), Compression::Gzip).unwrap();
-        let safe_in_a = || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5 })]);
+        let safe_in_a = || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5, confirmed: None })]);
         let fill = |n: u64, bytes: &[u8]| {
             let temp = store.temp_block(n).unwrap();
             temp.file().write_all(bytes).unwrap();

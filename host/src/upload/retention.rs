@@ -1,11 +1,13 @@
-//! Local retention: delete a block only when it is safe in every bucket,
-//! never hash-mismatched, acknowledged by a block node when blocks are
-//! streamed to block nodes, and older than the retention period.
+//! Local retention: delete a block only when every bucket's copy is confirmed
+//! by evidence (a digest the service computed, or a read-back: never the
+//! plugin's word alone), it was never hash-mismatched, it is acknowledged by a
+//! block node when blocks are streamed to block nodes, and it is older than
+//! the retention period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::{BlockStore, StoreError, now_ms};
+use crate::store::{BlockStore, Confirmed, StoreError, now_ms};
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -14,6 +16,10 @@ pub struct RetentionReport {
     pub deleted: u64,
     /// Blocks kept (too young, not yet safe everywhere, or mismatched).
     pub retained: u64,
+    /// Of the blocks kept, those old enough and safe in every bucket by the
+    /// plugins' word, but without the evidence retention requires from some
+    /// bucket (`blockferry verify --deep` confirms them by reading back).
+    pub unconfirmed: u64,
 }
 
 /// What block nodes have acknowledged.
@@ -36,12 +42,14 @@ impl BlockNodeAcks {
 }
 
 /// One retention pass over the store: delete blocks older than `retention`
-/// that are safe in every one of `buckets` (and never mismatched) and, when
-/// streaming, acknowledged by a block node.
+/// that are confirmed in every one of `buckets` with at least the evidence
+/// `required` (and never mismatched) and, when streaming, acknowledged by a
+/// block node.
 pub fn run_retention(
     store: &Arc<BlockStore>,
     buckets: &[String],
     retention: Duration,
+    required: Confirmed,
     acks: BlockNodeAcks,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
@@ -59,12 +67,16 @@ pub fn run_retention(
             }
             Err(e) => return Err(e),
         };
-        if meta.created_at_ms <= cutoff && meta.safe_in_all(buckets.iter().map(String::as_str)) && acks.covers(n) {
+        let names = || buckets.iter().map(String::as_str);
+        if meta.created_at_ms <= cutoff && meta.confirmed_in_all(names(), required) && acks.covers(n) {
             store.delete_block(&meta)?;
-            tracing::debug!(block = n, "retention deleted the local copy; it is safe in every bucket");
+            tracing::debug!(block = n, "retention deleted the local copy; it is confirmed in every bucket");
             report.deleted += 1;
         } else {
             report.retained += 1;
+            if meta.created_at_ms <= cutoff && meta.safe_in_all(names()) && acks.covers(n) {
+                report.unconfirmed += 1;
+            }
         }
     }
     Ok(report)
@@ -79,6 +91,8 @@ pub struct RetentionSettings {
     pub period: Duration,
     /// Time between passes.
     pub every: Duration,
+    /// The weakest confirmation of a bucket's copy retention accepts.
+    pub required: Confirmed,
 }
 
 /// Run retention passes forever with the settings in force at each pass.
@@ -92,8 +106,14 @@ pub fn spawn_retention(
             let every = settings.borrow().every;
             tokio::time::sleep(every).await;
             let (s, r, a) = (store.clone(), settings.borrow().clone(), acks());
-            match tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, a)).await {
-                Ok(Ok(r)) if r.deleted > 0 => tracing::info!(deleted = r.deleted, retained = r.retained, "retention"),
+            match tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await {
+                Ok(Ok(r)) if r.deleted > 0 || r.unconfirmed > 0 => tracing::info!(
+                    deleted = r.deleted,
+                    retained = r.retained,
+                    unconfirmed = r.unconfirmed,
+                    "retention (unconfirmed: blocks kept because a bucket's copy is not confirmed by the \
+                     service's digest or a read-back; `blockferry verify --deep` confirms them)"
+                ),
                 Ok(Err(e)) => tracing::error!("retention: {e}"),
                 _ => {}
             }
@@ -108,6 +128,7 @@ impl RetentionSettings {
             buckets: config.upload_buckets(),
             period: Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0),
             every: Duration::from_secs(config.upload.retention_interval_secs),
+            required: config.upload.verify_before_delete.required(),
         }
     }
 }
