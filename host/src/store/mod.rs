@@ -360,9 +360,10 @@ impl BlockStore {
     }
 
     /// Start-up recovery: delete leftover temporary files and orphan `.meta`
-    /// files, rebuild missing or corrupt `.meta` files from their block file
-    /// (pending in every bucket), and record `buckets` missing from a `.meta`
-    /// as pending.
+    /// files, and rebuild missing or corrupt `.meta` files from their block
+    /// file (pending in every bucket). A bucket a `.meta` does not name is
+    /// pending there implicitly ([`BlockMeta::status`]): adding a bucket
+    /// rewrites nothing.
     pub fn recover(&self, buckets: &[String]) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
         let tmp_dir = self.dir.join(TMP_DIR);
@@ -391,15 +392,7 @@ impl BlockStore {
         for (&number, file) in &block_files {
             report.blocks += 1;
             match self.read_meta(number) {
-                Ok(meta) if meta.file == *file => {
-                    if buckets.iter().any(|b| !meta.buckets.contains_key(b)) {
-                        self.update_meta(number, |m| {
-                            for b in buckets {
-                                m.buckets.entry(b.clone()).or_default();
-                            }
-                        })?;
-                    }
-                }
+                Ok(meta) if meta.file == *file => {}
                 other => {
                     if let Err(e) = other {
                         tracing::warn!(block = number, "rebuilding metadata: {e}");
