@@ -23,7 +23,7 @@ use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
 use blockferry::upload::{
-    BlockNodeAcks, BucketArchive, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
+    BlockNodeAcks, BucketArchive, Census, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
 };
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
@@ -158,7 +158,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
     let (retention_settings, retention_rx) = tokio::sync::watch::channel(RetentionSettings::of(&config));
-    let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone());
+    let census = Arc::new(Census::default());
+    let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
     let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
@@ -181,6 +182,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publisher: publisher.clone(),
         readiness: Arc::default(),
         retained_blocks: Default::default(),
+        census,
         config: in_force.clone(),
     });
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));

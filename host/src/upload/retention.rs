@@ -4,10 +4,13 @@
 //! block node when blocks are streamed to block nodes, and it is older than
 //! the retention period.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::store::{BlockStore, Confirmed, StoreError, now_ms};
+use serde::Serialize;
+
+use crate::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError, now_ms};
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,6 +23,101 @@ pub struct RetentionReport {
     /// plugins' word, but without the evidence retention requires from some
     /// bucket (`blockferry verify --deep` confirms them by reading back).
     pub unconfirmed: u64,
+    /// The blocks left in the store, counted per bucket and state.
+    pub census: CensusCounts,
+}
+
+/// One bucket's blocks of the store, by state, as counted from the `.meta` files.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlockCounts {
+    /// Safe in the bucket, confirmed by the evidence retention requires.
+    pub confirmed: u64,
+    /// Safe by the plugin's word only: retention keeps them.
+    pub unconfirmed: u64,
+    /// Not uploaded yet, no attempt failed (a bucket a `.meta` does not name
+    /// is pending there).
+    pub pending: u64,
+    /// Some attempt failed; uploading goes on.
+    pub failed: u64,
+    /// The bucket holds different content under the block's key: kept forever.
+    pub hash_mismatch: u64,
+}
+
+impl BlockCounts {
+    fn add(&mut self, status: &BucketStatus, required: Confirmed) {
+        match status {
+            s if s.is_confirmed(required) => self.confirmed += 1,
+            s if s.is_safe() => self.unconfirmed += 1,
+            BucketStatus::Pending => self.pending += 1,
+            BucketStatus::Failed { .. } => self.failed += 1,
+            _ => self.hash_mismatch += 1,
+        }
+    }
+}
+
+/// The store's blocks counted per bucket and state from the `.meta` files.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct CensusCounts {
+    /// Per bucket name (the buckets in force when counted).
+    pub buckets: BTreeMap<String, BlockCounts>,
+    /// Blocks any bucket (also one removed from the config since) reported
+    /// with different content: kept forever.
+    pub mismatched_blocks: u64,
+    /// When they were counted, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+impl CensusCounts {
+    fn add(&mut self, meta: &BlockMeta, buckets: &[String], required: Confirmed) {
+        for b in buckets {
+            self.buckets.entry(b.clone()).or_default().add(&meta.status(b), required);
+        }
+        if meta.hash_mismatch {
+            self.mismatched_blocks += 1;
+        }
+    }
+}
+
+/// The last count of the store's blocks per bucket and state, shared by the
+/// retention task (which counts at start-up and at every pass) and the
+/// operators' endpoints. It survives restarts because it is counted from
+/// the `.meta` files, not from this process's events.
+#[derive(Debug, Default)]
+pub struct Census {
+    counts: Mutex<Option<CensusCounts>>,
+}
+
+impl Census {
+    /// The last count; `None` until the first is done.
+    pub fn get(&self) -> Option<CensusCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the count.
+    pub fn set(&self, counts: CensusCounts) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+    }
+}
+
+/// Count the store's blocks per bucket of `buckets` and state, deleting nothing.
+pub fn count_blocks(store: &BlockStore, buckets: &[String], required: Confirmed) -> Result<CensusCounts, StoreError> {
+    let mut counts = CensusCounts { at_ms: now_ms(), ..CensusCounts::default() };
+    for b in buckets {
+        counts.buckets.entry(b.clone()).or_default();
+    }
+    for n in store.numbers()? {
+        match store.read_meta(n) {
+            Ok(meta) => counts.add(&meta, buckets, required),
+            Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::CorruptMeta { .. }) => {
+                for b in buckets {
+                    counts.buckets.entry(b.clone()).or_default().pending += 1;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(counts)
 }
 
 /// What block nodes have acknowledged.
@@ -55,14 +153,23 @@ pub fn run_retention(
     let mut report = RetentionReport::default();
     if buckets.is_empty() && acks == BlockNodeAcks::NotStreaming {
         // With no bucket and no block node to be safe in, the local copy is the only one.
+        report.census = count_blocks(store, buckets, required)?;
         return Ok(report);
+    }
+    report.census.at_ms = now_ms();
+    for b in buckets {
+        report.census.buckets.entry(b.clone()).or_default();
     }
     let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
     for n in store.numbers()? {
         let meta = match store.read_meta(n) {
             Ok(m) => m,
-            Err(StoreError::NotFound(_) | StoreError::CorruptMeta { .. }) => {
+            Err(StoreError::NotFound(_)) => continue,
+            Err(StoreError::CorruptMeta { .. }) => {
                 report.retained += 1;
+                for b in buckets {
+                    report.census.buckets.entry(b.clone()).or_default().pending += 1;
+                }
                 continue;
             }
             Err(e) => return Err(e),
@@ -74,6 +181,7 @@ pub fn run_retention(
             report.deleted += 1;
         } else {
             report.retained += 1;
+            report.census.add(&meta, buckets, required);
             if meta.created_at_ms <= cutoff && meta.safe_in_all(names()) && acks.covers(n) {
                 report.unconfirmed += 1;
             }
@@ -95,18 +203,31 @@ pub struct RetentionSettings {
     pub required: Confirmed,
 }
 
-/// Run retention passes forever with the settings in force at each pass.
+/// Count the store's blocks into `census` at once, then run retention
+/// passes forever with the settings in force at each pass, each updating
+/// `census`.
 pub fn spawn_retention(
     store: Arc<BlockStore>,
     settings: tokio::sync::watch::Receiver<RetentionSettings>,
     acks: impl Fn() -> BlockNodeAcks + Send + 'static,
+    census: Arc<Census>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (s, r) = (store.clone(), settings.borrow().clone());
+        match tokio::task::spawn_blocking(move || count_blocks(&s, &r.buckets, r.required)).await {
+            Ok(Ok(counts)) => census.set(counts),
+            Ok(Err(e)) => tracing::error!("counting the store's blocks: {e}"),
+            Err(e) => tracing::error!("counting the store's blocks: {e}"),
+        }
         loop {
             let every = settings.borrow().every;
             tokio::time::sleep(every).await;
             let (s, r, a) = (store.clone(), settings.borrow().clone(), acks());
-            match tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await {
+            let result = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await;
+            if let Ok(Ok(report)) = &result {
+                census.set(report.census.clone());
+            }
+            match result {
                 Ok(Ok(r)) if r.deleted > 0 || r.unconfirmed > 0 => tracing::info!(
                     deleted = r.deleted,
                     retained = r.retained,
