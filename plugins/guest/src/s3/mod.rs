@@ -87,7 +87,7 @@ struct Written {
 impl Written {
     /// From the headers of the response to a PutObject or
     /// CompleteMultipartUpload (whose ETag may be in the body: `etag`).
-    fn from(response: &Response, etag: Option<String>) -> Self {
+    fn of(response: &Response, etag: Option<String>) -> Self {
         Written {
             version: version_id(response),
             etag: etag.or_else(|| response.header("etag").map(str::to_string)),
@@ -98,7 +98,7 @@ impl Written {
 
 /// What the server's digest says of a write.
 #[derive(Debug, PartialEq, Eq)]
-enum Digest {
+enum EtagCheck {
     /// It equals the content's: the server stored the block's bytes.
     Confirmed,
     /// The server gave no digest of the content (no ETag, or SSE-KMS/SSE-C).
@@ -107,19 +107,30 @@ enum Digest {
     Differs,
 }
 
-/// Compares the ETag of a write with the one the block's bytes give:
-/// `expected` is the lower-case hex MD5 (single part) or `hex-N` (multipart).
-fn check_etag(written: &Written, expected: &str) -> Digest {
-    match &written.etag {
-        Some(etag) if written.etag_is_digest => {
-            if unquote_etag(etag).eq_ignore_ascii_case(expected) {
-                Digest::Confirmed
-            } else {
-                Digest::Differs
-            }
-        }
-        _ => Digest::Unknown,
-    }
+/// Compares the ETag of a write with what the bytes sent give: `md5` is
+/// their MD5 (lower-case hex), `multipart` the `hex-N` ETag of a multipart
+/// upload of them. A plain 32-hex ETag is compared with `md5` (S3 gives it to
+/// single-part objects; some S3-compatible servers to completed multipart
+/// uploads too), a `hex-N` one with `multipart`; any other form says nothing.
+fn check_etag(written: &Written, md5: &str, multipart: Option<&str>) -> EtagCheck {
+    let Some(etag) = written.etag.as_deref().filter(|_| written.etag_is_digest).map(unquote_etag) else {
+        return EtagCheck::Unknown;
+    };
+    let expected = if md5_of_etag(etag).is_some() {
+        md5
+    } else if let Some(multipart) = multipart.filter(|_| is_multipart_etag(etag)) {
+        multipart
+    } else {
+        return EtagCheck::Unknown;
+    };
+    if etag.eq_ignore_ascii_case(expected) { EtagCheck::Confirmed } else { EtagCheck::Differs }
+}
+
+/// Whether `etag` (unquoted) has the form of a multipart ETag: 32 hex digits, `-`, a count.
+fn is_multipart_etag(etag: &str) -> bool {
+    etag.split_once('-').is_some_and(|(hex, n)| {
+        md5_of_etag(hex).is_some() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// An ETag without its quotes (plain or XML-escaped) and weak prefix.
@@ -158,21 +169,23 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
         let key = self.full_key(&block.key)?;
         let size = checked_size("PutObject", &self.cfg.location(&key), &block, body)?;
-        let (created, expected) = if size > self.cfg.multipart_threshold {
-            self.put_multipart(&block, body, &key)?
+        let (created, multipart) = if size > self.cfg.multipart_threshold {
+            let (created, multipart) = self.put_multipart(&block, body, &key)?;
+            (created, Some(multipart))
         } else {
-            (self.put_single(&block, body, &key)?, crate::hex(&block.md5))
+            (self.put_single(&block, body, &key)?, None)
         };
         match created {
             Created::Written(written) => {
-                let digest = check_etag(&written, &expected);
-                if digest == Digest::Differs {
-                    return Err(self.stored_wrong(&block, &key, &written, &expected));
+                let md5 = crate::hex(&block.md5);
+                let digest = check_etag(&written, &md5, multipart.as_deref().filter(|m| !m.is_empty()));
+                if digest == EtagCheck::Differs {
+                    return Err(self.stored_wrong(&block, &key, &written, multipart.as_deref().unwrap_or(&md5)));
                 }
                 if let Some(version) = &written.version {
                     crate::object_version(&block.key, version);
                 }
-                if digest == Digest::Confirmed {
+                if digest == EtagCheck::Confirmed {
                     crate::object_confirmed(&block.key, Confirmation::ServerDigest);
                 }
                 crate::log(
@@ -558,7 +571,7 @@ impl<F: Flavor> S3Bucket<F> {
                 Ok(cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size }))
             },
             |response| match response.status {
-                200..=299 => Accept::Done(Ok(Created::Written(Written::from(&response, None)))),
+                200..=299 => Accept::Done(Ok(Created::Written(Written::of(&response, None)))),
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
@@ -636,7 +649,7 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.parts_in_flight
             ),
         );
-        let mut parts: Vec<S3Call<'_, String>> = (0..count)
+        let mut parts: Vec<S3Call<'_, (String, bool)>> = (0..count)
             .map(|index| {
                 let number = index + 1;
                 let offset = index * part_size;
@@ -671,9 +684,9 @@ impl<F: Flavor> S3Bucket<F> {
                     },
                     move |response| match (response.status, response.header("etag")) {
                         (200..=299, Some(etag)) => {
-                            let written = Written::from(&response, Some(etag.to_string()));
+                            let written = Written::of(&response, Some(etag.to_string()));
                             let expected = sent.borrow().as_deref().map(crate::hex).unwrap_or_default();
-                            if check_etag(&written, &expected) == Digest::Differs {
+                            if check_etag(&written, &expected, None) == EtagCheck::Differs {
                                 // Our own upload's part: sending it again replaces it.
                                 return Accept::Retry(format!(
                                     "part {number}: the server stored other bytes (ETag {}, the part's MD5 {expected})",
@@ -739,7 +752,7 @@ impl<F: Flavor> S3Bucket<F> {
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
                 200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
-                    let mut written = Written::from(&response, crate::xml::element_text(&response.body, "ETag"));
+                    let mut written = Written::of(&response, crate::xml::element_text(&response.body, "ETag"));
                     written.etag_is_digest &= digests;
                     Accept::Done(Ok(Created::Written(written)))
                 }
@@ -1176,22 +1189,27 @@ mod tests {
             streamed: None,
         };
         let md5 = "9e107d9d372bb6826bd81d3542a419d6";
-        let plain = Written::from(&response(&[("etag", &format!("\"{md5}\""))]), None);
-        assert_eq!(check_etag(&plain, md5), Digest::Confirmed);
-        assert_eq!(check_etag(&plain, "00000000000000000000000000000000"), Digest::Differs);
+        let plain = Written::of(&response(&[("etag", &format!("\"{md5}\""))]), None);
+        assert_eq!(check_etag(&plain, md5, None), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&plain, "00000000000000000000000000000000", None), EtagCheck::Differs);
         // The ETag of a completed multipart upload comes in its XML body, escaped.
-        let multipart = Written::from(&response(&[]), Some(format!("&quot;{md5}-2&quot;")));
-        assert_eq!(check_etag(&multipart, &format!("{md5}-2")), Digest::Confirmed);
-        assert_eq!(check_etag(&multipart, &format!("{md5}-3")), Digest::Differs);
+        let multipart = Written::of(&response(&[]), Some(format!("&quot;{md5}-2&quot;")));
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-3"))), EtagCheck::Differs);
+        // Servers that give a completed multipart upload the MD5 of its content.
+        assert_eq!(check_etag(&plain, md5, Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
+        // An ETag of another form is no evidence either way.
+        let opaque = Written::of(&response(&[("etag", "\"v1-abc\"")]), None);
+        assert_eq!(check_etag(&opaque, md5, Some(&format!("{md5}-2"))), EtagCheck::Unknown);
         // SSE-KMS and SSE-C ETags are not digests; no ETag, nothing to check.
-        let kms = Written::from(&response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption", "aws:kms")]), None);
-        assert_eq!(check_etag(&kms, md5), Digest::Unknown);
+        let kms = Written::of(&response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption", "aws:kms")]), None);
+        assert_eq!(check_etag(&kms, md5, None), EtagCheck::Unknown);
         let sse_c = response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
-        assert_eq!(check_etag(&Written::from(&sse_c, None), md5), Digest::Unknown);
-        assert_eq!(check_etag(&Written::from(&response(&[]), None), md5), Digest::Unknown);
+        assert_eq!(check_etag(&Written::of(&sse_c, None), md5, None), EtagCheck::Unknown);
+        assert_eq!(check_etag(&Written::of(&response(&[]), None), md5, None), EtagCheck::Unknown);
         // SSE-S3 keeps ETags MD5s.
-        let sse_s3 = Written::from(&response(&[("etag", md5), ("x-amz-server-side-encryption", "AES256")]), None);
-        assert_eq!(check_etag(&sse_s3, md5), Digest::Confirmed);
+        let sse_s3 = Written::of(&response(&[("etag", md5), ("x-amz-server-side-encryption", "AES256")]), None);
+        assert_eq!(check_etag(&sse_s3, md5, None), EtagCheck::Confirmed);
     }
 
     #[test]
