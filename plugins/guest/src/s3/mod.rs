@@ -224,8 +224,8 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
     }
 
     /// `GetObject`, its body spliced into the sink; `none` on a 404 that is
-    /// not `NoSuchBucket`. The MD5 is the stored metadata's or a single-part
-    /// ETag's, as for `stat`.
+    /// not `NoSuchBucket`. The MD5 is the stored metadata's, else a
+    /// single-part ETag's (see [`read_object`]).
     fn get(&self, key: String, sink: &BlockSink) -> Result<Option<RemoteObject>, UploadError> {
         let key = self.full_key(&key)?;
         let cfg = &self.cfg;
@@ -243,7 +243,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
             |response| match response.status {
                 200..=299 => {
                     let size = response.streamed.unwrap_or_default();
-                    Accept::Done(Ok(Some(RemoteObject { size, ..remote_object(&response) })))
+                    Accept::Done(Ok(Some(RemoteObject { size, ..read_object(&response) })))
                 }
                 404 if crate::xml::s3_error(&response.body).0 != "NoSuchBucket" => Accept::Done(Ok(None)),
                 _ => Accept::Other(response),
@@ -844,6 +844,22 @@ fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<Vec<u8>, String>
 /// What a HEAD response says about the object.
 fn remote_object(response: &Response) -> RemoteObject {
     remote_object_with_source(response).0
+}
+
+/// What a GetObject response says about the object whose bytes the host
+/// receives: the MD5 is the one the uploader recorded in the metadata when
+/// there is one, else a single-part ETag's. The host compares it with the
+/// MD5 of the bytes it received, so an object whose content disagrees with
+/// its metadata (stored corrupt, or rewritten behind blockferry's back) is
+/// noticed there too (the bytes always match the server's own ETag).
+fn read_object(response: &Response) -> RemoteObject {
+    let mut object = remote_object(response);
+    if let Some(claimed) =
+        response.header(MD5_META_HEADER).and_then(|v| B64.decode(v.trim()).ok()).filter(|md5| md5.len() == 16)
+    {
+        object.md5 = Some(claimed);
+    }
+    object
 }
 
 /// What a HEAD response says about the object, and whether its MD5 is the
