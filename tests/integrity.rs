@@ -29,8 +29,11 @@ fn key(n: u64) -> String {
 /// the `[upload]` table `upload`.
 fn write_config(dir: &Path, endpoint: &str, upload: &str) -> PathBuf {
     let creds = dir.join("credentials.toml");
-    std::fs::write(&creds, format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"))
-        .unwrap();
+    std::fs::write(
+        &creds,
+        format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let path = dir.join("blockferry.toml");
     std::fs::write(
@@ -85,8 +88,7 @@ const MISMATCH_GAUGE: &str = "blockferry_store_blocks{bucket=\"cloud\",state=\"h
 
 /// `/metrics`, `/api/status` and `/readyz` all report one mismatched block in `cloud`, the host ready.
 async fn reports_one_mismatch(sidecar: &Sidecar) {
-    wait_for("the mismatch is counted", || metric(&get(&sidecar.url("/metrics")).1, MISMATCH_GAUGE) == Some(1.0))
-        .await;
+    wait_for("the mismatch is counted", || metric(&get(&sidecar.url("/metrics")).1, MISMATCH_GAUGE) == Some(1.0)).await;
     let scraped = get(&sidecar.url("/metrics")).1;
     assert_eq!(metric(&scraped, "blockferry_store_hash_mismatched_blocks"), Some(1.0), "{scraped}");
     let (status, body) = get(&sidecar.url("/api/status"));
@@ -110,10 +112,12 @@ async fn a_corrupted_upload_is_never_uploaded_never_deleted_and_still_reported_a
     let flipped = Arc::new(AtomicBool::new(false));
     let once = flipped.clone();
     let proxy = FaultProxy::start(moto.addr(), move |_, method, target| {
-        (method == "PUT" && target.ends_with(&key(0)) && !once.swap(true, Ordering::SeqCst)).then_some(Fault::FlipByte(77))
+        (method == "PUT" && target.ends_with(&key(0)) && !once.swap(true, Ordering::SeqCst))
+            .then_some(Fault::FlipByte(77))
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &proxy.endpoint(), "local_retention_hours = 0\nretention_interval_secs = 1\n");
+    let config =
+        write_config(dir.path(), &proxy.endpoint(), "local_retention_hours = 0\nretention_interval_secs = 1\n");
     let sidecar = Sidecar::start(&config, dir.path(), &[]);
     wait_for("ready", || get(&sidecar.url("/readyz")).0 == 200).await;
     feed(&sidecar, 6).await;
@@ -155,7 +159,8 @@ async fn verify_deep_records_a_rewritten_object_and_retention_keeps_its_block() 
     moto.create_bucket("blocks");
     let dir = tempfile::tempdir().unwrap();
     // First a long retention: everything is kept while the bucket is tampered with.
-    let config = write_config(dir.path(), &moto.endpoint(), "local_retention_hours = 1000\nretention_interval_secs = 1\n");
+    let config =
+        write_config(dir.path(), &moto.endpoint(), "local_retention_hours = 1000\nretention_interval_secs = 1\n");
     let sidecar = Sidecar::start(&config, dir.path(), &[]);
     wait_for("ready", || get(&sidecar.url("/readyz")).0 == 200).await;
     feed(&sidecar, 4).await;

@@ -281,9 +281,16 @@ fn restore_from_s3_reproduces_gzip_blocks_and_verify_deep_finds_rewritten_conten
     assert!(t.contains(": 2 restored, 0 skipped (already there), 0 missing, 0 unverified, 1 failed;"), "{t}");
     assert_eq!(block_files(&fresh), vec![file(1, ".blk.gz"), file(3, ".blk.gz")]);
     no_temporary_files(&fresh);
-    // The directory restored before holds the original, which is what the bucket reports: skipped, kept.
-    let t = ok(restore(&config, "s3", "2..3", &into));
-    assert!(t.contains(": 0 restored, 1 skipped (already there), 0 missing"), "{t}");
+    // The directory restored before holds the original; the bucket's own digest says it holds
+    // other bytes now: refused, the original kept.
+    let t = fails(1, restore(&config, "s3", "2..3", &into));
+    assert!(
+        t.contains(&format!(
+            "block 2: DIR already holds it with MD5 {local} but `{key}` in bucket s3 has MD5 {downloaded}"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("the block in DIR is kept (never overwritten)"), "{t}");
     same_blocks(&store, &into, 0..6, ".blk.gz", "s3");
 }
 

@@ -666,7 +666,8 @@ async fn a_single_part_put_the_server_stored_with_other_bytes_is_a_mismatch_neve
     // and only the ETag it answers with tells.
     let moto = Moto::start();
     moto.create_bucket("flipped");
-    let proxy = FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(100)));
+    let proxy =
+        FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(100)));
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "flipped", &[])).await;
     let bytes = common::bytes(64 * 1024, 21);
@@ -700,7 +701,8 @@ async fn in_a_versioned_bucket_the_corrupt_version_is_deleted_and_the_retry_uplo
         &moto.endpoint(),
         "s3.put_bucket_versioning(Bucket='versioned', VersioningConfiguration={'Status': 'Enabled'})",
     );
-    let proxy = FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(7)));
+    let proxy =
+        FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(7)));
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "versioned", &[])).await;
     let bytes = common::bytes(32 * 1024, 22);
@@ -712,10 +714,8 @@ async fn in_a_versioned_bucket_the_corrupt_version_is_deleted_and_the_retry_uplo
     let seen = proxy.seen();
     let delete = seen.iter().find(|r| r.method == "DELETE").expect("the corrupt version is deleted");
     assert!(delete.target.contains("versionId="), "by its version id: {}", delete.target);
-    let versions = boto(
-        &moto.endpoint(),
-        "print(len(s3.list_object_versions(Bucket='versioned').get('Versions', [])))",
-    );
+    let versions =
+        boto(&moto.endpoint(), "print(len(s3.list_object_versions(Bucket='versioned').get('Versions', [])))");
     assert_eq!(versions.trim(), "0", "nothing of the corrupt write is left");
     // The host's retry uploads the block.
     let report = put_reported(&client, 1, "v.blk", &bytes).await.unwrap();
@@ -752,8 +752,9 @@ async fn a_multipart_part_the_server_stored_with_other_bytes_is_sent_again() {
 async fn a_part_corrupted_on_every_attempt_is_never_uploaded() {
     let moto = Moto::start();
     moto.create_bucket("always");
-    let proxy =
-        FaultProxy::start(moto.addr(), |_, method, target| (method == "PUT" && is_part(target, 3)).then_some(Fault::FlipByte(5)));
+    let proxy = FaultProxy::start(moto.addr(), |_, method, target| {
+        (method == "PUT" && is_part(target, 3)).then_some(Fault::FlipByte(5))
+    });
     let runtime = runtime();
     let multipart = [
         ("multipart_threshold", "5242880"),
@@ -775,10 +776,9 @@ async fn s3s_fs_keeping_a_body_it_answered_bad_digest_for_is_a_mismatch() {
     // s3s-fs checks Content-MD5 and answers BadDigest, but keeps the object;
     // the retry then finds it, and its ETag (not the metadata) says it differs.
     let server = S3sFs::start("digest");
-    let proxy = FaultProxy::start(
-        format!("127.0.0.1:{}", server.port).parse().unwrap(),
-        |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(3)),
-    );
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap(), |n, method, _| {
+        (n == 0 && method == "PUT").then_some(Fault::FlipByte(3))
+    });
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "digest", &[])).await;
     let bytes = common::bytes(16 * 1024, 25);

@@ -127,9 +127,8 @@ async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Ch
             m.hash_mismatch = true;
         })),
         Check::Matching if deep => Some(Box::new(move |m: &mut BlockMeta| {
-            if let Some(
-                BucketStatus::Uploaded { confirmed, .. } | BucketStatus::AlreadyPresent { confirmed, .. },
-            ) = m.buckets.get_mut(&name)
+            if let Some(BucketStatus::Uploaded { confirmed, .. } | BucketStatus::AlreadyPresent { confirmed, .. }) =
+                m.buckets.get_mut(&name)
             {
                 *confirmed = Some(Confirmed::ReadBack);
             }

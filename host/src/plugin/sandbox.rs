@@ -14,8 +14,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{Confirmation, Level};
 use super::bindings::blockferry::uploader::host::Host;
+use super::bindings::{Confirmation, Level};
 use super::egress::{EgressHooks, EgressPolicy};
 
 /// Guest path at which a bucket's directory is preopened (filesystem providers only).

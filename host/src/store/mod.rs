@@ -548,7 +548,10 @@ mod tests {
         assert!(matches!(store.write_block(7, b"other", &buckets()), Err(StoreError::Conflict { number: 7, .. })));
         let updated = store
             .update_meta(7, |m| {
-                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: None }).map(drop).unwrap_or(())
+                m.buckets
+                    .insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: None })
+                    .map(drop)
+                    .unwrap_or(())
             })
             .unwrap();
         assert!(updated.status("a").is_safe() && !updated.safe_in_all(["a", "b"].into_iter()));
@@ -562,7 +565,8 @@ mod tests {
     fn adopted_blocks_are_stored_as_written_ones_and_never_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path(), Compression::Gzip).unwrap();
-        let safe_in_a = || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5, confirmed: None })]);
+        let safe_in_a =
+            || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5, confirmed: None })]);
         let fill = |n: u64, bytes: &[u8]| {
             let temp = store.temp_block(n).unwrap();
             temp.file().write_all(bytes).unwrap();

@@ -223,7 +223,8 @@ pub fn spawn_retention(
             let every = settings.borrow().every;
             tokio::time::sleep(every).await;
             let (s, r, a) = (store.clone(), settings.borrow().clone(), acks());
-            let result = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await;
+            let result =
+                tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await;
             if let Ok(Ok(report)) = &result {
                 census.set(report.census.clone());
             }

@@ -128,9 +128,8 @@ fn check_etag(written: &Written, md5: &str, multipart: Option<&str>) -> EtagChec
 
 /// Whether `etag` (unquoted) has the form of a multipart ETag: 32 hex digits, `-`, a count.
 fn is_multipart_etag(etag: &str) -> bool {
-    etag.split_once('-').is_some_and(|(hex, n)| {
-        md5_of_etag(hex).is_some() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-    })
+    etag.split_once('-')
+        .is_some_and(|(hex, n)| md5_of_etag(hex).is_some() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// An ETag without its quotes (plain or XML-escaped) and weak prefix.
@@ -525,11 +524,7 @@ impl<F: Flavor> S3Bucket<F> {
                 Err(e) => crate::log(Level::Error, &format!("{location}: could not delete version {version}: {e:?}")),
             }
         }
-        UploadError::HashMismatch(RemoteObject {
-            size: block.size,
-            md5: md5_of_etag(&got),
-            etag: written.etag.clone(),
-        })
+        UploadError::HashMismatch(RemoteObject { size: block.size, md5: md5_of_etag(&got), etag: written.etag.clone() })
     }
 
     /// `DeleteObject` of version `version` of `key` (with `If-Match` on the
@@ -999,7 +994,9 @@ impl<T> Call for S3Call<'_, T> {
         };
         let response = match (self.accept)(response) {
             Accept::Done(result) => return Verdict::Done(result),
-            Accept::Retry(why) => return Verdict::Retry { why: format!("{}: {why}", self.target()), retry_after: None },
+            Accept::Retry(why) => {
+                return Verdict::Retry { why: format!("{}: {why}", self.target()), retry_after: None };
+            }
             Accept::Other(response) => response,
         };
         let (code, message) = crate::xml::s3_error(&response.body);
