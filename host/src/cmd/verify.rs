@@ -115,13 +115,16 @@ impl BucketReport {
     }
 }
 
+/// A change of a block's `.meta` recording what a check found.
+type Record = Box<dyn FnOnce(&mut BlockMeta) + Send>;
+
 /// Compare block `n` in the store with what `target` holds under its key
 /// (see [`compare`]) and record in its `.meta` what was found: different
 /// content as a hash mismatch, a deep match as confirmed by a read-back.
 async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Check {
     let (check, remote_md5) = compare(&store, &target, n, deep).await;
     let name = target.name.clone();
-    let record: Option<Box<dyn FnOnce(&mut BlockMeta) + Send>> = match &check {
+    let record: Option<Record> = match &check {
         Check::Mismatched | Check::ContentDiffers(_) => Some(Box::new(move |m: &mut BlockMeta| {
             m.buckets.insert(name, BucketStatus::HashMismatch { remote_md5 });
             m.hash_mismatch = true;
