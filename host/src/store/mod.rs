@@ -633,6 +633,43 @@ mod tests {
             assert_eq!(meta.status("b"), BucketStatus::Pending, "a new bucket is pending");
         }
         assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+        // A bucket added to the config is pending implicitly: block 4's intact .meta was not rewritten.
+        assert!(!store.read_meta(4).unwrap().buckets.contains_key("b"), "nothing written for the new bucket");
+    }
+
+    #[test]
+    fn an_older_meta_parses_and_its_copies_are_unconfirmed() {
+        // A `.meta` as written before confirmations were recorded.
+        let md5 = md5_base64(&Md5::digest(b"x"));
+        let old = format!(
+            r#"{{"number":1,"file":"{:036}.blk","size":1,"md5":"{md5}","created_at_ms":5,
+            "buckets":{{"a":{{"state":"uploaded","at_ms":6}},"b":{{"state":"already-present","at_ms":7}}}},
+            "hash_mismatch":false}}"#,
+            1
+        );
+        let meta = BlockMeta::parse(old.as_bytes(), 1).unwrap();
+        assert!(meta.safe_in_all(["a", "b"].into_iter()));
+        assert_eq!((meta.status("a").confirmed(), meta.status("b").confirmed()), (None, None));
+        assert!(!meta.confirmed_in_all(["a"].into_iter(), Confirmed::ServerDigest), "the plugin's word only");
+        // Confirmed copies: a server digest satisfies `server-digest`, only a read-back satisfies `read-back`.
+        let mut meta = meta;
+        meta.buckets.insert(
+            "a".into(),
+            BucketStatus::Uploaded { at_ms: 6, version: None, confirmed: Some(Confirmed::ServerDigest) },
+        );
+        meta.buckets
+            .insert("b".into(), BucketStatus::AlreadyPresent { at_ms: 7, confirmed: Some(Confirmed::ReadBack) });
+        let names = || ["a", "b"].into_iter();
+        assert!(meta.confirmed_in_all(names(), Confirmed::ServerDigest));
+        assert!(!meta.confirmed_in_all(names(), Confirmed::ReadBack));
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(
+            json.contains(r#""confirmed":"server-digest""#) && json.contains(r#""confirmed":"read-back""#),
+            "{json}"
+        );
+        assert_eq!(BlockMeta::parse(json.as_bytes(), 1).unwrap(), meta);
+        meta.hash_mismatch = true;
+        assert!(!meta.confirmed_in_all(names(), Confirmed::ServerDigest), "never after a mismatch");
     }
 
     #[test]
