@@ -3,7 +3,7 @@
 
 mod common;
 
-use blockferry::plugin::{BlockBody, BucketClient, CallError, Outcome, PluginFailure};
+use blockferry::plugin::{BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure};
 use common::*;
 use md5::{Digest, Md5};
 
@@ -29,6 +29,13 @@ async fn uploaded_then_already_present_then_hash_mismatch() {
     // What landed, read independently of the plugin.
     assert_eq!(std::fs::read(dir.path().join(&key)).unwrap(), content);
     assert_eq!(put(&bucket, &key, &content).await.unwrap(), Outcome::AlreadyPresent);
+    // What each outcome rests on: the digest of the bytes written; a read-back of the file found.
+    let fresh = bytes(500, 3);
+    let info = block(3, "three.blk", &fresh);
+    let report = bucket.put_block_reported(&info, &BlockBody::from_bytes(fresh.clone())).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
+    let report = bucket.put_block_reported(&info, &BlockBody::from_bytes(fresh)).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::AlreadyPresent, Some(Confirmation::ReadBack)));
     let other = bytes(10_000, 2);
     let err = put(&bucket, &key, &other).await.unwrap_err();
     let CallError::Plugin(PluginFailure::HashMismatch(remote)) = &err else {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use blockferry::plugin::{BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
+use blockferry::plugin::{BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure, PluginRuntime};
 use common::servers::{FakeGcs, RequestHead, free_port, read_body, read_head, serve_on_loopback};
 use common::*;
 use md5::{Digest, Md5};
@@ -311,7 +311,7 @@ fn plugin_check_accepts_the_component() {
     let text = text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("provider: gcs"), "{text}");
-    assert!(text.contains("blockferry:uploader/reading-provider@0.1.1"), "{text}");
+    assert!(text.contains("blockferry:uploader/reading-provider@0.1.2"), "{text}");
 }
 
 #[tokio::test]
@@ -358,8 +358,15 @@ async fn upload_read_back_stat_already_present_and_mismatch() {
     assert_eq!((stat.size, stat.md5.as_deref()), (bytes.len() as u64, Some(&Md5::digest(&bytes)[..])));
     assert!(client.stat("blocks/missing.blk").await.unwrap().is_none());
 
-    // Same block again: the conditional create fails (412), the MD5s match.
-    assert_eq!(put(&client, 1, key, &bytes).await.unwrap(), Outcome::AlreadyPresent);
+    // Same block again: the conditional create fails (412), the MD5s match;
+    // each time confirmed by the server's own `md5Hash`.
+    let info = block(1, key, &bytes);
+    let report = client.put_block_reported(&info, &BlockBody::from_bytes(bytes.clone())).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::AlreadyPresent, Some(Confirmation::ServerDigest)));
+    let fresh = common::bytes(1000, 3);
+    let report =
+        client.put_block_reported(&block(3, "blocks/3.blk", &fresh), &BlockBody::from_bytes(fresh)).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
 
     // Another writer stored different bytes under the key: hash mismatch, not overwritten.
     gcs.seed("blocks", "net-a/blocks/2.blk", b"someone else");

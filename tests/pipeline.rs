@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use blockferry::config::{Compression, UploadConfig};
 use blockferry::plugin::{BucketClient, PluginRuntime};
-use blockferry::store::{BlockStore, BucketStatus};
+use blockferry::store::{BlockStore, BucketStatus, Confirmed};
 use blockferry::upload::BlockNodeAcks::{NotStreaming, UpTo};
 use blockferry::upload::{Target, UploadManager, run_retention};
 use common::*;
@@ -88,7 +88,10 @@ async fn blocks_reach_both_buckets_and_retention_deletes_exactly_the_safe_ones()
     let runtime = runtime();
     let targets = vec![fs_target(&runtime, "a", &s.buckets[0]).await, fs_target(&runtime, "b", &s.buckets[1]).await];
     // Nothing is safe yet: retention deletes nothing, even with a zero period.
-    assert_eq!(run_retention(&s.store, &s.names, Duration::ZERO, NotStreaming).unwrap().deleted, 0);
+    assert_eq!(
+        run_retention(&s.store, &s.names, Duration::ZERO, Confirmed::ServerDigest, NotStreaming).unwrap().deleted,
+        0
+    );
     let manager = UploadManager::start(s.store.clone(), targets, fast_retries()).unwrap();
     wait_final(&s.store, &s.names).await;
     let stats_b = manager.stats()[1].1.clone();
@@ -113,11 +116,19 @@ async fn blocks_reach_both_buckets_and_retention_deletes_exactly_the_safe_ones()
     // A long retention period keeps everything; so does streaming to block
     // nodes while they have acknowledged nothing; when they acknowledged up
     // to block 5, those go; without streaming, a zero period deletes every safe block.
-    assert_eq!(run_retention(&s.store, &s.names, Duration::from_secs(3600), NotStreaming).unwrap().deleted, 0);
-    assert_eq!(run_retention(&s.store, &s.names, Duration::ZERO, UpTo(None)).unwrap().deleted, 0);
-    let report = run_retention(&s.store, &s.names, Duration::ZERO, UpTo(Some(5))).unwrap();
+    assert_eq!(
+        run_retention(&s.store, &s.names, Duration::from_secs(3600), Confirmed::ServerDigest, NotStreaming)
+            .unwrap()
+            .deleted,
+        0
+    );
+    assert_eq!(
+        run_retention(&s.store, &s.names, Duration::ZERO, Confirmed::ServerDigest, UpTo(None)).unwrap().deleted,
+        0
+    );
+    let report = run_retention(&s.store, &s.names, Duration::ZERO, Confirmed::ServerDigest, UpTo(Some(5))).unwrap();
     assert_eq!((report.deleted, report.retained), (5, 5), "0-5 but the mismatched 3");
-    let report = run_retention(&s.store, &s.names, Duration::ZERO, NotStreaming).unwrap();
+    let report = run_retention(&s.store, &s.names, Duration::ZERO, Confirmed::ServerDigest, NotStreaming).unwrap();
     assert_eq!((report.deleted, report.retained), (4, 1));
     assert_eq!(s.store.numbers().unwrap(), vec![3], "only the mismatched block is kept");
     assert!(s.store.read_meta(3).unwrap().hash_mismatch);
@@ -135,8 +146,14 @@ async fn blocks_reach_both_buckets_and_retention_deletes_exactly_the_safe_ones()
     for n in 20..24 {
         late(n);
     }
-    assert_eq!(run_retention(&s.store, &none, Duration::ZERO, NotStreaming).unwrap().deleted, 0);
-    assert_eq!(run_retention(&s.store, &none, Duration::ZERO, UpTo(Some(21))).unwrap().deleted, 2);
+    assert_eq!(
+        run_retention(&s.store, &none, Duration::ZERO, Confirmed::ServerDigest, NotStreaming).unwrap().deleted,
+        0
+    );
+    assert_eq!(
+        run_retention(&s.store, &none, Duration::ZERO, Confirmed::ServerDigest, UpTo(Some(21))).unwrap().deleted,
+        2
+    );
     assert_eq!(s.store.numbers().unwrap(), vec![3, 22, 23]);
 }
 
@@ -164,7 +181,10 @@ async fn a_bucket_that_is_down_does_not_stop_the_other_and_drains_when_back() {
     assert!(manager.stats()[1].1.failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     assert_eq!(manager.stats()[1].1.safe(), 0);
     // Nothing is deleted while b lacks the blocks.
-    assert_eq!(run_retention(&s.store, &s.names, Duration::ZERO, NotStreaming).unwrap().deleted, 0);
+    assert_eq!(
+        run_retention(&s.store, &s.names, Duration::ZERO, Confirmed::ServerDigest, NotStreaming).unwrap().deleted,
+        0
+    );
 
     // Bucket b comes back: its backlog drains.
     std::fs::remove_file(&tmp_b).unwrap();

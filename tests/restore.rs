@@ -256,13 +256,16 @@ fn restore_from_s3_reproduces_gzip_blocks_and_verify_deep_finds_rewritten_conten
     let mut rewritten = fs::read(store.join(&key)).unwrap();
     rewritten[50] ^= 0xff;
 
-    let t = ok(with(&config, &["verify"]));
-    assert!(t.contains("bucket s3: 6 matching, 0 missing, 0 mismatched"), "metadata alone cannot tell: {t}");
+    // The server's ETag of the single-part object wins over the metadata: plain verify tells,
+    // and records the mismatch.
+    let t = fails(1, with(&config, &["verify"]));
+    assert!(t.contains("bucket s3: 5 matching, 0 missing, 1 mismatched"), "{t}");
+    assert!(t.contains("  mismatched: 2\n"), "{t}");
+    assert!(meta(&store, 2).hash_mismatch, "recorded in the .meta");
     let t = fails(1, with(&config, &["verify", "--deep"]));
     assert!(t.contains("bucket s3: 5 matching, 0 missing, 1 mismatched, 0 unknown MD5"), "{t}");
     let local = meta(&store, 2).md5;
     let downloaded = B64.encode(Md5::digest(&rewritten));
-    assert!(t.contains(&format!("  block 2: content differs (downloaded MD5 {downloaded}, local {local})\n")), "{t}");
 
     // Restore checks what it receives against the MD5 the bucket reports: block 2 is refused.
     let fresh = dir.join("fresh");
@@ -278,9 +281,16 @@ fn restore_from_s3_reproduces_gzip_blocks_and_verify_deep_finds_rewritten_conten
     assert!(t.contains(": 2 restored, 0 skipped (already there), 0 missing, 0 unverified, 1 failed;"), "{t}");
     assert_eq!(block_files(&fresh), vec![file(1, ".blk.gz"), file(3, ".blk.gz")]);
     no_temporary_files(&fresh);
-    // The directory restored before holds the original, which is what the bucket reports: skipped, kept.
-    let t = ok(restore(&config, "s3", "2..3", &into));
-    assert!(t.contains(": 0 restored, 1 skipped (already there), 0 missing"), "{t}");
+    // The directory restored before holds the original; the bucket's own digest says it holds
+    // other bytes now: refused, the original kept.
+    let t = fails(1, restore(&config, "s3", "2..3", &into));
+    assert!(
+        t.contains(&format!(
+            "block 2: DIR already holds it with MD5 {local} but `{key}` in bucket s3 has MD5 {downloaded}"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("the block in DIR is kept (never overwritten)"), "{t}");
     same_blocks(&store, &into, 0..6, ".blk.gz", "s3");
 }
 

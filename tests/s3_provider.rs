@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use blockferry::plugin::{BlockBody, BucketClient, CallError, Outcome, PluginFailure, PluginRuntime};
+use blockferry::plugin::{
+    BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure, PluginRuntime, PutReport, RemoteObject,
+};
 use common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, S3sFs, SECRET_KEY, boto};
 use common::*;
 use md5::{Digest, Md5};
@@ -84,7 +86,7 @@ fn plugin_check_accepts_both_components() {
         let text = text(&out);
         assert!(out.status.success(), "{name}: {text}");
         assert!(text.contains(&format!("provider: {provider}")), "{text}");
-        assert!(text.contains("blockferry:uploader/reading-provider@0.1.1"), "{text}");
+        assert!(text.contains("blockferry:uploader/reading-provider@0.1.2"), "{text}");
     }
 }
 
@@ -638,4 +640,152 @@ async fn the_reader_passes_the_conformance_checks_on_moto_and_s3s_fs() {
     let server = S3sFs::start("reading");
     let minio = open(&runtime, "blockferry_minio", settings(&server.endpoint(), "reading", &[])).await;
     common::reader::conformance(&minio).await;
+}
+
+/// Puts `bytes` as block `number` under `key`, with what the plugin reported.
+async fn put_reported(client: &BucketClient, number: u64, key: &str, bytes: &[u8]) -> Result<PutReport, CallError> {
+    client.put_block_reported(&block(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await
+}
+
+/// The remote object of a hash mismatch (panics on any other result).
+fn mismatch(result: Result<PutReport, CallError>) -> RemoteObject {
+    match result {
+        Err(CallError::Plugin(PluginFailure::HashMismatch(remote))) => remote,
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+}
+
+/// Whether a request the proxy saw is an `UploadPart` of part `number`.
+fn is_part(target: &str, number: u32) -> bool {
+    target.contains(&format!("partNumber={number}&"))
+}
+
+#[tokio::test]
+async fn a_single_part_put_the_server_stored_with_other_bytes_is_a_mismatch_never_uploaded() {
+    // moto does not check Content-MD5: a byte flipped on the way is stored,
+    // and only the ETag it answers with tells.
+    let moto = Moto::start();
+    moto.create_bucket("flipped");
+    let proxy =
+        FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(100)));
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "flipped", &[])).await;
+    let bytes = common::bytes(64 * 1024, 21);
+    let remote = mismatch(put_reported(&client, 1, "b/1.blk", &bytes).await);
+    let stored = boto_md5(&moto.endpoint(), "flipped", "b/1.blk");
+    assert_ne!(stored, md5_hex(&bytes), "the server stored the flipped bytes");
+    assert_eq!(remote.md5.as_deref().map(hex::encode), Some(stored.clone()), "the server's digest is reported");
+    assert_eq!(proxy.faults(), 1);
+    // Not provably this call's write (no versioning): left for an operator, not deleted.
+    assert_eq!(boto_md5(&moto.endpoint(), "flipped", "b/1.blk"), stored);
+    // `stat` reports the server's digest, not the MD5 metadata the plugin wrote.
+    let head = boto_head(&moto.endpoint(), "flipped", "b/1.blk");
+    assert_eq!(head["Metadata"]["content-md5"], B64.encode(Md5::digest(&bytes)), "the claim is in the metadata");
+    let stat = client.stat("b/1.blk").await.unwrap().unwrap();
+    assert_eq!(stat.md5.map(hex::encode), Some(stored));
+    // Another put of the same block finds the corrupt object: still a mismatch.
+    mismatch(put_reported(&client, 1, "b/1.blk", &bytes).await);
+
+    // A clean write is confirmed by the server's ETag.
+    let report = put_reported(&client, 2, "b/2.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
+    let report = put_reported(&client, 2, "b/2.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::AlreadyPresent, Some(Confirmation::ServerDigest)));
+}
+
+#[tokio::test]
+async fn in_a_versioned_bucket_the_corrupt_version_is_deleted_and_the_retry_uploads() {
+    let moto = Moto::start();
+    moto.create_bucket("versioned");
+    boto(
+        &moto.endpoint(),
+        "s3.put_bucket_versioning(Bucket='versioned', VersioningConfiguration={'Status': 'Enabled'})",
+    );
+    let proxy =
+        FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(7)));
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "versioned", &[])).await;
+    let bytes = common::bytes(32 * 1024, 22);
+    let message = match put_reported(&client, 1, "v.blk", &bytes).await {
+        Err(CallError::Plugin(PluginFailure::Transient(m))) => m,
+        other => panic!("expected a transient failure, got {other:?}"),
+    };
+    assert!(message.contains("stored other bytes") && message.contains("deleted the version"), "{message}");
+    let seen = proxy.seen();
+    let delete = seen.iter().find(|r| r.method == "DELETE").expect("the corrupt version is deleted");
+    assert!(delete.target.contains("versionId="), "by its version id: {}", delete.target);
+    let versions =
+        boto(&moto.endpoint(), "print(len(s3.list_object_versions(Bucket='versioned').get('Versions', [])))");
+    assert_eq!(versions.trim(), "0", "nothing of the corrupt write is left");
+    // The host's retry uploads the block.
+    let report = put_reported(&client, 1, "v.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
+    assert_eq!(boto_md5(&moto.endpoint(), "versioned", "v.blk"), md5_hex(&bytes));
+}
+
+#[tokio::test]
+async fn a_multipart_part_the_server_stored_with_other_bytes_is_sent_again() {
+    let moto = Moto::start();
+    moto.create_bucket("parts");
+    // Part 2 of the first upload is flipped once: its ETag disagrees, the part is sent again.
+    let flipped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = flipped.clone();
+    let proxy = FaultProxy::start(moto.addr(), move |_, method, target| {
+        (method == "PUT" && is_part(target, 2) && !once.swap(true, std::sync::atomic::Ordering::SeqCst))
+            .then_some(Fault::FlipByte(MIB))
+    });
+    let runtime = runtime();
+    let multipart = [("multipart_threshold", "5242880"), ("part_size", "5242880"), ("retry_base_delay_ms", "10")];
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "parts", &multipart)).await;
+    let bytes = common::bytes(12 * MIB, 23);
+    let report = put_reported(&client, 1, "big.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
+    assert_eq!(proxy.faults(), 1);
+    let part_2 = proxy.seen().iter().filter(|r| r.method == "PUT" && is_part(&r.target, 2)).count();
+    assert_eq!(part_2, 2, "part 2 was sent again");
+    assert_eq!(boto_md5(&moto.endpoint(), "parts", "big.blk"), md5_hex(&bytes));
+    let etag = boto_head(&moto.endpoint(), "parts", "big.blk")["ETag"].as_str().unwrap().to_string();
+    assert!(etag.ends_with("-3\""), "a three-part upload: {etag}");
+}
+
+#[tokio::test]
+async fn a_part_corrupted_on_every_attempt_is_never_uploaded() {
+    let moto = Moto::start();
+    moto.create_bucket("always");
+    let proxy = FaultProxy::start(moto.addr(), |_, method, target| {
+        (method == "PUT" && is_part(target, 3)).then_some(Fault::FlipByte(5))
+    });
+    let runtime = runtime();
+    let multipart = [
+        ("multipart_threshold", "5242880"),
+        ("part_size", "5242880"),
+        ("retry_base_delay_ms", "10"),
+        ("retry_max_attempts", "3"),
+    ];
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "always", &multipart)).await;
+    let bytes = common::bytes(12 * MIB, 24);
+    let message = transient(put(&client, 1, "big.blk", &bytes).await.unwrap_err());
+    assert!(message.contains("part 3") && message.contains("stored other bytes"), "{message}");
+    let listed = boto(&moto.endpoint(), "print(s3.list_objects_v2(Bucket='always').get('KeyCount', 0))");
+    assert_eq!(listed.trim(), "0", "no object was completed");
+    assert_eq!(open_uploads(&moto.endpoint(), "always"), 0, "the upload was aborted");
+}
+
+#[tokio::test]
+async fn s3s_fs_keeping_a_body_it_answered_bad_digest_for_is_a_mismatch() {
+    // s3s-fs checks Content-MD5 and answers BadDigest, but keeps the object;
+    // the retry then finds it, and its ETag (not the metadata) says it differs.
+    let server = S3sFs::start("digest");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap(), |n, method, _| {
+        (n == 0 && method == "PUT").then_some(Fault::FlipByte(3))
+    });
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "digest", &[])).await;
+    let bytes = common::bytes(16 * 1024, 25);
+    let message = transient(put(&client, 1, "d.blk", &bytes).await.unwrap_err());
+    assert!(message.contains("BadDigest"), "{message}");
+    let kept = std::fs::read(server.root.join("digest/d.blk")).expect("s3s-fs kept the object");
+    assert_ne!(md5_hex(&kept), md5_hex(&bytes), "the flipped body was kept");
+    let remote = mismatch(put_reported(&client, 1, "d.blk", &bytes).await);
+    assert_eq!(remote.md5, Some(Md5::digest(&kept).to_vec()), "the server's digest of what it kept");
 }

@@ -478,6 +478,35 @@ pub struct UploadConfig {
     /// multipart upload left by a killed process) is aborted.
     #[serde(default = "default_abandoned_upload_age_secs")]
     pub abandoned_upload_age_secs: u64,
+    /// The evidence retention needs from every bucket before it deletes a
+    /// local block.
+    #[serde(default)]
+    pub verify_before_delete: VerifyBeforeDelete,
+}
+
+/// `upload.verify_before_delete`: what must confirm a bucket's copy of a
+/// block before retention deletes the local one. The plugin's word alone
+/// (an `uploaded`, or MD5 metadata it wrote itself) is never enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyBeforeDelete {
+    /// A digest the service computed from what it stored (ETag, `md5Hash`,
+    /// checksum echo), or a read-back.
+    #[default]
+    ServerDigest,
+    /// The stored bytes read back and hashed (`blockferry verify --deep`, a
+    /// restore, or a provider that reads back what it wrote).
+    ReadBack,
+}
+
+impl VerifyBeforeDelete {
+    /// The weakest confirmation this setting accepts.
+    pub fn required(self) -> crate::store::Confirmed {
+        match self {
+            VerifyBeforeDelete::ServerDigest => crate::store::Confirmed::ServerDigest,
+            VerifyBeforeDelete::ReadBack => crate::store::Confirmed::ReadBack,
+        }
+    }
 }
 
 impl Default for UploadConfig {
@@ -491,6 +520,7 @@ impl Default for UploadConfig {
             retention_interval_secs: default_retention_interval_secs(),
             health_check_interval_secs: default_health_check_interval_secs(),
             abandoned_upload_age_secs: default_abandoned_upload_age_secs(),
+            verify_before_delete: VerifyBeforeDelete::default(),
         }
     }
 }

@@ -143,6 +143,9 @@ pub struct Sources {
     pub readiness: Arc<Readiness>,
     /// Blocks in the local store (updated by the status sampler).
     pub retained_blocks: AtomicU64,
+    /// The store's blocks per bucket and state, counted from the `.meta`
+    /// files at start-up and at every retention pass.
+    pub census: Arc<crate::upload::Census>,
     /// The config in force: generation, when loaded, reloads rejected.
     pub config: Arc<ConfigInForce>,
 }
@@ -319,6 +322,32 @@ impl Sources {
             &lag,
         )?;
         e.gauge("blockferry_retained_blocks", "Blocks in the local store", load(&self.retained_blocks) as f64)?;
+        if let Some(census) = self.census.get() {
+            let mut rows = Vec::new();
+            for (bucket, c) in &census.buckets {
+                for (state, v) in [
+                    ("confirmed", c.confirmed),
+                    ("unconfirmed", c.unconfirmed),
+                    ("pending", c.pending),
+                    ("failed", c.failed),
+                    ("hash_mismatch", c.hash_mismatch),
+                ] {
+                    rows.push((vec![("bucket", bucket.clone()), ("state", state.to_string())], v as f64));
+                }
+            }
+            e.gauges(
+                "blockferry_store_blocks",
+                "Blocks in the local store per bucket and state, counted from their .meta files (at start-up and \
+                 every retention pass): confirmed by the service's digest or a read-back, unconfirmed (the plugin's \
+                 word only), pending, failed, hash_mismatch",
+                &rows,
+            )?;
+            e.gauge(
+                "blockferry_store_hash_mismatched_blocks",
+                "Blocks in the local store some bucket holds with different content (kept forever), from their .meta files",
+                census.mismatched_blocks as f64,
+            )?;
+        }
 
         e.counters(
             "blockferry_plugin_calls",

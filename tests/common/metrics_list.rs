@@ -44,6 +44,8 @@ pub const METRICS: &[Metric] = &[
     m("blockferry_upload_pending_blocks", Gauge, &["bucket"]),
     m("blockferry_upload_lag_seconds", Gauge, &["bucket"]),
     m("blockferry_retained_blocks", Gauge, &[]),
+    m("blockferry_store_blocks", Gauge, &["bucket", "state"]),
+    m("blockferry_store_hash_mismatched_blocks", Gauge, &[]),
     // Plugins.
     m("blockferry_plugin_calls_total", Counter, BUCKET_PROVIDER),
     m("blockferry_plugin_errors_total", Counter, &["bucket", "provider", "kind"]),

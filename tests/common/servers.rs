@@ -298,6 +298,10 @@ pub enum Fault {
     Reset,
     /// Wait this long, then forward the request.
     Delay(Duration),
+    /// Forward the request with the byte of its body at this offset (modulo
+    /// the body's length) inverted, as a faulty network path or middlebox
+    /// would, leaving its headers (`Content-MD5` too) as they were.
+    FlipByte(usize),
 }
 
 /// The request line and headers of one request seen by the proxy.
@@ -492,7 +496,8 @@ async fn serve(
             return Ok(());
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(Fault::FlipByte(at)) if length > 0 => buf[head_end + at % length] ^= 0xff,
+        Some(Fault::FlipByte(_)) | None => {}
     }
     // Forward with `connection: close`, then relay the whole response.
     let mut forwarded = format!("{request_line}\r\n");

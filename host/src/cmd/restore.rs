@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::Context;
 use blockferry::config::Config;
 use blockferry::plugin::{BlockSink, CallError, RemoteObject, SinkTarget};
-use blockferry::store::{BlockMeta, BlockStore, BucketStatus, StoreError, md5_base64, now_ms};
+use blockferry::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError, md5_base64, now_ms};
 use blockferry::upload::Target;
 use clap::Args;
 use futures::StreamExt;
@@ -155,7 +155,9 @@ async fn restore_block(
     };
     let mut buckets: BTreeMap<String, BucketStatus> =
         others.iter().map(|b| (b.clone(), BucketStatus::Pending)).collect();
-    buckets.insert(target.name.clone(), BucketStatus::AlreadyPresent { at_ms: now_ms() });
+    // The local block is the bytes read back from this bucket: confirmed by construction.
+    let confirmed = Some(Confirmed::ReadBack);
+    buckets.insert(target.name.clone(), BucketStatus::AlreadyPresent { at_ms: now_ms(), confirmed });
     let adopted = tokio::task::spawn_blocking(move || store.adopt_block(temp, received.size, &received.md5, buckets));
     match adopted.await {
         Ok(Ok((_, true))) => Restored::Stored { bytes: received.size, verified },

@@ -24,7 +24,7 @@ use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
 use blockferry::upload::{
-    BlockNodeAcks, BucketArchive, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
+    BlockNodeAcks, BucketArchive, Census, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
 };
 use blockferry_sim::files::read_block_dir;
 use blockferry_sim::publisher::{PublisherOptions, publish};
@@ -171,7 +171,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
     let (retention_settings, retention_rx) = tokio::sync::watch::channel(RetentionSettings::of(&config));
-    let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone());
+    let census = Arc::new(Census::default());
+    let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
     let address = listener.local_addr()?;
@@ -190,6 +191,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publisher: publisher.clone(),
         readiness: Arc::default(),
         retained_blocks: Default::default(),
+        census,
         config: in_force.clone(),
     });
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
@@ -238,7 +240,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (s, r, a) = (store.clone(), retention_rx.borrow().clone(), acks());
-        let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, a)).await??;
+        let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
         shutdown_signal().await;

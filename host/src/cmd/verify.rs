@@ -12,6 +12,12 @@
 //! behind blockferry's back with the same size and metadata; one the bucket
 //! reports larger than the local block differs without a download. A bucket
 //! whose plugin cannot read is reported as an error and not checked.
+//!
+//! What is found is written into the block's `.meta`: a bucket found holding
+//! different content becomes `hash-mismatch` (so retention keeps the block
+//! and the mismatch is reported, also after a restart), and with `--deep` a
+//! copy whose downloaded content matches is recorded as confirmed by a
+//! read-back (which `upload.verify_before_delete` may require).
 
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
@@ -19,7 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use blockferry::plugin::{BlockSink, CallError, SinkTarget};
-use blockferry::store::{BlockMeta, BlockStore, BucketStatus, StoreError, md5_base64};
+use blockferry::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError, md5_base64};
 use blockferry::upload::Target;
 use clap::Args;
 use futures::StreamExt;
@@ -109,9 +115,41 @@ impl BucketReport {
     }
 }
 
+/// A change of a block's `.meta` recording what a check found.
+type Record = Box<dyn FnOnce(&mut BlockMeta) + Send>;
+
+/// Compare block `n` in the store with what `target` holds under its key
+/// (see [`compare`]) and record in its `.meta` what was found: different
+/// content as a hash mismatch, a deep match as confirmed by a read-back.
+async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Check {
+    let (check, remote_md5) = compare(&store, &target, n, deep).await;
+    let name = target.name.clone();
+    let record: Option<Record> = match &check {
+        Check::Mismatched | Check::ContentDiffers(_) => Some(Box::new(move |m: &mut BlockMeta| {
+            m.buckets.insert(name, BucketStatus::HashMismatch { remote_md5 });
+            m.hash_mismatch = true;
+        })),
+        Check::Matching if deep => Some(Box::new(move |m: &mut BlockMeta| {
+            if let Some(BucketStatus::Uploaded { confirmed, .. } | BucketStatus::AlreadyPresent { confirmed, .. }) =
+                m.buckets.get_mut(&name)
+            {
+                *confirmed = Some(Confirmed::ReadBack);
+            }
+        })),
+        _ => None,
+    };
+    let Some(record) = record else { return check };
+    match tokio::task::spawn_blocking(move || store.update_meta(n, record)).await {
+        Ok(Ok(_)) | Ok(Err(StoreError::NotFound(_))) => check,
+        Ok(Err(e)) => Check::Error(format!("block {n}: recording the result in its .meta: {e}")),
+        Err(e) => Check::Error(format!("block {n}: {e}")),
+    }
+}
+
 /// Compare block `n` in the store with what `target` holds under its key;
 /// with `deep`, download what matches by metadata and compare its content.
-async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Check {
+/// With the remote content's MD5 (base64) when known.
+async fn compare(store: &Arc<BlockStore>, target: &Target, n: u64, deep: bool) -> (Check, Option<String>) {
     let meta = match tokio::task::spawn_blocking({
         let store = store.clone();
         move || store.read_meta(n)
@@ -119,23 +157,25 @@ async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Ch
     .await
     {
         Ok(Ok(meta)) => meta,
-        Ok(Err(StoreError::NotFound(_))) if !store.has_block(n) => return Check::Gone,
-        Ok(Err(e)) => return Check::Error(format!("block {n}: local metadata: {e}")),
-        Err(e) => return Check::Error(format!("block {n}: {e}")),
+        Ok(Err(StoreError::NotFound(_))) if !store.has_block(n) => return (Check::Gone, None),
+        Ok(Err(e)) => return (Check::Error(format!("block {n}: local metadata: {e}")), None),
+        Err(e) => return (Check::Error(format!("block {n}: {e}")), None),
     };
     let key = (target.key)(n, meta.ext());
     let remote = match target.client.stat(&key).await {
         Ok(None) => {
-            return match meta.status(&target.name) {
+            let check = match meta.status(&target.name) {
                 BucketStatus::Pending | BucketStatus::Failed { .. } => Check::NotUploaded,
                 _ => Check::Missing,
             };
+            return (check, None);
         }
         Ok(Some(remote)) => remote,
-        Err(e) => return Check::Error(format!("block {n}: stat `{key}`: {e}")),
+        Err(e) => return (Check::Error(format!("block {n}: stat `{key}`: {e}")), None),
     };
-    let by_metadata = match remote.md5 {
-        Some(md5) if md5 == meta.md5_bytes() => Check::Matching,
+    let remote_md5 = remote.md5.as_deref().map(md5_base64);
+    let by_metadata = match &remote.md5 {
+        Some(md5) if *md5 == meta.md5_bytes() => Check::Matching,
         Some(_) => Check::Mismatched,
         None if remote.size != meta.size => Check::Mismatched,
         None => Check::UnknownMd5,
@@ -144,25 +184,27 @@ async fn check(store: Arc<BlockStore>, target: Target, n: u64, deep: bool) -> Ch
         Check::Matching | Check::UnknownMd5 if deep => {
             if remote.size > meta.size {
                 let detail = format!("the object is {} bytes, local {} bytes", remote.size, meta.size);
-                return Check::ContentDiffers(detail);
+                return (Check::ContentDiffers(detail), remote_md5);
             }
-            check_content(&target, &key, &meta).await
+            check_content(target, &key, &meta).await
         }
-        other => other,
+        other => (other, remote_md5),
     }
 }
 
-/// Download the object under `key` (its MD5 only) and compare it with `meta`.
-async fn check_content(target: &Target, key: &str, meta: &BlockMeta) -> Check {
+/// Download the object under `key` (its MD5 only) and compare it with `meta`;
+/// with the MD5 (base64) of what was downloaded.
+async fn check_content(target: &Target, key: &str, meta: &BlockMeta) -> (Check, Option<String>) {
     let n = meta.number;
     let sink = BlockSink::new(SinkTarget::Digest, meta.size + 1);
     match target.client.get(key, sink).await {
-        Ok(None) => Check::Missing,
-        Ok(Some((_, received))) if received.md5[..] == meta.md5_bytes()[..] => Check::Matching,
+        Ok(None) => (Check::Missing, None),
+        Ok(Some((_, received))) if received.md5[..] == meta.md5_bytes()[..] => (Check::Matching, None),
         Ok(Some((_, received))) => {
-            Check::ContentDiffers(format!("downloaded MD5 {}, local {}", md5_base64(&received.md5), meta.md5))
+            let got = md5_base64(&received.md5);
+            (Check::ContentDiffers(format!("downloaded MD5 {got}, local {}", meta.md5)), Some(got))
         }
-        Err(e) => Check::Error(format!("block {n}: get `{key}`: {e}")),
+        Err(e) => (Check::Error(format!("block {n}: get `{key}`: {e}")), None),
     }
 }
 
@@ -229,6 +271,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             if found.count > 0 {
                 println!("  {what}: {}", found.numbers());
             }
+        }
+        if r.mismatched.count > 0 {
+            println!("  recorded as hash-mismatch in their .meta: these local blocks are kept");
         }
         for d in &r.content_differs {
             println!("  {d}");

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/metrics` | every metric, Prometheus (OpenMetrics) text format |
 //! | `/healthz` | 200 while the process serves |
-//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable or refusing blocks, buffer saturated) |
+//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable or refusing blocks, buffer saturated); a ready host also lists warnings (blocks kept because a bucket holds different content) |
 //! | `/api/status` | the state as JSON (what the status page shows) |
 //! | `/` | the status page: one small HTML file, no build step |
 //!
@@ -56,6 +56,12 @@ pub struct Status {
     pub ready: bool,
     /// Why not.
     pub not_ready: Vec<String>,
+    /// What an operator must look at though the host is ready (hash
+    /// mismatches: they do not stop the host from taking blocks safely).
+    pub warnings: Vec<String>,
+    /// Blocks in the store some bucket holds with different content, from
+    /// their `.meta` files (`null` until first counted).
+    pub mismatched_blocks: Option<u64>,
     /// The config generation in force (1 at start, +1 per reload applied).
     pub config_generation: u64,
     /// When it was loaded (Unix ms).
@@ -89,8 +95,13 @@ pub struct BucketView {
     pub pending: u64,
     /// Failed attempts.
     pub failed: u64,
-    /// Hash mismatches.
+    /// Blocks of the store whose object in the bucket has different content:
+    /// as last counted from the `.meta` files, or the mismatches this process
+    /// saw since, whichever is more.
     pub mismatched: u64,
+    /// The store's blocks in this bucket by state, as last counted from the
+    /// `.meta` files (`null` until first counted).
+    pub blocks: Option<crate::upload::BlockCounts>,
     /// Age of the oldest block not yet safe, in seconds.
     pub lag_seconds: f64,
     /// `[unix ms, lag seconds]` over the last hour.
@@ -200,6 +211,8 @@ impl Http {
         let s = &self.sources;
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let census = s.census.get();
+        let counted = |name: &str| census.as_ref().and_then(|c| c.buckets.get(name).copied());
         let buckets = s
             .buckets()
             .iter()
@@ -211,7 +224,8 @@ impl Http {
                 already_present: load(&b.stats.already_present),
                 pending: load(&b.stats.pending),
                 failed: load(&b.stats.failures),
-                mismatched: load(&b.stats.hash_mismatches),
+                mismatched: load(&b.stats.hash_mismatches).max(counted(&b.name).map_or(0, |c| c.hash_mismatch)),
+                blocks: counted(&b.name),
                 lag_seconds: s.lag_seconds(&b.stats),
                 lag_history: h.into_iter().flatten().copied().collect(),
                 health: b.stats.health().label(),
@@ -225,6 +239,8 @@ impl Http {
             version: env!("CARGO_PKG_VERSION"),
             ready: not_ready.is_empty(),
             not_ready,
+            warnings: warnings(s),
+            mismatched_blocks: census.as_ref().map(|c| c.mismatched_blocks),
             config_generation: s.config.generation(),
             config_loaded_at_ms: s.config.loaded_at_ms(),
             retained_blocks: load(&s.retained_blocks),
@@ -299,15 +315,44 @@ async fn metrics(State(started): State<Arc<Started>>) -> Response {
 }
 
 async fn readyz(State(started): State<Arc<Started>>) -> Response {
-    let reasons = match started.get() {
-        Ok(http) => http.sources.readiness.reasons(),
+    let (reasons, warnings) = match started.get() {
+        Ok(http) => (http.sources.readiness.reasons(), warnings(&http.sources)),
         Err(starting) => return starting.into_response(),
     };
     if reasons.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        let warnings: String = warnings.iter().map(|w| format!("warning: {w}\n")).collect();
+        (StatusCode::OK, format!("ready\n{warnings}")).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", reasons.join("\n"))).into_response()
     }
+}
+
+/// What an operator must look at though the host may be ready: blocks some
+/// bucket holds with different content. A mismatch does not make the host
+/// not ready: it keeps taking and storing blocks safely (the mismatched
+/// block is kept locally forever), and refusing traffic would only stop the
+/// stream; the alert and these warnings call the operator.
+fn warnings(s: &Sources) -> Vec<String> {
+    let Some(census) = s.census.get() else { return Vec::new() };
+    let mut warnings = Vec::new();
+    for (bucket, c) in &census.buckets {
+        if c.hash_mismatch > 0 {
+            warnings.push(format!(
+                "bucket {bucket} holds different content for {} stored block(s) (hash mismatch): the local copies \
+                 are kept; `blockferry verify` lists them",
+                c.hash_mismatch
+            ));
+        }
+    }
+    let per_bucket: u64 = census.buckets.values().map(|c| c.hash_mismatch).sum();
+    if census.mismatched_blocks > 0 && per_bucket == 0 {
+        warnings.push(format!(
+            "{} stored block(s) were found with different content in a bucket no longer configured: the local \
+             copies are kept",
+            census.mismatched_blocks
+        ));
+    }
+    warnings
 }
 
 async fn status(State(started): State<Arc<Started>>) -> Response {

@@ -32,5 +32,5 @@ pub mod reading {
 }
 
 pub use blockferry::uploader::types::{
-    BlockInfo, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
+    BlockInfo, Confirmation, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
 };

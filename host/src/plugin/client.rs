@@ -14,7 +14,7 @@ use wasmtime::component::{Resource, ResourceAny};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::reading::ReadingProvider;
-use super::bindings::{IncompleteUpload, ObjectPage, Provider, UploadError};
+use super::bindings::{Confirmation, IncompleteUpload, ObjectPage, Provider, UploadError};
 use super::egress::{EgressPolicy, url_authority};
 use super::error::{CallError, PluginFailure};
 use super::logs::PluginLog;
@@ -96,6 +96,19 @@ fn setting_authority(value: &str) -> Option<String> {
         let json: serde_json::Value = serde_json::from_str(value).ok()?;
         url_authority(json.get("token_uri")?.as_str()?)
     })
+}
+
+/// What a successful `put-block` came to, with what the plugin reported
+/// about the object during the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// Uploaded, or already present.
+    pub outcome: Outcome,
+    /// The version the service gave the new object (`host.object-version`).
+    pub version: Option<String>,
+    /// How the plugin confirmed the object holds the block's bytes
+    /// (`host.object-confirmed`); `None`: only the plugin's word.
+    pub confirmed: Option<Confirmation>,
 }
 
 /// Counters of one bucket's plugin calls.
@@ -270,16 +283,12 @@ impl BucketClient {
 
     /// Upload `body` as `block` if the key is free (see `put-block` in the WIT).
     pub async fn put_block(&self, block: &BlockInfo, body: &BlockBody) -> Result<Outcome, CallError> {
-        self.put_block_versioned(block, body).await.map(|(outcome, _)| outcome)
+        self.put_block_reported(block, body).await.map(|put| put.outcome)
     }
 
-    /// [`put_block`](Self::put_block), with the version the service gave the
-    /// new object when the plugin reported one (`host.object-version`).
-    pub async fn put_block_versioned(
-        &self,
-        block: &BlockInfo,
-        body: &BlockBody,
-    ) -> Result<(Outcome, Option<String>), CallError> {
+    /// [`put_block`](Self::put_block), with what the plugin reported about
+    /// the object during the call (`host.object-version`, `host.object-confirmed`).
+    pub async fn put_block_reported(&self, block: &BlockInfo, body: &BlockBody) -> Result<PutReport, CallError> {
         let block = block.clone();
         let body = body.clone();
         let result = self
@@ -299,7 +308,8 @@ impl BucketClient {
                         i.store.data_mut().table.delete(Resource::<BlockBody>::new_own(rep))?;
                     }
                     let version = i.store.data_mut().object_version(&block.key);
-                    result.map(|r| r.map(|outcome| (outcome, version)))
+                    let confirmed = i.store.data_mut().object_confirmed(&block.key);
+                    result.map(|r| r.map(|outcome| PutReport { outcome, version, confirmed }))
                 }
                 .await;
                 (i, r)

@@ -30,11 +30,11 @@ use wasmtime::Engine;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
-pub use bindings::{BlockInfo, IncompleteUpload, ListedObject, ObjectPage, Outcome, RemoteObject};
+pub use bindings::{BlockInfo, Confirmation, IncompleteUpload, ListedObject, ObjectPage, Outcome, RemoteObject};
 pub use body::BlockBody;
 pub use cache::{ArtifactCache, Provenance};
 pub use check::{CONTRACT_VERSION, ComponentReport};
-pub use client::{BucketClient, BucketSpec, CallStats};
+pub use client::{BucketClient, BucketSpec, CallStats, PutReport};
 pub use engine::EngineSettings;
 pub use error::{CallError, LoadError, PluginFailure};
 pub use sink::{BlockSink, Received, SinkTarget};

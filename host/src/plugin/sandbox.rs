@@ -15,8 +15,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::Level;
 use super::bindings::blockferry::uploader::host::Host;
+use super::bindings::{Confirmation, Level};
 use super::egress::{EgressHooks, EgressPolicy};
 use super::logs::PluginLog;
 
@@ -62,6 +62,9 @@ pub struct StoreState {
     /// The version the service gave the object written by the current call
     /// (`host.object-version`), with its key.
     object_version: Option<(String, String)>,
+    /// How the plugin confirmed the object of the current call
+    /// (`host.object-confirmed`), with its key.
+    object_confirmed: Option<(String, Confirmation)>,
 }
 
 impl StoreState {
@@ -91,6 +94,7 @@ impl StoreState {
             log,
             streams: Arc::new(AtomicUsize::new(0)),
             object_version: None,
+            object_confirmed: None,
         })
     }
 
@@ -99,6 +103,7 @@ impl StoreState {
         self.hooks.deadline = deadline;
         self.limiter.hit = false;
         self.object_version = None;
+        self.object_confirmed = None;
     }
 
     /// The version the plugin reported for `key` during the current call.
@@ -116,6 +121,11 @@ impl StoreState {
             ));
         }
         Ok(StreamSlot(self.streams.clone()))
+    }
+
+    /// How the plugin confirmed the object under `key` during the current call.
+    pub fn object_confirmed(&mut self, key: &str) -> Option<Confirmation> {
+        self.object_confirmed.take().filter(|(k, _)| k == key).map(|(_, c)| c)
     }
 
     /// When the current call must end.
@@ -163,6 +173,13 @@ impl Host for StoreState {
         // Kept short: it goes into the block's `.meta`.
         if key.len() <= 1024 && version.len() <= 1024 {
             self.object_version = Some((key, version));
+        }
+        Ok(())
+    }
+
+    async fn object_confirmed(&mut self, key: String, by: Confirmation) -> wasmtime::Result<()> {
+        if key.len() <= 1024 {
+            self.object_confirmed = Some((key, by));
         }
         Ok(())
     }

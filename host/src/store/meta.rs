@@ -17,6 +17,30 @@ pub fn md5_base64(md5: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5)
 }
 
+/// How a bucket's copy of a block was confirmed to hold exactly the block's
+/// bytes. A copy with no confirmation rests on the plugin's word alone (the
+/// plugin said `uploaded`, or found an object whose metadata carries the
+/// right MD5), and retention keeps the local block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Confirmed {
+    /// A digest the service computed from what it stored (an S3 ETag, a GCS
+    /// `md5Hash`, an echoed checksum) equals the block's MD5.
+    ServerDigest,
+    /// The stored bytes were read back and their MD5 equals the block's
+    /// (`blockferry verify --deep`, or a provider that reads back).
+    ReadBack,
+}
+
+impl From<crate::plugin::Confirmation> for Confirmed {
+    fn from(by: crate::plugin::Confirmation) -> Self {
+        match by {
+            crate::plugin::Confirmation::ServerDigest => Confirmed::ServerDigest,
+            crate::plugin::Confirmation::ReadBack => Confirmed::ReadBack,
+        }
+    }
+}
+
 /// Where one block stands with one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -32,11 +56,18 @@ pub enum BucketStatus {
         /// generation), when it reported one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
+        /// How the copy was confirmed; absent: only the plugin's word (and
+        /// in `.meta` files written before confirmations were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confirmed: Option<Confirmed>,
     },
     /// The bucket already held the same content (another node uploaded it).
     AlreadyPresent {
         /// When this was found, in Unix milliseconds.
         at_ms: u64,
+        /// How the copy was confirmed; absent: only the plugin's word.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confirmed: Option<Confirmed>,
     },
     /// The bucket holds different content under the block's key. Final: never
     /// retried, and the local block is kept forever.
@@ -59,6 +90,20 @@ impl BucketStatus {
     /// The block is safe in this bucket (uploaded or already present).
     pub fn is_safe(&self) -> bool {
         matches!(self, BucketStatus::Uploaded { .. } | BucketStatus::AlreadyPresent { .. })
+    }
+
+    /// How the copy in this bucket was confirmed (`None` when it is not safe
+    /// there, or rests on the plugin's word alone).
+    pub fn confirmed(&self) -> Option<Confirmed> {
+        match self {
+            BucketStatus::Uploaded { confirmed, .. } | BucketStatus::AlreadyPresent { confirmed, .. } => *confirmed,
+            _ => None,
+        }
+    }
+
+    /// Safe in this bucket with at least the evidence `required` asks for.
+    pub fn is_confirmed(&self, required: Confirmed) -> bool {
+        self.confirmed().is_some_and(|c| c >= required)
     }
 
     /// Nothing more will be done for this block in this bucket.
@@ -147,9 +192,15 @@ impl BlockMeta {
         self.buckets.get(bucket).cloned().unwrap_or_default()
     }
 
-    /// Safe in every one of `buckets` and never mismatched: the only state in
-    /// which retention may delete the block.
+    /// Safe in every one of `buckets` and never mismatched.
     pub fn safe_in_all<'a>(&self, mut buckets: impl Iterator<Item = &'a str>) -> bool {
         !self.hash_mismatch && buckets.all(|b| self.status(b).is_safe())
+    }
+
+    /// Safe in every one of `buckets` with at least the evidence `required`
+    /// asks for, and never mismatched: the only state in which retention may
+    /// delete the block.
+    pub fn confirmed_in_all<'a>(&self, mut buckets: impl Iterator<Item = &'a str>, required: Confirmed) -> bool {
+        !self.hash_mismatch && buckets.all(|b| self.status(b).is_confirmed(required))
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use md5::{Digest, Md5};
 
 pub use codec::{BLOCK_EXTS, gunzip, gzip, strip_block_ext, zstd};
-pub use meta::{BlockMeta, BucketStatus, md5_base64, now_ms};
+pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64, now_ms};
 
 use crate::config::Compression;
 
@@ -351,9 +351,10 @@ impl BlockStore {
     }
 
     /// Start-up recovery: delete leftover temporary files and orphan `.meta`
-    /// files, rebuild missing or corrupt `.meta` files from their block file
-    /// (pending in every bucket), and record `buckets` missing from a `.meta`
-    /// as pending.
+    /// files, and rebuild missing or corrupt `.meta` files from their block
+    /// file (pending in every bucket). A bucket a `.meta` does not name is
+    /// pending there implicitly ([`BlockMeta::status`]): adding a bucket
+    /// rewrites nothing.
     pub fn recover(&self, buckets: &[String]) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
         let tmp_dir = self.dir.join(TMP_DIR);
@@ -382,15 +383,7 @@ impl BlockStore {
         for (&number, file) in &block_files {
             report.blocks += 1;
             match self.read_meta(number) {
-                Ok(meta) if meta.file == *file => {
-                    if buckets.iter().any(|b| !meta.buckets.contains_key(b)) {
-                        self.update_meta(number, |m| {
-                            for b in buckets {
-                                m.buckets.entry(b.clone()).or_default();
-                            }
-                        })?;
-                    }
-                }
+                Ok(meta) if meta.file == *file => {}
                 other => {
                     if let Err(e) = other {
                         tracing::warn!(block = number, "rebuilding metadata: {e}");
@@ -531,7 +524,10 @@ mod tests {
         assert!(matches!(store.write_block(7, b"other", &buckets()), Err(StoreError::Conflict { number: 7, .. })));
         let updated = store
             .update_meta(7, |m| {
-                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None }).map(drop).unwrap_or(())
+                m.buckets
+                    .insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: None })
+                    .map(drop)
+                    .unwrap_or(())
             })
             .unwrap();
         assert!(updated.status("a").is_safe() && !updated.safe_in_all(["a", "b"].into_iter()));
@@ -545,7 +541,8 @@ mod tests {
     fn adopted_blocks_are_stored_as_written_ones_and_never_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path(), Compression::Gzip).unwrap();
-        let safe_in_a = || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5 })]);
+        let safe_in_a =
+            || BTreeMap::from([("a".to_string(), BucketStatus::AlreadyPresent { at_ms: 5, confirmed: None })]);
         let fill = |n: u64, bytes: &[u8]| {
             let temp = store.temp_block(n).unwrap();
             temp.file().write_all(bytes).unwrap();
@@ -612,6 +609,43 @@ mod tests {
             assert_eq!(meta.status("b"), BucketStatus::Pending, "a new bucket is pending");
         }
         assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+        // A bucket added to the config is pending implicitly: block 4's intact .meta was not rewritten.
+        assert!(!store.read_meta(4).unwrap().buckets.contains_key("b"), "nothing written for the new bucket");
+    }
+
+    #[test]
+    fn an_older_meta_parses_and_its_copies_are_unconfirmed() {
+        // A `.meta` as written before confirmations were recorded.
+        let md5 = md5_base64(&Md5::digest(b"x"));
+        let old = format!(
+            r#"{{"number":1,"file":"{:036}.blk","size":1,"md5":"{md5}","created_at_ms":5,
+            "buckets":{{"a":{{"state":"uploaded","at_ms":6}},"b":{{"state":"already-present","at_ms":7}}}},
+            "hash_mismatch":false}}"#,
+            1
+        );
+        let meta = BlockMeta::parse(old.as_bytes(), 1).unwrap();
+        assert!(meta.safe_in_all(["a", "b"].into_iter()));
+        assert_eq!((meta.status("a").confirmed(), meta.status("b").confirmed()), (None, None));
+        assert!(!meta.confirmed_in_all(["a"].into_iter(), Confirmed::ServerDigest), "the plugin's word only");
+        // Confirmed copies: a server digest satisfies `server-digest`, only a read-back satisfies `read-back`.
+        let mut meta = meta;
+        meta.buckets.insert(
+            "a".into(),
+            BucketStatus::Uploaded { at_ms: 6, version: None, confirmed: Some(Confirmed::ServerDigest) },
+        );
+        meta.buckets
+            .insert("b".into(), BucketStatus::AlreadyPresent { at_ms: 7, confirmed: Some(Confirmed::ReadBack) });
+        let names = || ["a", "b"].into_iter();
+        assert!(meta.confirmed_in_all(names(), Confirmed::ServerDigest));
+        assert!(!meta.confirmed_in_all(names(), Confirmed::ReadBack));
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(
+            json.contains(r#""confirmed":"server-digest""#) && json.contains(r#""confirmed":"read-back""#),
+            "{json}"
+        );
+        assert_eq!(BlockMeta::parse(json.as_bytes(), 1).unwrap(), meta);
+        meta.hash_mismatch = true;
+        assert!(!meta.confirmed_in_all(names(), Confirmed::ServerDigest), "never after a mismatch");
     }
 
     #[test]

@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use archive::BucketArchive;
-pub use retention::{BlockNodeAcks, RetentionReport, RetentionSettings, run_retention, spawn_retention};
+pub use retention::{
+    BlockCounts, BlockNodeAcks, Census, CensusCounts, RetentionReport, RetentionSettings, count_blocks, run_retention,
+    spawn_retention,
+};
 pub use upkeep::Health;
 
 use crate::config::{BucketConfig, UploadConfig};

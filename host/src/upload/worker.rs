@@ -10,8 +10,8 @@ use tokio::task::JoinSet;
 
 use super::{BucketStats, Target};
 use crate::config::UploadConfig;
-use crate::plugin::{BlockBody, BlockInfo, CallError, Outcome, PluginFailure};
-use crate::store::{BlockStore, BucketStatus, StoreError, md5_base64, now_ms};
+use crate::plugin::{BlockBody, BlockInfo, CallError, Outcome, PluginFailure, PutReport};
+use crate::store::{BlockStore, BucketStatus, Confirmed, StoreError, md5_base64, now_ms};
 
 /// What one upload attempt came to.
 enum Attempt {
@@ -195,20 +195,21 @@ async fn try_upload(
         .into(),
     };
     let started = Instant::now();
-    let result = target.client.put_block_versioned(&info, &body).await;
+    let result = target.client.put_block_reported(&info, &body).await;
     let (status, attempt) = match result {
-        Ok((outcome, version)) => {
+        Ok(PutReport { outcome, version, confirmed }) => {
+            let confirmed = confirmed.map(Confirmed::from);
             stats.latency_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             stats.upload_seconds.observe(started.elapsed());
             let at_ms = now_ms();
             if outcome == Outcome::Uploaded {
                 stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(bucket = %target.name, block = n, key = %info.key, ?version, "uploaded");
-                (BucketStatus::Uploaded { at_ms, version }, Attempt::Done)
+                tracing::debug!(bucket = %target.name, block = n, key = %info.key, ?version, ?confirmed, "uploaded");
+                (BucketStatus::Uploaded { at_ms, version, confirmed }, Attempt::Done)
             } else {
                 stats.already_present.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(bucket = %target.name, block = n, key = %info.key, "already present");
-                (BucketStatus::AlreadyPresent { at_ms }, Attempt::Done)
+                tracing::debug!(bucket = %target.name, block = n, key = %info.key, ?confirmed, "already present");
+                (BucketStatus::AlreadyPresent { at_ms, confirmed }, Attempt::Done)
             }
         }
         Err(CallError::Plugin(PluginFailure::HashMismatch(remote))) => {

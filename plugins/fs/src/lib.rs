@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-use blockferry_guest::{BlockBody, BlockInfo, Bucket, Guest, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{
+    BlockBody, BlockInfo, Bucket, Confirmation, Guest, GuestBucket, Level, Outcome, RemoteObject, UploadError,
+};
 use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader, ReaderGuest};
 
 /// Bytes asked of the host per `block-body.read` call.
@@ -74,7 +76,20 @@ impl GuestBucket for FsBucket {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return match self.stat(block.key.clone())? {
-                    Some(there) if there.md5.as_deref() == Some(&block.md5[..]) => Ok(Outcome::AlreadyPresent),
+                    Some(there) if there.md5.as_deref() == Some(&block.md5[..]) => {
+                        // `stat` may answer from this provider's own metadata:
+                        // read the file back to confirm.
+                        let read = hash_file(&target).map_err(|e| io_error("hash object", key, e))?;
+                        if read[..] != block.md5[..] {
+                            return Err(UploadError::HashMismatch(RemoteObject {
+                                size: there.size,
+                                md5: Some(read.to_vec()),
+                                etag: None,
+                            }));
+                        }
+                        blockferry_guest::object_confirmed(key, Confirmation::ReadBack);
+                        Ok(Outcome::AlreadyPresent)
+                    }
                     Some(there) => Err(UploadError::HashMismatch(there)),
                     None => Err(UploadError::Transient(format!(
                         "put-block `{key}`: an object existed when linking but vanished before it could be checked"
@@ -93,6 +108,10 @@ impl GuestBucket for FsBucket {
                 &format!("put-block `{key}`: stored, but writing its metadata failed ({e}); stat will hash the object"),
             );
         }
+        // The MD5 was computed from exactly the bytes handed to the file
+        // system while writing them (no transport in between), and the file
+        // was fsynced: the service's own digest of what it stored.
+        blockferry_guest::object_confirmed(key, Confirmation::ServerDigest);
         blockferry_guest::log(
             Level::Debug,
             &format!("put-block `{key}`: uploaded {size} bytes to {}", target.display()),

@@ -35,7 +35,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use blockferry_guest::block::{checked_size, existing_outcome};
 use blockferry_guest::http::{Body, HttpError, Request, Response};
 use blockferry_guest::retry::{self, Call, Policy, Verdict};
-use blockferry_guest::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{
+    BlockBody, BlockInfo, Bucket, Confirmation, GuestBucket, Level, Outcome, RemoteObject, UploadError,
+};
 use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
 use blockferry_guest::{unix_now, uri_encode};
 use wasip2::http::types::Method;
@@ -122,19 +124,28 @@ impl GuestBucket for GcsBucket {
                     );
                     return Err(UploadError::HashMismatch(there.clone()));
                 }
+                // `md5Hash` is computed by the service from the bytes it stored.
+                if written.as_ref().is_some_and(|s| s.object.md5.as_deref() == Some(&block.md5[..])) {
+                    blockferry_guest::object_confirmed(&block.key, Confirmation::ServerDigest);
+                }
                 if let Some(generation) = written.and_then(|s| s.generation) {
                     blockferry_guest::object_version(&block.key, &generation);
                 }
                 blockferry_guest::log(Level::Debug, &format!("uploaded {size} bytes to {}", cfg.location(&key)));
                 Ok(Outcome::Uploaded)
             }
-            Created::Exists => existing_outcome(&block, self.get_metadata(&key)?.map(|s| s.object), || {
-                format!(
-                    "objects.insert {}: the server said an object exists (HTTP 412) but objects.get found \
-                     none (deleted meanwhile?); retry later",
-                    cfg.location(&key)
-                )
-            }),
+            Created::Exists => {
+                let outcome = existing_outcome(&block, self.get_metadata(&key)?.map(|s| s.object), || {
+                    format!(
+                        "objects.insert {}: the server said an object exists (HTTP 412) but objects.get found \
+                         none (deleted meanwhile?); retry later",
+                        cfg.location(&key)
+                    )
+                })?;
+                // Already present means the service's `md5Hash` equals the block's MD5.
+                blockferry_guest::object_confirmed(&block.key, Confirmation::ServerDigest);
+                Ok(outcome)
+            }
         }
     }
 

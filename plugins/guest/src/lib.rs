@@ -58,9 +58,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::blockferry::uploader::host::{BlockBody, BlockSink, log, object_version};
+pub use bindings::blockferry::uploader::host::{BlockBody, BlockSink, log, object_confirmed, object_version};
 pub use bindings::blockferry::uploader::types::{
-    BlockInfo, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
+    BlockInfo, Confirmation, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
 };
 /// Exports a type implementing both [`Guest`] and [`ReaderGuest`] as the
 /// component's `bucket-uploader` and `bucket-reader`.

@@ -3,6 +3,16 @@
 //! policy of [`crate::retry`], and errors that name the operation, bucket,
 //! key, HTTP status and S3 error code.
 //!
+//! What the server says it stored is checked, not assumed: a single-part
+//! ETag must equal the block's MD5, each part's ETag the part's MD5 (a part
+//! that disagrees is sent again), and the completed upload's ETag
+//! MD5(part MD5s)-N, whenever the object's encryption keeps ETags MD5s (none,
+//! SSE-S3). A write the server stored differently is never `uploaded`: in a
+//! versioned bucket the provider deletes exactly the version it created and
+//! the host retries; otherwise it reports `hash-mismatch`, so the host keeps
+//! the block and alerts. A confirmed write is reported to the host with
+//! `host.object-confirmed(server-digest)`.
+//!
 //! It is generic over a [`Flavor`] (the defaults that differ between AWS S3
 //! and MinIO); the `blockferry-s3` and `blockferry-minio` components each
 //! pick one and export `S3Bucket<TheirFlavor>` as both their `bucket` and
@@ -31,7 +41,7 @@ use crate::block::{checked_size, existing_outcome};
 use crate::http::{Body, HttpError, Request, Response};
 use crate::retry::{self, Call, Verdict};
 use crate::sigv4::{self, Signable};
-use crate::{BlockBody, BlockInfo, Bucket, GuestBucket, Level, Outcome, RemoteObject, UploadError};
+use crate::{BlockBody, BlockInfo, Bucket, Confirmation, GuestBucket, Level, Outcome, RemoteObject, UploadError};
 use crate::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
 
 /// User-metadata header holding the content MD5 (base64) of every object written.
@@ -56,10 +66,94 @@ pub struct S3Bucket<F: Flavor> {
 /// What a conditional create found.
 #[derive(Debug, PartialEq, Eq)]
 enum Created {
-    /// This call wrote the object; the `x-amz-version-id` the server gave it, if any.
-    Written(Option<String>),
+    /// This call wrote the object.
+    Written(Written),
     /// An object already existed under the key (412 Precondition Failed).
     Exists,
+}
+
+/// What the server answered to the write that created an object.
+#[derive(Debug, PartialEq, Eq)]
+struct Written {
+    /// The `x-amz-version-id` the server gave it, if any.
+    version: Option<String>,
+    /// The ETag it answered with, if any.
+    etag: Option<String>,
+    /// Whether that ETag is a digest of the content (it is not under SSE-KMS
+    /// or SSE-C, whatever its form).
+    etag_is_digest: bool,
+}
+
+impl Written {
+    /// From the headers of the response to a PutObject or
+    /// CompleteMultipartUpload (whose ETag may be in the body: `etag`).
+    fn of(response: &Response, etag: Option<String>) -> Self {
+        Written {
+            version: version_id(response),
+            etag: etag.or_else(|| response.header("etag").map(str::to_string)),
+            etag_is_digest: !encrypted_opaquely(response),
+        }
+    }
+}
+
+/// What the server's digest says of a write.
+#[derive(Debug, PartialEq, Eq)]
+enum EtagCheck {
+    /// It equals the content's: the server stored the block's bytes.
+    Confirmed,
+    /// The server gave no digest of the content (no ETag, or SSE-KMS/SSE-C).
+    Unknown,
+    /// It differs: the server stored other bytes.
+    Differs,
+}
+
+/// Compares the ETag of a write with what the bytes sent give: `md5` is
+/// their MD5 (lower-case hex), `multipart` the `hex-N` ETag of a multipart
+/// upload of them. A plain 32-hex ETag is compared with `md5` (S3 gives it to
+/// single-part objects; some S3-compatible servers to completed multipart
+/// uploads too), a `hex-N` one with `multipart`; any other form says nothing.
+fn check_etag(written: &Written, md5: &str, multipart: Option<&str>) -> EtagCheck {
+    let Some(etag) = written.etag.as_deref().filter(|_| written.etag_is_digest).map(unquote_etag) else {
+        return EtagCheck::Unknown;
+    };
+    let expected = if md5_of_etag(etag).is_some() {
+        md5
+    } else if let Some(multipart) = multipart.filter(|_| is_multipart_etag(etag)) {
+        multipart
+    } else {
+        return EtagCheck::Unknown;
+    };
+    if etag.eq_ignore_ascii_case(expected) { EtagCheck::Confirmed } else { EtagCheck::Differs }
+}
+
+/// Whether `etag` (unquoted) has the form of a multipart ETag: 32 hex digits, `-`, a count.
+fn is_multipart_etag(etag: &str) -> bool {
+    etag.split_once('-')
+        .is_some_and(|(hex, n)| md5_of_etag(hex).is_some() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An ETag without its quotes (plain or XML-escaped) and weak prefix.
+fn unquote_etag(etag: &str) -> &str {
+    let e = etag.trim().trim_start_matches("W/");
+    let e = e.strip_prefix("&quot;").and_then(|e| e.strip_suffix("&quot;")).unwrap_or(e);
+    e.trim_matches('"')
+}
+
+/// Whether the response says the object is encrypted with SSE-KMS or SSE-C,
+/// whose ETags are not MD5s of the content.
+fn encrypted_opaquely(response: &Response) -> bool {
+    response.header("x-amz-server-side-encryption").is_some_and(|v| v.trim().starts_with("aws:kms"))
+        || response.header("x-amz-server-side-encryption-customer-algorithm").is_some()
+}
+
+/// The ETag S3 gives a multipart upload of parts whose MD5s are `part_md5s`:
+/// hex MD5 of their concatenation, `-`, their count.
+fn multipart_etag(part_md5s: &[Vec<u8>]) -> String {
+    let mut md5 = Md5::new();
+    for part in part_md5s {
+        md5.update(part);
+    }
+    format!("{}-{}", crate::hex(&md5.finalize()), part_md5s.len())
 }
 
 impl<F: Flavor> GuestBucket for S3Bucket<F> {
@@ -74,26 +168,46 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
         let key = self.full_key(&block.key)?;
         let size = checked_size("PutObject", &self.cfg.location(&key), &block, body)?;
-        let created = if size > self.cfg.multipart_threshold {
-            self.put_multipart(&block, body, &key)?
+        let (created, multipart) = if size > self.cfg.multipart_threshold {
+            let (created, multipart) = self.put_multipart(&block, body, &key)?;
+            (created, Some(multipart))
         } else {
-            self.put_single(&block, body, &key)?
+            (self.put_single(&block, body, &key)?, None)
         };
         match created {
-            Created::Written(version) => {
-                if let Some(version) = version {
-                    crate::object_version(&block.key, &version);
+            Created::Written(written) => {
+                let md5 = crate::hex(&block.md5);
+                let digest = check_etag(&written, &md5, multipart.as_deref().filter(|m| !m.is_empty()));
+                if digest == EtagCheck::Differs {
+                    return Err(self.stored_wrong(&block, &key, &written, multipart.as_deref().unwrap_or(&md5)));
                 }
-                crate::log(Level::Debug, &format!("uploaded {size} bytes to {}", self.cfg.location(&key)));
+                if let Some(version) = &written.version {
+                    crate::object_version(&block.key, version);
+                }
+                if digest == EtagCheck::Confirmed {
+                    crate::object_confirmed(&block.key, Confirmation::ServerDigest);
+                }
+                crate::log(
+                    Level::Debug,
+                    &format!("uploaded {size} bytes to {} (server digest: {digest:?})", self.cfg.location(&key)),
+                );
                 Ok(Outcome::Uploaded)
             }
-            Created::Exists => existing_outcome(&block, self.head(&key)?, || {
-                format!(
-                    "PutObject {}: the server said an object exists (412 PreconditionFailed) but HEAD \
-                     found none (deleted meanwhile?); retry later",
-                    self.cfg.location(&key)
-                )
-            }),
+            Created::Exists => {
+                let there = self.head_with_source(&key)?;
+                let by_server = there.as_ref().is_some_and(|(_, by_server)| *by_server);
+                let outcome = existing_outcome(&block, there.map(|(object, _)| object), || {
+                    format!(
+                        "PutObject {}: the server said an object exists (412 PreconditionFailed) but HEAD \
+                         found none (deleted meanwhile?); retry later",
+                        self.cfg.location(&key)
+                    )
+                })?;
+                if by_server {
+                    crate::object_confirmed(&block.key, Confirmation::ServerDigest);
+                }
+                Ok(outcome)
+            }
         }
     }
 
@@ -109,8 +223,8 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
     }
 
     /// `GetObject`, its body spliced into the sink; `none` on a 404 that is
-    /// not `NoSuchBucket`. The MD5 is the stored metadata's or a single-part
-    /// ETag's, as for `stat`.
+    /// not `NoSuchBucket`. The MD5 is the stored metadata's, else a
+    /// single-part ETag's (see [`read_object`]).
     fn get(&self, key: String, sink: &BlockSink) -> Result<Option<RemoteObject>, UploadError> {
         let key = self.full_key(&key)?;
         let cfg = &self.cfg;
@@ -128,7 +242,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
             |response| match response.status {
                 200..=299 => {
                     let size = response.streamed.unwrap_or_default();
-                    Accept::Done(Ok(Some(RemoteObject { size, ..remote_object(&response) })))
+                    Accept::Done(Ok(Some(RemoteObject { size, ..read_object(&response) })))
                 }
                 404 if crate::xml::s3_error(&response.body).0 != "NoSuchBucket" => Accept::Done(Ok(None)),
                 _ => Accept::Other(response),
@@ -366,14 +480,67 @@ impl<F: Flavor> S3Bucket<F> {
 
     /// HEAD of `key`: what is stored there, or `None`.
     fn head(&self, key: &str) -> Result<Option<RemoteObject>, UploadError> {
+        Ok(self.head_with_source(key)?.map(|(object, _)| object))
+    }
+
+    /// HEAD of `key`: what is stored there, and whether its MD5 is the
+    /// server's own digest (a single-part ETag) rather than metadata.
+    fn head_with_source(&self, key: &str) -> Result<Option<(RemoteObject, bool)>, UploadError> {
         let cfg = &self.cfg;
         let mut call = cfg.call(
             "HeadObject",
             key,
             || Ok(cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty)),
             |response| match response.status {
-                200..=299 => Accept::Done(Ok(Some(remote_object(&response)))),
+                200..=299 => Accept::Done(Ok(Some(remote_object_with_source(&response)))),
                 404 => Accept::Done(Ok(None)),
+                _ => Accept::Other(response),
+            },
+        );
+        retry::run_one(&mut call, &cfg.policy)
+    }
+
+    /// The error of a write the server stored with other bytes than the
+    /// block's (its ETag is not `expected`). In a versioned bucket the
+    /// version this call created is deleted (by its id, so nothing else can
+    /// be deleted) and the error is transient: the host retries. Otherwise
+    /// the object cannot be proven to be this call's own write, so it is
+    /// left alone and reported as a hash mismatch: the host keeps its block.
+    fn stored_wrong(&self, block: &BlockInfo, key: &str, written: &Written, expected: &str) -> UploadError {
+        let location = self.cfg.location(key);
+        let got = written.etag.as_deref().map(unquote_etag).unwrap_or_default().to_string();
+        let what = format!(
+            "{location}: the server stored other bytes than the block's: its ETag is {got}, the block's bytes give \
+             {expected} (something between this host and the server changed the body)"
+        );
+        crate::log(Level::Error, &what);
+        if let Some(version) = &written.version {
+            match self.delete_version(key, version, written.etag.as_deref()) {
+                Ok(()) => {
+                    return UploadError::Transient(format!(
+                        "{what}; deleted the version {version} this upload created; retry later"
+                    ));
+                }
+                Err(e) => crate::log(Level::Error, &format!("{location}: could not delete version {version}: {e:?}")),
+            }
+        }
+        UploadError::HashMismatch(RemoteObject { size: block.size, md5: md5_of_etag(&got), etag: written.etag.clone() })
+    }
+
+    /// `DeleteObject` of version `version` of `key` (with `If-Match` on the
+    /// ETag where known); already gone (404) is not an error.
+    fn delete_version(&self, key: &str, version: &str, etag: Option<&str>) -> Result<(), UploadError> {
+        let cfg = &self.cfg;
+        let query = vec![("versionId".to_string(), version.to_string())];
+        let mut call = cfg.call(
+            "DeleteObject",
+            key,
+            || {
+                let headers = etag.map(|e| vec![("if-match".to_string(), e.to_string())]).unwrap_or_default();
+                Ok(cfg.request(Method::Delete, key, &query, headers, Body::Empty))
+            },
+            |response| match response.status {
+                200..=299 | 404 => Accept::Done(Ok(())),
                 _ => Accept::Other(response),
             },
         );
@@ -399,7 +566,7 @@ impl<F: Flavor> S3Bucket<F> {
                 Ok(cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size }))
             },
             |response| match response.status {
-                200..=299 => Accept::Done(Ok(Created::Written(version_id(&response)))),
+                200..=299 => Accept::Done(Ok(Created::Written(Written::of(&response, None)))),
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
@@ -407,8 +574,9 @@ impl<F: Flavor> S3Bucket<F> {
         retry::run_one(&mut call, &cfg.policy)
     }
 
-    /// Multipart upload; aborted on any failure (and when the key turns out taken).
-    fn put_multipart(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+    /// Multipart upload; aborted on any failure (and when the key turns out
+    /// taken). With what was created, the ETag the parts sent should give.
+    fn put_multipart(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<(Created, String), UploadError> {
         let cfg = &self.cfg;
         let mut create = cfg.call(
             "CreateMultipartUpload",
@@ -434,7 +602,7 @@ impl<F: Flavor> S3Bucket<F> {
         );
         let upload_id = retry::run_one(&mut create, &cfg.policy)?;
         let result = self.upload_parts_and_complete(block, body, key, &upload_id);
-        if !matches!(result, Ok(Created::Written(_))) {
+        if !matches!(result, Ok((Created::Written(_), _))) {
             match self.abort(key, &upload_id) {
                 Ok(()) => {
                     crate::log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)))
@@ -453,15 +621,17 @@ impl<F: Flavor> S3Bucket<F> {
         result
     }
 
-    /// Uploads the parts (several at once, each retried on its own), then
-    /// completes the upload conditionally.
+    /// Uploads the parts (several at once, each retried on its own, and
+    /// sent again when the server's ETag of it is not its MD5), then
+    /// completes the upload conditionally. With what was created, the ETag
+    /// the parts sent should give.
     fn upload_parts_and_complete(
         &self,
         block: &BlockInfo,
         body: &BlockBody,
         key: &str,
         upload_id: &str,
-    ) -> Result<Created, UploadError> {
+    ) -> Result<(Created, String), UploadError> {
         let cfg = &self.cfg;
         let part_size = cfg.part_size_for(block.size);
         let count = block.size.div_ceil(part_size).max(1);
@@ -474,7 +644,7 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.parts_in_flight
             ),
         );
-        let mut parts: Vec<S3Call<'_, String>> = (0..count)
+        let mut parts: Vec<S3Call<'_, (String, bool)>> = (0..count)
             .map(|index| {
                 let number = index + 1;
                 let offset = index * part_size;
@@ -483,13 +653,14 @@ impl<F: Flavor> S3Bucket<F> {
                     ("partNumber".to_string(), number.to_string()),
                     ("uploadId".to_string(), upload_id.to_string()),
                 ];
-                let mut md5: Option<String> = None;
+                let md5: Rc<std::cell::RefCell<Option<Vec<u8>>>> = Rc::default();
+                let sent = md5.clone();
                 cfg.call(
                     "UploadPart",
                     key,
                     move || {
-                        if md5.is_none() {
-                            md5 = Some(hash_part(body, offset, len).map_err(|e| {
+                        if md5.borrow().is_none() {
+                            *md5.borrow_mut() = Some(hash_part(body, offset, len).map_err(|e| {
                                 UploadError::Transient(format!(
                                     "UploadPart {} part {number}: reading the block body: {e}",
                                     cfg.location(key)
@@ -497,7 +668,7 @@ impl<F: Flavor> S3Bucket<F> {
                             })?);
                         }
                         let mut headers = cfg.sse_c_headers();
-                        headers.push(("content-md5".into(), md5.clone().unwrap_or_default()));
+                        headers.push(("content-md5".into(), B64.encode(md5.borrow().as_deref().unwrap_or_default())));
                         let stream = body.stream(offset).map_err(|e| {
                             UploadError::Transient(format!(
                                 "UploadPart {} part {number}: cannot stream the block body: {e}",
@@ -506,8 +677,19 @@ impl<F: Flavor> S3Bucket<F> {
                         })?;
                         Ok(cfg.request(Method::Put, key, &query, headers, Body::Stream { stream, len }))
                     },
-                    |response| match (response.status, response.header("etag")) {
-                        (200..=299, Some(etag)) => Accept::Done(Ok(etag.to_string())),
+                    move |response| match (response.status, response.header("etag")) {
+                        (200..=299, Some(etag)) => {
+                            let written = Written::of(&response, Some(etag.to_string()));
+                            let expected = sent.borrow().as_deref().map(crate::hex).unwrap_or_default();
+                            if check_etag(&written, &expected, None) == EtagCheck::Differs {
+                                // Our own upload's part: sending it again replaces it.
+                                return Accept::Retry(format!(
+                                    "part {number}: the server stored other bytes (ETag {}, the part's MD5 {expected})",
+                                    unquote_etag(etag)
+                                ));
+                            }
+                            Accept::Done(Ok((etag.to_string(), written.etag_is_digest)))
+                        }
                         _ => Accept::Other(response),
                     },
                 )
@@ -516,13 +698,25 @@ impl<F: Flavor> S3Bucket<F> {
         let results = retry::run(&mut parts, cfg.parts_in_flight, &cfg.policy, true);
         drop(parts);
         let mut etags = Vec::with_capacity(results.len());
+        // The parts' MD5s as the server computed them (checked equal to
+        // those sent); empty when some part's ETag is not a digest.
+        let mut part_md5s = Vec::with_capacity(results.len());
+        let mut digests = true;
         for result in results {
             match result {
-                Some(Ok(etag)) => etags.push(etag),
+                Some(Ok((etag, is_digest))) => {
+                    match md5_of_etag(&etag).filter(|_| is_digest) {
+                        Some(md5) => part_md5s.push(md5),
+                        None => digests = false,
+                    }
+                    etags.push(etag);
+                }
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
         }
+        // Not a digest: the completed upload's ETag cannot be checked.
+        let expected = if digests { multipart_etag(&part_md5s) } else { String::new() };
         if etags.len() as u64 != count {
             return Err(UploadError::Transient(format!(
                 "UploadPart {}: only {} of {count} parts were uploaded",
@@ -553,13 +747,15 @@ impl<F: Flavor> S3Bucket<F> {
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
                 200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
-                    Accept::Done(Ok(Created::Written(version_id(&response))))
+                    let mut written = Written::of(&response, crate::xml::element_text(&response.body, "ETag"));
+                    written.etag_is_digest &= digests;
+                    Accept::Done(Ok(Created::Written(written)))
                 }
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut complete, &cfg.policy)
+        retry::run_one(&mut complete, &cfg.policy).map(|created| (created, expected))
     }
 
     /// Aborts multipart upload `upload_id` of `key`; one already gone (404
@@ -624,8 +820,8 @@ fn incomplete_uploads(xml: &[u8], key_prefix: &str) -> Option<Vec<IncompleteUplo
     Some(uploads)
 }
 
-/// MD5 (base64) of `len` bytes of `body` at `offset`, read in bounded chunks.
-fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<String, String> {
+/// MD5 of `len` bytes of `body` at `offset`, read in bounded chunks.
+fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<Vec<u8>, String> {
     let mut md5 = Md5::new();
     let mut done = 0u64;
     while done < len {
@@ -637,21 +833,44 @@ fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<String, String> 
         md5.update(&chunk);
         done += chunk.len() as u64;
     }
-    Ok(B64.encode(md5.finalize()))
+    Ok(md5.finalize().to_vec())
 }
 
 /// What a HEAD response says about the object.
 fn remote_object(response: &Response) -> RemoteObject {
+    remote_object_with_source(response).0
+}
+
+/// What a GetObject response says about the object whose bytes the host
+/// receives: the MD5 is the one the uploader recorded in the metadata when
+/// there is one, else a single-part ETag's. The host compares it with the
+/// MD5 of the bytes it received, so an object whose content disagrees with
+/// its metadata (stored corrupt, or rewritten behind blockferry's back) is
+/// noticed there too (the bytes always match the server's own ETag).
+fn read_object(response: &Response) -> RemoteObject {
+    let mut object = remote_object(response);
+    if let Some(claimed) =
+        response.header(MD5_META_HEADER).and_then(|v| B64.decode(v.trim()).ok()).filter(|md5| md5.len() == 16)
+    {
+        object.md5 = Some(claimed);
+    }
+    object
+}
+
+/// What a HEAD response says about the object, and whether its MD5 is the
+/// server's own digest. A single-part ETag is the content MD5 (unless the
+/// object is encrypted with SSE-KMS or SSE-C; a multipart ETag `...-N` never
+/// is) and wins over the MD5 metadata this provider wrote, which is only
+/// what the uploader claimed: the metadata is used only when there is no
+/// such ETag (multipart uploads, SSE-KMS, SSE-C).
+fn remote_object_with_source(response: &Response) -> (RemoteObject, bool) {
     let size = response.header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let etag = response.header("etag").map(str::to_string);
     let from_meta =
         response.header(MD5_META_HEADER).and_then(|v| B64.decode(v.trim()).ok()).filter(|md5| md5.len() == 16);
-    // A single-part ETag is the content MD5, unless the object is encrypted
-    // with SSE-KMS or SSE-C; a multipart ETag (`...-N`) never is.
-    let encrypted = response.header("x-amz-server-side-encryption") == Some("aws:kms")
-        || response.header("x-amz-server-side-encryption-customer-algorithm").is_some();
-    let from_etag = etag.as_deref().filter(|_| !encrypted).and_then(md5_of_etag);
-    RemoteObject { size, md5: from_meta.or(from_etag), etag }
+    let from_etag = etag.as_deref().filter(|_| !encrypted_opaquely(response)).and_then(md5_of_etag);
+    let by_server = from_etag.is_some();
+    (RemoteObject { size, md5: from_etag.or(from_meta), etag }, by_server)
 }
 
 /// The MD5 in a single-part ETag (`"<32 hex>"`), if it is one.
@@ -685,6 +904,8 @@ enum Accept<T> {
     Done(Result<T, UploadError>),
     /// Not an answer the operation expects: judge it as an S3 error.
     Other(Response),
+    /// An answer that calls for sending the request again (under the policy), for this reason.
+    Retry(String),
 }
 
 /// What to do about an S3 error response.
@@ -773,6 +994,9 @@ impl<T> Call for S3Call<'_, T> {
         };
         let response = match (self.accept)(response) {
             Accept::Done(result) => return Verdict::Done(result),
+            Accept::Retry(why) => {
+                return Verdict::Retry { why: format!("{}: {why}", self.target()), retry_after: None };
+            }
             Accept::Other(response) => response,
         };
         let (code, message) = crate::xml::s3_error(&response.body);
@@ -970,7 +1194,49 @@ mod tests {
     }
 
     #[test]
-    fn stat_prefers_metadata_and_ignores_multipart_and_kms_etags() {
+    fn writes_are_checked_against_the_server_s_etag() {
+        let response = |headers: &[(&str, &str)]| Response {
+            status: 200,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+            streamed: None,
+        };
+        let md5 = "9e107d9d372bb6826bd81d3542a419d6";
+        let plain = Written::of(&response(&[("etag", &format!("\"{md5}\""))]), None);
+        assert_eq!(check_etag(&plain, md5, None), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&plain, "00000000000000000000000000000000", None), EtagCheck::Differs);
+        // The ETag of a completed multipart upload comes in its XML body, escaped.
+        let multipart = Written::of(&response(&[]), Some(format!("&quot;{md5}-2&quot;")));
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-3"))), EtagCheck::Differs);
+        // Servers that give a completed multipart upload the MD5 of its content.
+        assert_eq!(check_etag(&plain, md5, Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
+        // An ETag of another form is no evidence either way.
+        let opaque = Written::of(&response(&[("etag", "\"v1-abc\"")]), None);
+        assert_eq!(check_etag(&opaque, md5, Some(&format!("{md5}-2"))), EtagCheck::Unknown);
+        // SSE-KMS and SSE-C ETags are not digests; no ETag, nothing to check.
+        let kms = Written::of(&response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption", "aws:kms")]), None);
+        assert_eq!(check_etag(&kms, md5, None), EtagCheck::Unknown);
+        let sse_c = response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
+        assert_eq!(check_etag(&Written::of(&sse_c, None), md5, None), EtagCheck::Unknown);
+        assert_eq!(check_etag(&Written::of(&response(&[]), None), md5, None), EtagCheck::Unknown);
+        // SSE-S3 keeps ETags MD5s.
+        let sse_s3 = Written::of(&response(&[("etag", md5), ("x-amz-server-side-encryption", "AES256")]), None);
+        assert_eq!(check_etag(&sse_s3, md5, None), EtagCheck::Confirmed);
+    }
+
+    #[test]
+    fn multipart_etags_are_the_md5_of_the_part_md5s() {
+        // Two parts of "a" and "b": MD5(MD5("a") ++ MD5("b"))-2, as S3 computes it.
+        let parts = vec![Md5::digest(b"a").to_vec(), Md5::digest(b"b").to_vec()];
+        let mut joined = Vec::new();
+        joined.extend_from_slice(&parts[0]);
+        joined.extend_from_slice(&parts[1]);
+        assert_eq!(multipart_etag(&parts), format!("{}-2", crate::hex(&Md5::digest(&joined))));
+    }
+
+    #[test]
+    fn stat_prefers_the_server_s_digest_to_metadata_and_ignores_multipart_and_kms_etags() {
         let response = |headers: &[(&str, &str)]| Response {
             status: 200,
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -989,6 +1255,14 @@ mod tests {
         assert_eq!(r.md5, None);
         let r = remote_object(&response(&[("etag", "\"0123456789abcdef0123456789abcdef\"")]));
         assert!(r.md5.is_some());
+        // A single-part ETag that disagrees with the metadata wins: the
+        // metadata is only what the uploader claimed.
+        let (r, by_server) = remote_object_with_source(&response(&[
+            ("etag", "\"0123456789abcdef0123456789abcdef\""),
+            (MD5_META_HEADER, &meta),
+        ]));
+        assert_eq!(r.md5, md5_of_etag("0123456789abcdef0123456789abcdef"));
+        assert!(by_server);
         let r = remote_object(&response(&[
             ("etag", "\"0123456789abcdef0123456789abcdef\""),
             ("x-amz-server-side-encryption", "aws:kms"),
