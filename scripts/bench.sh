@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole benchmark suite (issue 9), one command: every figure of the table
+# The whole benchmark suite, one command: every figure of the table
 # in BENCHMARKS.md measured beside its baseline in the same run. Prints each
 # bench's output as it runs, then the table of every `ROW` line (figure,
 # value, baseline, ratio, target, met). The full logs stay in

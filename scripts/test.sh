@@ -22,7 +22,7 @@ scripts/install-test-servers.sh
 # The host suite, plus the providers' own unit tests (natively).
 cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
 
-# The short fuzzing run (issue 10): every cargo-fuzz target for 10 s, on the
+# The short fuzzing run: every cargo-fuzz target for 10 s, on the
 # nightly toolchain with AddressSanitizer (its first build takes ~10 minutes on
 # 2 cores). Skipped only when a test filter was given: a partial run.
 if [ $# -eq 0 ]; then

@@ -1,4 +1,4 @@
-//! The block buffer (seed 004): recent blocks in memory with their
+//! The block buffer: recent blocks in memory with their
 //! acknowledgement state from the block nodes, pruning, saturation and the
 //! backpressure toward the consensus node.
 //!

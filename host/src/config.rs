@@ -57,7 +57,7 @@ pub enum ConfigError {
     },
 }
 
-/// What the sidecar does with the blocks it receives (seed 000's writer modes).
+/// What the sidecar does with the blocks it receives (the writer modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriterMode {
@@ -237,7 +237,7 @@ fn default_history_sample_secs() -> u64 {
 }
 
 /// `[buffer]`: recent blocks kept in memory until block nodes acknowledge
-/// them (seed 004), and the backpressure toward the consensus node.
+/// them, and the backpressure toward the consensus node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
@@ -302,7 +302,7 @@ fn default_recovery_percent() -> f64 {
     85.0
 }
 
-/// `[publish]`: streaming to block nodes (seed 003). Durations in milliseconds.
+/// `[publish]`: streaming to block nodes. Durations in milliseconds.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {

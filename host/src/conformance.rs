@@ -274,15 +274,40 @@ pub async fn reader_checks(client: &BucketClient, prefix: &str) -> Vec<Check> {
 /// The upload promises: new, again, different, concurrent, large, bad MD5, stat.
 async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: usize) {
     let said = suite.said.clone();
+    let confirmed = Mutex::new(None);
     let (a, b) = (test_bytes(70_000, 1), test_bytes(70_000, 2));
     let key = suite.key("upload/000000000000000000000000000000000001.blk");
     suite
         .check("upload-new", "a new key is `uploaded` and reads back byte for byte with its MD5", async {
-            match put(client, &said, 1, &key, &a).await {
-                Ok(Outcome::Uploaded) => holds(client, &key, &a).await,
-                other => fail("Ok(Uploaded)", other),
+            let result = client.put_block_reported(&info(1, &key, &a), &BlockBody::from_bytes(a.clone())).await;
+            if let Err(e) = &result {
+                said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            }
+            match result {
+                Ok(put) if matches!(put.outcome, Outcome::Uploaded) => {
+                    *confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some(put.confirmed);
+                    holds(client, &key, &a).await
+                }
+                other => fail("Ok(Uploaded)", other.map(|put| put.outcome)),
             }
         })
+        .await;
+    let how = confirmed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    suite
+        .check(
+            "upload-confirmed",
+            "the new upload is confirmed by a digest the server computed or a read-back (`host.object-confirmed`)",
+            async {
+                match how {
+                    Some(Some(_)) => Ok(()),
+                    Some(None) => fail_text(
+                        "host.object-confirmed(key, server-digest | read-back) during put-block",
+                        "no confirmation: only the plugin's word, so retention never deletes a local block".into(),
+                    ),
+                    None => fail_text("a new upload to confirm", "upload-new did not upload".into()),
+                }
+            },
+        )
         .await;
     suite
         .check("upload-same-again", "the same bytes again are `already-present`", async {

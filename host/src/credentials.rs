@@ -1,5 +1,5 @@
 //! The credentials file: each bucket's secrets, kept apart from the config
-//! (seed 000) so the config can be shared and changed freely.
+//! so the config can be shared and changed freely.
 //!
 //! ```toml
 //! [buckets.my-s3]

@@ -2,7 +2,9 @@
 //! node's block stream durably and uploads every block to cloud buckets
 //! through storage-provider plugins (WebAssembly components).
 //!
-//! Modules are named after the stage they own; see `ARCHITECTURE.md`.
+//! Modules are named after the stage they own: ingest → store and buffer →
+//! upload (through `plugin`) and publish; `http` and `metrics` show them to
+//! operators. The operator guide and the plugin author guide are in `docs/`.
 
 pub mod buffer;
 pub mod config;

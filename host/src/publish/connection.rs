@@ -1,4 +1,4 @@
-//! One connection to a block node (seed 003): its state machine
+//! One connection to a block node, as a consensus node keeps it: its state machine
 //! `UNINITIALIZED → READY → ACTIVE → CLOSING → CLOSED`, the worker that sends
 //! blocks as packed requests, and the handling of every response.
 //!

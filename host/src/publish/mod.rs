@@ -1,10 +1,10 @@
 //! Publishing: streaming every block to the best available block node, as a
-//! consensus node does (seed 003), and reporting acknowledgements to the
+//! consensus node does, and reporting acknowledgements to the
 //! block buffer.
 //!
 //! The manager keeps one `ACTIVE` [`connection`] at a time, chosen by
 //! priority (lower wins, random among equals). After a connection ends it
-//! applies seed 003's tables ([`policy`]): which node next, after which
+//! applies the consensus node's failover tables ([`policy`]): which node next, after which
 //! delay, from which block. While a node of lower priority is active, nodes
 //! of higher priority are probed and switched back to once reachable. A new
 //! connection to another node after a failure starts at the lowest
@@ -406,7 +406,7 @@ impl Manager {
         }
     }
 
-    /// Seed 003's tables: when `node` may be tried again and where its next stream starts.
+    /// The failover tables: when `node` may be tried again and where its next stream starts.
     fn apply(&mut self, node: &BlockNodeConfig, start: u64, outcome: connection::Outcome) {
         let ctx = self.ctx.clone();
         let now = Instant::now();

@@ -1,4 +1,4 @@
-//! What to do after a block node ends a stream (seed 003's tables), the
+//! What to do after a block node ends a stream (the consensus node's failover tables), the
 //! exponential backoff with jitter, and the `EndOfStream` rate limit.
 
 use std::collections::VecDeque;
@@ -26,7 +26,7 @@ pub enum Retry {
     SameNodeBackoff,
 }
 
-/// Seed 003's EndOfStream table: how to retry and where to restart.
+/// The consensus node's EndOfStream table: how to retry and where to restart.
 pub fn on_end_of_stream(code: EndOfStreamCode, block_number: u64) -> (Retry, Restart) {
     use EndOfStreamCode::*;
     match code {

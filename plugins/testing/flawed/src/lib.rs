@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-use blockferry_guest::{BlockBody, BlockInfo, Outcome, RemoteObject, UploadError};
+use blockferry_guest::{BlockBody, BlockInfo, Confirmation, Outcome, RemoteObject, UploadError};
 
 /// The `provider` world's `bucket-uploader` export; everything it imports is
 /// `blockferry_guest`'s.
@@ -125,6 +125,10 @@ impl GuestBucket for Flawed {
             }
         };
         let _ = fs::remove_file(&tmp);
+        if outcome.is_ok() {
+            // It hashed the bytes it wrote (and, for an existing object, read it back).
+            blockferry_guest::object_confirmed(key, Confirmation::ServerDigest);
+        }
         outcome
     }
 
