@@ -28,3 +28,11 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     $apt_get update -qq
     DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq chromium >/dev/null
 fi
+
+# The power-cut test mounts a FUSE file system (fuser's mount needs /dev/fuse
+# and falls back to Debian fuse3's fusermount3).
+if ! command -v fusermount3 >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq
+    DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq fuse3 >/dev/null
+fi

@@ -1,0 +1,361 @@
+//! Power cuts, not just kills. The block store and an `fs` bucket live on a
+//! power-cut file system (`common::powercut`: a FUSE file system that keeps
+//! only what was fsynced, file data and directory entries alike, when the
+//! power goes). The consensus node simulator streams blocks over gRPC; at a
+//! random moment blockferry is killed with SIGKILL and the power is cut, the
+//! file system mounted again, blockferry restarted and the publisher resumes.
+//!
+//! After every cut: every acknowledged block is present and byte-identical;
+//! every `.meta` parses and matches its block, or is one a new block's
+//! unsynced first `.meta` left torn, and then start-up recovery rebuilds it
+//! identically; no block is recorded safe in the bucket unless the object is
+//! there, whole. In the end, after a drain, every block is in the bucket
+//! (even after one more cut) and no temporary file is left.
+//!
+//! The store directory does not exist beforehand (blockferry creates it, two
+//! levels deep) and the bucket's keys have two directory levels, so the
+//! directories blockferry and the provider create must be made durable too.
+//!
+//! `BLOCKFERRY_POWERCUT_ROUNDS` sets the number of rounds (default 5).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use blockferry::store::BlockMeta;
+use blockferry_proto::api::publish_stream_response::Response;
+use blockferry_sim::{PublishError, Session, block_bytes, generate_block};
+use common::powercut::PowerCutFs;
+use common::sidecar::Sidecar;
+use common::*;
+
+/// Target size of each block.
+const SIZE: usize = 4096;
+/// The bucket's key template: two directory levels the provider creates.
+const KEY_DIR: &str = "archive/node0";
+/// No block acknowledged yet.
+const NONE: u64 = u64::MAX;
+
+/// The layout of one run: the file system, the store and bucket on it.
+struct Rig {
+    dir: tempfile::TempDir,
+    fs: PowerCutFs,
+    config: PathBuf,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        // The bucket's directory exists (durably) before the first mount, as an operator makes it.
+        std::fs::create_dir_all(backing.join("disk/bucket")).unwrap();
+        let mnt = dir.path().join("mnt");
+        let fs = PowerCutFs::mount(&backing, &mnt);
+        let config = dir.path().join("blockferry.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[store]
+dir = "{mnt}/node/blocks"
+[plugins]
+cache_dir = "{cache}"
+[upload]
+retry_initial_backoff_ms = 20
+retry_max_backoff_ms = 200
+local_retention_hours = 0
+retention_interval_secs = 1
+health_check_interval_secs = 1
+abandoned_upload_age_secs = 3
+[[buckets]]
+name = "b"
+plugin = "{plugin}"
+directory = "{mnt}/bucket"
+key_template = "{KEY_DIR}/{{number}}{{ext}}"
+call_timeout_ms = 2000
+concurrency = 2
+"#,
+                mnt = mnt.display(),
+                cache = workspace().join("target/test-plugin-cache").display(),
+                plugin = plugin_path("blockferry_fs").display(),
+            ),
+        )
+        .unwrap();
+        Rig { dir, fs, config }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("mnt/node/blocks")
+    }
+
+    fn objects(&self) -> PathBuf {
+        self.dir.path().join("mnt/bucket").join(KEY_DIR)
+    }
+
+    fn start(&self) -> Sidecar {
+        Sidecar::start(&self.config, self.dir.path(), &[])
+    }
+}
+
+/// Streams blocks from `from` on, one at a time, as a consensus node does
+/// after a reconnect, until the stream breaks. `acked` holds the highest
+/// block the sidecar said it holds (acknowledged, or skipped as already
+/// stored); every block below it was, in this round or an earlier one.
+async fn publish_from(endpoint: String, from: u64, acked: Arc<AtomicU64>) -> Result<(), PublishError> {
+    let mut session = Session::connect(&endpoint).await?;
+    let mut next = from;
+    loop {
+        session.send_items(generate_block(next, SIZE)).await?;
+        session.send_block_end(next).await?;
+        loop {
+            let Some(response) = session.next_response(Duration::from_secs(30)).await? else { return Ok(()) };
+            match response.response {
+                Some(Response::Acknowledgement(ack)) if ack.block_number >= next => {
+                    acked.store(ack.block_number, Ordering::SeqCst);
+                    next = ack.block_number + 1;
+                    break;
+                }
+                Some(Response::SkipBlock(skip)) if skip.block_number == next => {
+                    acked.store(next, Ordering::SeqCst);
+                    next += 1;
+                    break;
+                }
+                Some(Response::NodeBehindPublisher(behind)) => {
+                    let latest = behind.block_number;
+                    let had = acked.load(Ordering::SeqCst);
+                    assert!(
+                        had == NONE || (latest != u64::MAX && latest >= had),
+                        "the sidecar asks for block {} although block {had} was acknowledged",
+                        latest.wrapping_add(1)
+                    );
+                    if latest != u64::MAX {
+                        acked.store(latest, Ordering::SeqCst);
+                    }
+                    next = latest.wrapping_add(1);
+                    break;
+                }
+                Some(Response::EndStream(end)) => panic!("the sidecar ended the stream: {end:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What a check of the store and bucket found.
+#[derive(Debug, Default)]
+struct Found {
+    /// Block files in the store.
+    blocks: u64,
+    /// `.meta` files a cut left empty or torn (to be rebuilt).
+    torn_meta: u64,
+    /// Blocks recorded safe in the bucket (each checked there).
+    safe: u64,
+    /// Acknowledged blocks whose local copy retention deleted (each checked in the bucket).
+    only_in_bucket: u64,
+    /// Temporary files of the store and the provider.
+    temp_files: usize,
+}
+
+/// Checks the store and the bucket; `torn_allowed`: a `.meta` may be torn
+/// (just after a cut, before recovery). `in_bucket` holds the blocks already
+/// found whole in the bucket after a cut: nothing deletes an object, and
+/// what a cut left durable stays so, so they are not read again.
+fn check(rig: &Rig, acked: u64, torn_allowed: bool, in_bucket: &mut BTreeSet<u64>) -> Found {
+    let store = rig.store();
+    let mut found = Found::default();
+    let mut files: BTreeMap<u64, String> = BTreeMap::new();
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".blk") {
+            files.insert(stem.parse().unwrap(), name.clone());
+        }
+    }
+    // While blockferry runs, retention may delete a block between the listing and the reads.
+    let live = !torn_allowed;
+    let read = |path: PathBuf| match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if live && e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+        Err(e) => panic!("reading {}: {e}", path.display()),
+    };
+    for (&n, file) in &files {
+        let Some(bytes) = read(store.join(file)) else { continue };
+        assert!(bytes == block_bytes(n, SIZE), "stored block {n} is corrupt ({} bytes)", bytes.len());
+        let Some(text) = read(store.join(format!("{n:036}.meta"))) else { continue };
+        found.blocks += 1;
+        let meta = match BlockMeta::parse(&text, n) {
+            Ok(meta) => meta,
+            Err(_) if torn_allowed => {
+                found.torn_meta += 1;
+                continue;
+            }
+            Err(e) => panic!("block {n}: its .meta is not valid after recovery: {e}"),
+        };
+        assert_eq!((&meta.file, meta.size), (file, bytes.len() as u64), "block {n}: .meta");
+        assert_eq!(meta.md5, blockferry::store::md5_base64(&md5(&bytes)), "block {n}: .meta MD5");
+        if meta.status("b").is_safe() {
+            let there = std::fs::read(rig.objects().join(file)).unwrap_or_else(|e| {
+                panic!("block {n} is recorded {:?} in the bucket but is not there: {e}", meta.status("b"))
+            });
+            assert!(there == bytes, "block {n} is recorded safe in the bucket, but the object is not whole");
+            found.safe += 1;
+        }
+    }
+    // Every acknowledged block is in the store, or retention deleted it
+    // because it was safe in the bucket: then it is there.
+    if acked != NONE {
+        for n in (0..=acked).filter(|n| !files.contains_key(n)) {
+            found.only_in_bucket += 1;
+            if in_bucket.contains(&n) {
+                continue;
+            }
+            let object = rig.objects().join(format!("{n:036}.blk"));
+            let there = std::fs::read(&object)
+                .unwrap_or_else(|e| panic!("acknowledged block {n} is lost: not in the store, not in the bucket ({e})"));
+            assert!(there == block_bytes(n, SIZE), "acknowledged block {n} is corrupt in the bucket");
+            if torn_allowed {
+                in_bucket.insert(n);
+            }
+        }
+    }
+    found.temp_files = count(&store.join(".tmp")) + count(&rig.dir.path().join("mnt/bucket/.blockferry/tmp"));
+    found
+}
+
+fn md5(bytes: &[u8]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes).to_vec()
+}
+
+/// Entries of `dir` (none if it does not exist).
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn power_cuts_at_random_moments_lose_no_acknowledged_block() {
+    let rounds: u64 = std::env::var("BLOCKFERRY_POWERCUT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let mut rig = Rig::new();
+    let acked = Arc::new(AtomicU64::new(NONE));
+    let mut in_bucket = BTreeSet::new();
+    let (mut torn, mut max_temp) = (0, 0);
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let sidecar = rig.start();
+        // Recovery has run: every .meta is whole again.
+        check(&rig, acked.load(Ordering::SeqCst), false, &mut in_bucket);
+        let from = acked.load(Ordering::SeqCst).wrapping_add(1);
+        let publisher = tokio::spawn(publish_from(sidecar.endpoint(), from, acked.clone()));
+        tokio::time::sleep(Duration::from_millis(100 + seed % 700)).await;
+        if publisher.is_finished() {
+            let result = publisher.await.unwrap();
+            panic!("round {round}: the publisher stopped before the kill: {result:?}\n{}", sidecar.log());
+        }
+        sidecar.signal(libc::SIGKILL);
+        drop(sidecar);
+        publisher.abort();
+        let _ = publisher.await;
+        rig.fs.power_cut();
+        let found = check(&rig, acked.load(Ordering::SeqCst), true, &mut in_bucket);
+        torn += found.torn_meta;
+        max_temp = max_temp.max(found.temp_files);
+        println!("round {round}: acknowledged up to {}, {found:?}", acked.load(Ordering::SeqCst) as i64);
+    }
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(acked != NONE && acked > 0, "blocks were acknowledged");
+
+    // The drain: every block uploaded (and deleted locally), abandoned
+    // temporary files cleaned up.
+    let sidecar = rig.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = check(&rig, acked, false, &mut in_bucket);
+        if found.blocks == 0 && found.temp_files == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not drained: {found:?}\n{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = sidecar.stop();
+    assert!(out.status.success(), "{}", text(&out));
+    // One more cut: every block is durably in the bucket, whole.
+    rig.fs.power_cut();
+    in_bucket.clear();
+    let found = check(&rig, acked, true, &mut in_bucket);
+    assert_eq!(found.blocks, 0, "retention's deletions are durable");
+    assert_eq!(found.only_in_bucket, acked + 1);
+    println!(
+        "power-cut test: {rounds} rounds, {} blocks acknowledged, every one in the bucket; \
+         {torn} torn .meta rebuilt; at most {max_temp} temporary files after a cut",
+        acked + 1,
+    );
+}
+
+/// The file system's controls: what was not made durable is gone after a cut,
+/// what was is kept.
+#[test]
+fn the_power_cut_file_system_keeps_only_what_was_made_durable() {
+    use std::fs::{self, File};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let mut fs = PowerCutFs::mount(&dir.path().join("backing"), &mnt);
+    let sync_dir = |d: &Path| File::open(d).unwrap().sync_all().unwrap();
+    let write = |name: &str, data: &[u8], sync: bool| {
+        let mut f = File::create(mnt.join(name)).unwrap();
+        f.write_all(data).unwrap();
+        if sync {
+            f.sync_all().unwrap();
+        }
+    };
+    // Made durable: file and directory entry fsynced.
+    write("kept", b"kept", true);
+    write("renamed.tmp", b"renamed", true);
+    write("unlinked", b"unlinked", true);
+    // Its entry is durable, its data never was.
+    write("no-data-sync", b"lost data", false);
+    sync_dir(&mnt);
+    fs::rename(mnt.join("renamed.tmp"), mnt.join("renamed")).unwrap();
+    sync_dir(&mnt);
+
+    // Not durable: new data without fsync, a new file without a directory
+    // fsync, a new directory whose parent was not fsynced, an unlink.
+    let mut f = fs::OpenOptions::new().write(true).open(mnt.join("kept")).unwrap();
+    f.write_all(b"over").unwrap();
+    drop(f);
+    write("no-dir-sync", b"file synced, directory not", true);
+    fs::create_dir_all(mnt.join("new/deeper")).unwrap();
+    write("new/deeper/file", b"in a new directory", true);
+    sync_dir(&mnt.join("new/deeper"));
+    sync_dir(&mnt.join("new"));
+    fs::remove_file(mnt.join("unlinked")).unwrap();
+    fs::hard_link(mnt.join("renamed"), mnt.join("linked")).unwrap();
+    assert_eq!(fs::read(mnt.join("kept")).unwrap(), b"over");
+
+    fs.power_cut();
+    for m in [mnt.clone(), fs.disk()] {
+        assert_eq!(fs::read(m.join("kept")).unwrap(), b"kept", "data written since the fsync is lost");
+        assert_eq!(fs::read(m.join("renamed")).unwrap(), b"renamed");
+        assert!(!m.join("renamed.tmp").exists(), "a synced rename is kept");
+        assert_eq!(fs::read(m.join("unlinked")).unwrap(), b"unlinked", "an unsynced unlink is undone");
+        assert_eq!(fs::read(m.join("no-data-sync")).unwrap(), b"", "data never fsynced is lost");
+        assert!(!m.join("no-dir-sync").exists(), "a file whose directory was not fsynced vanishes");
+        assert!(!m.join("new").exists(), "a directory whose parent was not fsynced vanishes, with what is in it");
+        assert!(!m.join("linked").exists(), "an unsynced link vanishes");
+    }
+
+    // What survives is usable, and durable again once fsynced.
+    fs::create_dir(mnt.join("new")).unwrap();
+    write("new/file", b"now durable", true);
+    sync_dir(&mnt.join("new"));
+    sync_dir(&mnt);
+    fs.power_cut();
+    assert_eq!(fs::read(mnt.join("new/file")).unwrap(), b"now durable");
+}
