@@ -168,7 +168,11 @@ fn check(rig: &Rig, acked: u64, torn_allowed: bool, in_bucket: &mut BTreeSet<u64
     let store = rig.store();
     let mut found = Found::default();
     let mut files: BTreeMap<u64, String> = BTreeMap::new();
-    for entry in std::fs::read_dir(&store).unwrap() {
+    let listing = std::fs::read_dir(&store).unwrap_or_else(|e| {
+        let lost = if acked == NONE { 0 } else { acked + 1 };
+        panic!("the store directory {} is gone ({e}): {lost} acknowledged blocks lost with it", store.display())
+    });
+    for entry in listing {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".blk") {
             files.insert(stem.parse().unwrap(), name.clone());
@@ -182,6 +186,7 @@ fn check(rig: &Rig, acked: u64, torn_allowed: bool, in_bucket: &mut BTreeSet<u64
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
         Err(e) => panic!("reading {}: {e}", path.display()),
     };
+    let mut unsafe_blocks = Vec::new();
     for (&n, file) in &files {
         let Some(bytes) = read(store.join(file)) else { continue };
         assert!(bytes == block_bytes(n, SIZE), "stored block {n} is corrupt ({} bytes)", bytes.len());
@@ -198,13 +203,18 @@ fn check(rig: &Rig, acked: u64, torn_allowed: bool, in_bucket: &mut BTreeSet<u64
         assert_eq!((&meta.file, meta.size), (file, bytes.len() as u64), "block {n}: .meta");
         assert_eq!(meta.md5, blockferry::store::md5_base64(&md5(&bytes)), "block {n}: .meta MD5");
         if meta.status("b").is_safe() {
-            let there = std::fs::read(rig.objects().join(file)).unwrap_or_else(|e| {
-                panic!("block {n} is recorded {:?} in the bucket but is not there: {e}", meta.status("b"))
-            });
-            assert!(there == bytes, "block {n} is recorded safe in the bucket, but the object is not whole");
-            found.safe += 1;
+            match std::fs::read(rig.objects().join(file)) {
+                Ok(there) if there == bytes => found.safe += 1,
+                Ok(_) => unsafe_blocks.push(format!("{n} (not whole)")),
+                Err(e) => unsafe_blocks.push(format!("{n} ({e})")),
+            }
         }
     }
+    assert!(
+        unsafe_blocks.is_empty(),
+        "{} blocks are recorded safe in the bucket but are not there, whole: {unsafe_blocks:?}",
+        unsafe_blocks.len()
+    );
     // Every acknowledged block is in the store, or retention deleted it
     // because it was safe in the bucket: then it is there.
     if acked != NONE {
@@ -214,8 +224,9 @@ fn check(rig: &Rig, acked: u64, torn_allowed: bool, in_bucket: &mut BTreeSet<u64
                 continue;
             }
             let object = rig.objects().join(format!("{n:036}.blk"));
-            let there = std::fs::read(&object)
-                .unwrap_or_else(|e| panic!("acknowledged block {n} is lost: not in the store, not in the bucket ({e})"));
+            let there = std::fs::read(&object).unwrap_or_else(|e| {
+                panic!("acknowledged block {n} is lost: not in the store, not in the bucket ({e})")
+            });
             assert!(there == block_bytes(n, SIZE), "acknowledged block {n} is corrupt in the bucket");
             if torn_allowed {
                 in_bucket.insert(n);

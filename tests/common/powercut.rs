@@ -287,7 +287,14 @@ impl State {
         }
     }
 
-    fn rename(&mut self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: RenameFlags) -> Result<()> {
+    fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
         if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(Errno::EINVAL);
         }
@@ -333,7 +340,13 @@ impl State {
         self.attr(ino)
     }
 
-    fn setattr(&mut self, ino: u64, mode: Option<u32>, size: Option<u64>, mtime: Option<TimeOrNow>) -> Result<FileAttr> {
+    fn setattr(
+        &mut self,
+        ino: u64,
+        mode: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr> {
         let when = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
@@ -459,7 +472,13 @@ impl State {
         Ok(state)
     }
 
-    fn import_dir(&mut self, path: &Path, ino: u64, parent: u64, by_disk_ino: &mut HashMap<u64, u64>) -> io::Result<()> {
+    fn import_dir(
+        &mut self,
+        path: &Path,
+        ino: u64,
+        parent: u64,
+        by_disk_ino: &mut HashMap<u64, u64>,
+    ) -> io::Result<()> {
         let meta = fs::metadata(path)?;
         let mut entries = BTreeMap::new();
         for entry in fs::read_dir(path)? {
@@ -482,12 +501,8 @@ impl State {
                 entries.insert(entry.file_name(), child);
             }
         }
-        let attr = DirAttr {
-            perm: (meta.mode() & 0o7777) as u16,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.modified()?,
-        };
+        let attr =
+            DirAttr { perm: (meta.mode() & 0o7777) as u16, uid: meta.uid(), gid: meta.gid(), mtime: meta.modified()? };
         self.nodes.insert(ino, Node::Dir { entries, durable: None, parent, attr });
         Ok(())
     }
@@ -633,9 +648,8 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         let mut state = self.state();
-        let result = state
-            .change_file(ino.0)
-            .and_then(|()| state.file(fh)?.write_all_at(data, offset).map_err(Errno::from));
+        let result =
+            state.change_file(ino.0).and_then(|()| state.file(fh)?.write_all_at(data, offset).map_err(Errno::from));
         match result {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -704,7 +718,16 @@ impl Filesystem for Fs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return reply.error(Errno::from(io::Error::last_os_error()));
         }
-        reply.statfs(st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, st.f_bsize as u32, 255, st.f_frsize as u32);
+        reply.statfs(
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_bsize as u32,
+            255,
+            st.f_frsize as u32,
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
