@@ -264,7 +264,7 @@ async fn power_cuts_at_random_moments_lose_no_acknowledged_block() {
         check(&rig, acked.load(Ordering::SeqCst), false, &mut in_bucket);
         let from = acked.load(Ordering::SeqCst).wrapping_add(1);
         let publisher = tokio::spawn(publish_from(sidecar.endpoint(), from, acked.clone()));
-        tokio::time::sleep(Duration::from_millis(100 + seed % 700)).await;
+        tokio::time::sleep(Duration::from_millis(50 + seed % 450)).await;
         if publisher.is_finished() {
             let result = publisher.await.unwrap();
             panic!("round {round}: the publisher stopped before the kill: {result:?}\n{}", sidecar.log());
