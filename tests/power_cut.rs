@@ -370,3 +370,42 @@ fn the_power_cut_file_system_keeps_only_what_was_made_durable() {
     fs.power_cut();
     assert_eq!(fs::read(mnt.join("new/file")).unwrap(), b"now durable");
 }
+
+/// The store makes the directories it creates durable: a store opened in a
+/// directory that did not exist keeps its acknowledged block after a cut.
+#[test]
+fn a_store_blockferry_creates_survives_a_power_cut() {
+    use blockferry::store::BlockStore;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let mut fs = PowerCutFs::mount(&dir.path().join("backing"), &mnt);
+    let store = BlockStore::open(mnt.join("new/deeper/blocks"), Default::default()).unwrap();
+    store.write_block(7, b"seven", &["b".into()]).unwrap();
+    drop(store);
+    fs.power_cut();
+    let store = BlockStore::open(mnt.join("new/deeper/blocks"), Default::default()).unwrap();
+    assert_eq!(store.numbers().unwrap(), vec![7], "the written block survives the cut");
+    store.recover(&["b".into()]).unwrap();
+    assert_eq!(store.read_block(7).unwrap(), b"seven");
+}
+
+/// The `fs` provider answers `uploaded` only once the object and every
+/// directory it created for the key are durable.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_the_fs_provider_reports_uploaded_survives_a_power_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::create_dir_all(backing.join("disk/bucket")).unwrap();
+    let mnt = dir.path().join("mnt");
+    let mut fs = PowerCutFs::mount(&backing, &mnt);
+    let runtime = runtime();
+    let mut s = spec("fs");
+    s.directory = Some(mnt.join("bucket"));
+    let client = blockferry::plugin::BucketClient::open(load(&runtime, "blockferry_fs"), s).await.unwrap();
+    let outcome = put(&client, 3, "a/b/c/three.blk", b"three").await.unwrap();
+    assert_eq!(outcome, blockferry::plugin::Outcome::Uploaded);
+    drop(client);
+    fs.power_cut();
+    let there = std::fs::read(mnt.join("bucket/a/b/c/three.blk"));
+    assert_eq!(there.ok().as_deref(), Some(&b"three"[..]), "an object reported uploaded is there after a cut");
+}
