@@ -304,7 +304,7 @@ async fn power_cuts_at_random_moments_lose_no_acknowledged_block() {
         // One round in four is a kill alone: what it left in the page cache
         // (a directory created, an object linked, neither fsynced yet) must
         // be made durable by the next start before it is relied on.
-        let cut = seed % 4 != 0;
+        let cut = !seed.is_multiple_of(4);
         if cut {
             rig.fs.power_cut();
             cuts += 1;
