@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the servers and tools the tests start (idempotent):
 # - moto's server (PyPI `moto[server]`, which brings boto3 for the tests' independent client);
-# - s3s-fs (crates.io), a small S3 server that verifies SigV4 signatures;
+# - s3s-fs (crates.io), a small S3 server that verifies SigV4 signatures.
 #   Versions after 0.14.1 need a newer rustc; the build takes about 5 minutes.
+# - Debian's fuse3 (fusermount3) for the power-cut test's FUSE file system.
 set -euo pipefail
 
 if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
