@@ -6,6 +6,7 @@
 # - grpcio (PyPI), for the independent gRPC peers (tests/peers/grpc_peer.py):
 #   a consensus node and a block node written with grpc-python;
 # - the zstd command (Debian), an independent zstd decompressor.
+# - Debian's fuse3 (fusermount3) for the power-cut test's FUSE file system.
 set -euo pipefail
 
 if ! python3 -c 'import grpc' 2>/dev/null; then
@@ -41,4 +42,12 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
     $apt_get update -qq
     DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq chromium >/dev/null
+fi
+
+# The power-cut test mounts a FUSE file system (fuser's mount needs /dev/fuse
+# and falls back to Debian fuse3's fusermount3).
+if ! command -v fusermount3 >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq
+    DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq fuse3 >/dev/null
 fi

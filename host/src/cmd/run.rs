@@ -92,7 +92,7 @@ pub fn embedded_default(dir: &Path, fs_plugin: &Path) -> anyhow::Result<Config> 
         "[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = \"plugin-cache\"\n\n\
          [[buckets]]\nname = \"local\"\nplugin = {plugin:?}\ndirectory = \"bucket\"\n"
     );
-    std::fs::create_dir_all(dir.join("bucket"))
+    blockferry::store::create_dir_all_durably(&dir.join("bucket"))
         .with_context(|| format!("creating {}", dir.join("bucket").display()))?;
     Ok(Config::parse(&text, Path::new("<embedded default>"), dir)?)
 }

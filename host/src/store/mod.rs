@@ -125,10 +125,14 @@ pub struct StoreStats {
 }
 
 impl BlockStore {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed) the store in `dir`. Every directory it
+    /// creates is made durable (see [`create_dir_all_durably`]), and so is the
+    /// store directory's own entry, in case an earlier start created it and
+    /// was killed before making it durable.
     pub fn open(dir: impl Into<PathBuf>, compression: Compression) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(dir.join(TMP_DIR)).map_err(io_err("creating", &dir))?;
+        create_dir_all_durably(&dir.join(TMP_DIR)).map_err(io_err("creating", &dir))?;
+        sync_dir(parent_of(&dir))?;
         Ok(Self {
             dir,
             compression,
@@ -500,6 +504,33 @@ fn write_file(path: &Path, data: &[u8], sync: Sync) -> Result<(), StoreError> {
 /// fsync a directory, making renames and deletions in it durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+/// Create `dir` and its missing ancestors, and make each new directory's
+/// entry durable: the parent of every directory created is fsynced, up to
+/// the nearest ancestor that already existed. (`create_dir_all` alone leaves
+/// the new entries in the page cache, and a power cut can take the whole
+/// tree, and every file later written in it, with them.)
+pub fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing {
+        File::open(parent_of(created))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]

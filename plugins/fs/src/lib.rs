@@ -9,6 +9,8 @@
 //! directory); `health` checks the root and writes and removes a probe file;
 //! the incomplete uploads are the temp files under `.blockferry/tmp/`.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,9 @@ impl ReaderGuest for Component {
 /// An opened bucket: a directory reachable at `root` inside the guest.
 struct FsBucket {
     root: PathBuf,
+    /// Directories under the root whose own entry this instance has made
+    /// durable (by fsyncing their parent), so each is fsynced once, not per upload.
+    durable_dirs: RefCell<HashSet<PathBuf>>,
 }
 
 impl GuestBucket for FsBucket {
@@ -68,10 +73,12 @@ impl GuestBucket for FsBucket {
         file.sync_all().map_err(fail("fsync temp file"))?;
         drop(file);
 
+        // The object is durable once its data (above), its directory entry
+        // and the entries of every directory above it up to the root are:
+        // only then is it reported stored.
         let target = self.root.join(key);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(fail("create parent directories"))?;
-        }
+        let parent = target.parent().unwrap_or(&self.root);
+        self.create_dirs_durably(parent).map_err(fail("create parent directories durably"))?;
         match fs::hard_link(&tmp.0, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -87,6 +94,10 @@ impl GuestBucket for FsBucket {
                                 etag: None,
                             }));
                         }
+                        // An earlier attempt may have linked it and stopped
+                        // before making it durable: make sure now.
+                        File::open(&target).and_then(|f| f.sync_all()).map_err(fail("fsync object"))?;
+                        sync_dir(parent).map_err(fail("fsync directory"))?;
                         blockferry_guest::object_confirmed(key, Confirmation::ReadBack);
                         Ok(Outcome::AlreadyPresent)
                     }
@@ -98,10 +109,7 @@ impl GuestBucket for FsBucket {
             }
             Err(e) => return Err(io_error("link object", key, e)),
         }
-        // Best effort: make the new directory entry durable.
-        if let Some(parent) = target.parent() {
-            let _ = File::open(parent).and_then(|dir| dir.sync_all());
-        }
+        sync_dir(parent).map_err(fail("fsync directory"))?;
         if let Err(e) = self.write_meta(key, size, &md5) {
             blockferry_guest::log(
                 Level::Warn,
@@ -323,7 +331,7 @@ impl FsBucket {
                 .into());
         }
         match fs::metadata(root) {
-            Ok(meta) if meta.is_dir() => Ok(FsBucket { root: root.into() }),
+            Ok(meta) if meta.is_dir() => Ok(FsBucket { root: root.into(), durable_dirs: RefCell::default() }),
             Ok(_) => Err(format!(
                 "setting `root` = {root:?} is not a directory: point it at the preopened bucket directory (normally `/bucket`)"
             )),
@@ -338,10 +346,35 @@ impl FsBucket {
         self.root.join(STATE_DIR).join("tmp")
     }
 
+    /// Creates `dir` (under the root) and its missing ancestors, and makes
+    /// the entry of every directory from `dir` up to the root durable by
+    /// fsyncing its parent — always for a directory created now, once per
+    /// instance for one that existed (an earlier process may have created it
+    /// and stopped before the fsync). A failed fsync is an error.
+    fn create_dirs_durably(&self, dir: &Path) -> io::Result<()> {
+        let mut durable = self.durable_dirs.borrow_mut();
+        let mut at = dir;
+        while at != self.root && !at.exists() {
+            durable.remove(at);
+            at = at.parent().unwrap_or(&self.root);
+        }
+        fs::create_dir_all(dir)?;
+        let mut at = dir;
+        while at != self.root && at.starts_with(&self.root) {
+            let parent = at.parent().unwrap_or(&self.root);
+            if !durable.contains(at) {
+                sync_dir(parent)?;
+                durable.insert(at.to_path_buf());
+            }
+            at = parent;
+        }
+        Ok(())
+    }
+
     /// Creates a new, uniquely named temp file under `.blockferry/tmp/`.
     fn temp_file(&self, number: u64) -> io::Result<(File, TempPath)> {
         let dir = self.temp_dir();
-        fs::create_dir_all(&dir)?;
+        self.create_dirs_durably(&dir)?;
         loop {
             let random = wasip2::random::random::get_random_u64();
             let path = dir.join(format!("{number}-{random:016x}.tmp"));
@@ -362,7 +395,7 @@ impl FsBucket {
     fn write_meta(&self, key: &str, size: u64, md5: &[u8]) -> io::Result<()> {
         let path = self.meta_path(key);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
+            self.create_dirs_durably(parent)?;
         }
         let (mut file, tmp) = self.temp_file(0)?;
         writeln!(file, "{{\"md5\":\"{}\",\"size\":{size}}}", hex(md5))?;
@@ -374,6 +407,11 @@ impl FsBucket {
     fn read_meta(&self, key: &str) -> Option<([u8; 16], u64)> {
         parse_meta(&fs::read_to_string(self.meta_path(key)).ok()?)
     }
+}
+
+/// fsyncs the directory `dir`, making the entries made in it durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A temp file that is removed when dropped (after a link or rename it is just one more name).
