@@ -38,9 +38,15 @@ fn plugin_test(plugin: &str, args: &[&str]) -> (Output, Vec<String>, Vec<String>
 
 /// Requires a clean pass, and returns the not-applicable checks.
 fn conforms(plugin: &str, args: &[&str]) -> Vec<String> {
+    conforms_but(plugin, args, &[])
+}
+
+/// Requires a pass except, at most, for `server_gaps`: checks the emulator
+/// itself cannot pass (it lacks what the check needs of a server).
+fn conforms_but(plugin: &str, args: &[&str], server_gaps: &[&str]) -> Vec<String> {
     let (out, passed, failed, na) = plugin_test(plugin, args);
-    assert!(failed.is_empty(), "{plugin}: failed {failed:?}: {}", text(&out));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(failed.iter().all(|f| server_gaps.contains(&f.as_str())), "{plugin}: failed {failed:?}: {}", text(&out));
+    assert_eq!(out.status.code(), Some(if failed.is_empty() { 0 } else { 1 }), "{}", text(&out));
     assert!(passed.len() >= 10, "{plugin}: {passed:?}");
     na
 }
@@ -77,8 +83,12 @@ fn the_s3_and_minio_providers_conform_on_s3s_fs() {
         // A 12 MiB block in parts of 5 MiB.
         args.extend_from_slice(&["--setting", "multipart_threshold=5242880", "--setting", "part_size=5242880"]);
         args.extend_from_slice(&["--setting", "retry_base_delay_ms=20", "--setting", "retry_max_delay_ms=200"]);
-        // s3s-fs checks signatures, so every check applies.
-        assert_eq!(conforms(plugin, &args), Vec::<String>::new(), "{plugin}");
+        // s3s-fs checks signatures, so every check applies. Its conditional
+        // create is not atomic (it checks `If-None-Match`, then writes): two
+        // racing uploads can both be told 200, so `concurrent-create` may
+        // fail on it whatever the client does (moto's test below holds the
+        // provider to it).
+        assert_eq!(conforms_but(plugin, &args, &["concurrent-create"]), Vec::<String>::new(), "{plugin}");
     }
 }
 
