@@ -132,12 +132,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         format!("cannot serve metrics and the status page on {http_listen} (http.listen): is another process using it? choose another address")
     })?;
     tracing::info!(address = %http_listener.local_addr()?, "http: /metrics, /healthz, /readyz, /api/status, status page");
-    // Both ports are taken before anything else starts, so a port in use ends
-    // the start-up before any stage runs.
-    let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen for the consensus node on {listen} (ingest.listen): is another process using it? choose another address")
-    })?;
     let started = Arc::new(Started::default());
     let http_server = tokio::spawn(Http::serve(http_listener, started.clone()));
     let store = Arc::new(BlockStore::open(&config.store.dir, config.store.compression)?);
@@ -175,6 +169,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
+    // The ingest port opens only once the store is recovered: a publisher
+    // (or a test) that reaches it finds every block's .meta in place.
+    let listen = args.listen.as_deref().unwrap_or(&config.ingest.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen for the consensus node on {listen} (ingest.listen): is another process using it? choose another address")
+    })?;
     let address = listener.local_addr()?;
     tracing::info!(%address, next_block = ?ingest.latest().map(|l| l + 1), "ingest: waiting for the consensus node");
     let (stop_ingest, stopped) = tokio::sync::oneshot::channel::<()>();
