@@ -30,6 +30,9 @@ use common::sidecar::Sidecar;
 use common::*;
 use md5::{Digest, Md5};
 
+/// The buckets of every config here: fs, s3 on moto, minio on s3s-fs, s3 on s3s-fs, gcs.
+const BUCKETS: [&str; 5] = ["fs", "s3", "minio", "s3-on-s3s", "gcs"];
+
 /// The fixture sets: (directory, blocks).
 const SETS: [(&str, u64); 2] = [("CN_11_12_TSS_SCHNORR", 6), ("WRB_SOLO_4N", 5)];
 
@@ -77,7 +80,7 @@ fn item_fields(block: &[u8]) -> Vec<u64> {
 fn credentials(dir: &Path) {
     let keys = format!("access_key_id = {ACCESS_KEY:?}\nsecret_access_key = {SECRET_KEY:?}\n");
     let path = dir.join("credentials.toml");
-    fs::write(&path, format!("[buckets.s3]\n{keys}[buckets.minio]\n{keys}")).unwrap();
+    fs::write(&path, format!("[buckets.s3]\n{keys}[buckets.minio]\n{keys}[buckets.s3-on-s3s]\n{keys}")).unwrap();
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
@@ -97,7 +100,7 @@ impl Buckets {
         Buckets { moto, s3s: S3sFs::start("blocks"), gcs }
     }
 
-    /// The `[[buckets]]` tables: fs into `dir/fs`, s3 on moto, minio on s3s-fs, gcs.
+    /// The `[[buckets]]` tables of [`BUCKETS`]: fs into `dir/fs`, s3 on moto, minio and s3 on s3s-fs, gcs.
     fn tables(&self, dir: &Path) -> String {
         fs::create_dir_all(dir.join("fs")).unwrap();
         let table = |name: &str, plugin: &str, extra: &str| {
@@ -120,6 +123,16 @@ impl Buckets {
                 "minio",
                 "blockferry_minio",
                 &format!("[buckets.settings]\nendpoint = {:?}\nbucket = \"blocks\"\n", self.s3s.endpoint()),
+            ),
+            // The s3 provider on s3s-fs too (it checks signatures), under its own prefix.
+            table(
+                "s3-on-s3s",
+                "blockferry_s3",
+                &format!(
+                    "key_template = \"s3/{{number}}{{ext}}\"\n[buckets.settings]\nendpoint = {:?}\nbucket = \"blocks\"\n\
+                     region = \"us-east-1\"\naddressing = \"path\"\n",
+                    self.s3s.endpoint()
+                ),
             ),
             table(
                 "gcs",
@@ -147,6 +160,8 @@ impl Buckets {
             assert_eq!(plain(fs_object), want, "fs bucket, block {n}");
             let s3s_object = fs::read(self.s3s.root.join("blocks").join(key)).unwrap();
             assert_eq!(plain(s3s_object.clone()), want, "minio bucket (s3s-fs), block {n}");
+            let s3_on_s3s = fs::read(self.s3s.root.join("blocks/s3").join(key)).unwrap();
+            assert_eq!(s3_on_s3s, s3s_object, "s3 bucket (s3s-fs), block {n}");
             // moto holds what s3s-fs holds: the store's file, whatever its compression.
             assert_eq!(moto_md5s[n as usize], hex::encode(Md5::digest(&s3s_object)), "s3 bucket (moto), block {n}");
             let gcs_object = self.gcs.download("blocks", key).unwrap_or_else(|| panic!("gcs {key} missing"));
@@ -210,7 +225,7 @@ async fn through_everything(set: &str, count: u64, compression: &str, ext: &str)
     let config = config(dir, "file-and-bucket-and-grpc", compression, &buckets.tables(dir), Some(node.addr().port()));
     let replay = fixtures(set).display().to_string();
     let t = ok(run(&config, &["run", "--replay", &replay, "--exit-when-drained"]).await);
-    for bucket in ["fs", "s3", "minio", "gcs"] {
+    for bucket in BUCKETS {
         assert!(t.contains(&format!("bucket {bucket}: {count} uploaded")), "{set}: {t}");
     }
     let store = dir.join("blocks");
@@ -226,7 +241,7 @@ async fn through_everything(set: &str, count: u64, compression: &str, ext: &str)
     buckets.hold(dir, count, ext, |n| fixture(set, n));
 
     // Restore from each bucket and verify --deep: identical, clean.
-    for bucket in ["fs", "s3", "minio", "gcs"] {
+    for bucket in BUCKETS {
         let into = dir.join(format!("restored-{bucket}"));
         let range = format!("0..{count}");
         let t = ok(run(&config, &["restore", "--from", bucket, "--range", &range, into.to_str().unwrap()]).await);
@@ -236,7 +251,7 @@ async fn through_everything(set: &str, count: u64, compression: &str, ext: &str)
         }
     }
     let t = ok(run(&config, &["verify", "--deep"]).await);
-    for bucket in ["fs", "s3", "minio", "gcs"] {
+    for bucket in BUCKETS {
         assert!(t.contains(&format!("bucket {bucket}: {count} matching, 0 missing, 0 mismatched")), "{set}: {t}");
     }
 }
