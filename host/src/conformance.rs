@@ -16,8 +16,8 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::plugin::{
-    BlockBody, BlockInfo, BlockSink, BucketClient, BucketSpec, CallError, Outcome, Plugin, PluginFailure, RemoteObject,
-    SinkTarget,
+    BlockBody, BlockInfo, BlockSink, BucketClient, BucketSpec, CallError, Outcome, Plugin, PluginFailure, PutReport,
+    RemoteObject, SinkTarget,
 };
 
 /// What the suite runs against, and how.
@@ -200,7 +200,18 @@ async fn put(
     key: &str,
     bytes: &[u8],
 ) -> Result<Outcome, CallError> {
-    let result = client.put_block(&info(number, key, bytes), &BlockBody::from_bytes(bytes.to_vec())).await;
+    put_as(client, said, &info(number, key, bytes), bytes).await.map(|put| put.outcome)
+}
+
+/// Put `bytes` as the block `block` describes (which may lie about them),
+/// with what the plugin reported; remembering what the plugin said.
+async fn put_as(
+    client: &BucketClient,
+    said: &Mutex<Vec<String>>,
+    block: &BlockInfo,
+    bytes: &[u8],
+) -> Result<PutReport, CallError> {
+    let result = client.put_block_reported(block, &BlockBody::from_bytes(bytes.to_vec())).await;
     if let Err(e) = &result {
         said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
     }
@@ -274,31 +285,26 @@ pub async fn reader_checks(client: &BucketClient, prefix: &str) -> Vec<Check> {
 /// The upload promises: new, again, different, concurrent, large, bad MD5, stat.
 async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: usize) {
     let said = suite.said.clone();
-    let confirmed = Mutex::new(None);
+    let mut confirmed = None;
     let (a, b) = (test_bytes(70_000, 1), test_bytes(70_000, 2));
     let key = suite.key("upload/000000000000000000000000000000000001.blk");
     suite
         .check("upload-new", "a new key is `uploaded` and reads back byte for byte with its MD5", async {
-            let result = client.put_block_reported(&info(1, &key, &a), &BlockBody::from_bytes(a.clone())).await;
-            if let Err(e) = &result {
-                said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
-            }
-            match result {
+            match put_as(client, &said, &info(1, &key, &a), &a).await {
                 Ok(put) if matches!(put.outcome, Outcome::Uploaded) => {
-                    *confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some(put.confirmed);
+                    confirmed = Some(put.confirmed);
                     holds(client, &key, &a).await
                 }
                 other => fail("Ok(Uploaded)", other.map(|put| put.outcome)),
             }
         })
         .await;
-    let how = confirmed.lock().unwrap_or_else(|p| p.into_inner()).take();
     suite
         .check(
             "upload-confirmed",
             "the new upload is confirmed by a digest the server computed or a read-back (`host.object-confirmed`)",
             async {
-                match how {
+                match confirmed {
                     Some(Some(_)) => Ok(()),
                     Some(None) => fail_text(
                         "host.object-confirmed(key, server-digest | read-back) during put-block",
@@ -406,13 +412,8 @@ async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: us
     let lying = suite.key("upload/000000000000000000000000000000000004.blk");
     suite
         .check("md5-enforced", "a body whose bytes do not match the MD5 the host gives is never `uploaded`", async {
-            let block = info(4, &lying, &claimed);
-            let result = client.put_block(&block, &BlockBody::from_bytes(sent.clone())).await;
-            if let Err(e) = &result {
-                said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
-            }
-            match result {
-                Ok(Outcome::Uploaded | Outcome::AlreadyPresent) => {
+            match put_as(client, &said, &info(4, &lying, &claimed), &sent).await.map(|put| put.outcome) {
+                result @ Ok(Outcome::Uploaded | Outcome::AlreadyPresent) => {
                     fail("an error or hash-mismatch (the server's integrity check refuses the body)", result)
                 }
                 _ => Ok(()),
