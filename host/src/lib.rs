@@ -9,7 +9,6 @@
 pub mod buffer;
 pub mod config;
 pub mod conformance;
-pub mod credentials;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -17,4 +16,5 @@ pub mod plugin;
 pub mod publish;
 pub mod reload;
 pub mod store;
+pub mod telemetry;
 pub mod upload;

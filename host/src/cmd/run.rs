@@ -23,9 +23,7 @@ use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{
-    BlockNodeAcks, BucketArchive, Census, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
-};
+use blockferry::upload::{BlockNodeAcks, BucketArchive, Census, Target, UploadManager, run_retention, spawn_retention};
 use blockferry_sim::files::read_block_dir;
 use blockferry_sim::publisher::{PublisherOptions, publish};
 use clap::Args;
@@ -164,7 +162,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
-    let (retention_settings, retention_rx) = tokio::sync::watch::channel(RetentionSettings::of(&config));
+    let (retention_settings, retention_rx) =
+        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
     let census = Arc::new(Census::default());
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 

@@ -16,6 +16,10 @@
 //! for the status page's one-hour chart, counts the blocks in the store and
 //! re-checks readiness.
 
+mod config;
+
+pub use config::HttpConfig;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,7 +35,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Sources;
 use crate::publish::PublishStatus;
-use crate::store::now_ms;
+use crate::telemetry::now_ms;
 
 /// The status page.
 const STATUS_PAGE: &str = include_str!("status.html");

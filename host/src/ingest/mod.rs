@@ -18,6 +18,7 @@
 //! nothing half-written. One publisher at a time: a second one is refused
 //! with `RESOURCE_EXHAUSTED` naming the one streaming.
 
+mod config;
 mod session;
 
 use std::future::Future;
@@ -35,8 +36,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+pub use config::IngestConfig;
+
 use crate::buffer::BlockBuffer;
-use crate::config::IngestConfig;
 use crate::store::{BlockStore, StoreError};
 
 /// Called with each newly stored block's number (the upload manager's hook).

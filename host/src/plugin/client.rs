@@ -125,7 +125,7 @@ pub struct CallStats {
     /// Instances created.
     pub instantiations: AtomicU64,
     /// Time of each call (waiting for a free instance not included).
-    pub call_seconds: crate::metrics::Histogram,
+    pub call_seconds: crate::telemetry::Histogram,
 }
 
 /// An opened instance of the plugin with its bucket resource, and its reader

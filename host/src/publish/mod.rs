@@ -16,6 +16,7 @@
 //! as it is full or its block's items are all packed.
 
 pub mod archive;
+mod config;
 pub mod connection;
 pub mod packer;
 pub mod policy;
@@ -32,9 +33,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::buffer::{Block, BlockBuffer};
-use crate::config::{BlockNodeConfig, PublishConfig};
 use crate::store::BlockStore;
 pub use archive::Archive;
+pub use config::{BlockNodeConfig, PublishConfig};
 pub use connection::{ConnectionState, Ended};
 use policy::{Backoff, EndOfStreamLimit, Restart, Retry};
 
@@ -55,7 +56,7 @@ pub struct PublishCounters {
     /// `(metric, labels)` → count; labels are `node` or `node,detail`.
     counts: Mutex<BTreeMap<(&'static str, String), u64>>,
     /// From a block's header sent to its acknowledgement.
-    ack_latency: crate::metrics::Histogram,
+    ack_latency: crate::telemetry::Histogram,
 }
 
 impl PublishCounters {
@@ -72,7 +73,7 @@ impl PublishCounters {
     }
 
     /// The header-sent → acknowledged latency histogram.
-    pub fn ack_latency(&self) -> &crate::metrics::Histogram {
+    pub fn ack_latency(&self) -> &crate::telemetry::Histogram {
         &self.ack_latency
     }
 }

@@ -4,6 +4,7 @@
 //! leaves the old state or the new, and [`BlockStore::recover`] tidies up.
 
 mod codec;
+mod config;
 mod meta;
 
 use std::collections::BTreeMap;
@@ -16,9 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use md5::{Digest, Md5};
 
 pub use codec::{BLOCK_EXTS, gunzip, gzip, strip_block_ext, zstd};
-pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64, now_ms};
-
-use crate::config::Compression;
+pub use config::{Compression, StoreConfig};
+pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64};
 
 /// Digits in a block file name.
 const DIGITS: usize = 36;
@@ -121,7 +121,7 @@ pub struct StoreStats {
     /// Bytes of block files written.
     pub bytes_written: AtomicU64,
     /// Time to write one block durably.
-    pub write_seconds: crate::metrics::Histogram,
+    pub write_seconds: crate::telemetry::Histogram,
 }
 
 impl BlockStore {

@@ -8,26 +8,30 @@
 //! metadata, so a backlog of hundreds of thousands of blocks is cheap.
 
 mod archive;
+mod config;
 mod retention;
 mod upkeep;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ipnet::IpNet;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use archive::BucketArchive;
+pub use config::{BucketConfig, Secrets, UploadConfig, VerifyBeforeDelete, check_key_template, render_key};
 pub use retention::{
     BlockCounts, BlockNodeAcks, Census, CensusCounts, RetentionReport, RetentionSettings, count_blocks, run_retention,
     spawn_retention,
 };
 pub use upkeep::Health;
 
-use crate::config::{BucketConfig, UploadConfig};
-use crate::plugin::{BucketClient, CallError, LoadError, PluginRuntime};
-use crate::store::{BlockStore, StoreError};
+use crate::plugin::{BucketClient, BucketSpec, CallError, Confirmation, LoadError, PluginRuntime};
+use crate::store::{BlockStore, Confirmed, StoreError};
 
 /// Renders the object key of a block from its number and file extension.
 pub type KeyFn = Arc<dyn Fn(u64, &str) -> String + Send + Sync>;
@@ -116,7 +120,7 @@ pub struct BucketStats {
     /// Sum of successful upload latencies, in microseconds.
     pub latency_us_total: AtomicU64,
     /// Latency of successful uploads.
-    pub upload_seconds: crate::metrics::Histogram,
+    pub upload_seconds: crate::telemetry::Histogram,
     /// The oldest block not yet final in the bucket (`u64::MAX`: none).
     pub oldest_pending: AtomicU64,
     /// Times a config reload replaced the bucket's plugin component.
@@ -323,4 +327,32 @@ fn read(buckets: &Buckets) -> std::sync::RwLockReadGuard<'_, Vec<Running>> {
 
 fn write(buckets: &Buckets) -> std::sync::RwLockWriteGuard<'_, Vec<Running>> {
     buckets.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BucketConfig {
+    /// What the host grants this bucket's plugin.
+    pub fn spec(&self, denied_networks: Vec<IpNet>) -> BucketSpec {
+        BucketSpec {
+            name: self.name.clone(),
+            settings: self.settings_list(),
+            directory: self.directory.clone(),
+            allow_hosts: self.allow_hosts.clone(),
+            denied_networks,
+            memory_limit: self.memory_limit_mib * 1024 * 1024,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            max_concurrency: self.concurrency,
+            secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
+            log_lines_per_minute: self.log_lines_per_minute,
+        }
+    }
+}
+
+/// A provider's confirmation, as the store records it.
+impl From<Confirmation> for Confirmed {
+    fn from(by: Confirmation) -> Self {
+        match by {
+            Confirmation::ServerDigest => Confirmed::ServerDigest,
+            Confirmation::ReadBack => Confirmed::ReadBack,
+        }
+    }
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::UploadConfig;
+use super::UploadConfig;
 use crate::plugin::CallError;
-use crate::store::now_ms;
+use crate::telemetry::now_ms;
 
 use super::{BucketStats, Buckets, Target, read};
 

@@ -15,30 +15,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-
-/// One bucket's secrets. `Debug` shows the keys, never the values.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secrets(BTreeMap<String, String>);
-
-impl Secrets {
-    /// The secrets as plugin settings.
-    pub fn pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone()))
-    }
-
-    /// The secret values, e.g. to check that none appears in a log.
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.0.values().map(String::as_str)
-    }
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.keys().map(|k| (k, "<redacted>"))).finish()
-    }
-}
+use super::ConfigError;
+use crate::upload::Secrets;
 
 /// The parsed credentials file.
 #[derive(Debug, Deserialize)]
@@ -78,17 +56,5 @@ impl Credentials {
     /// Each bucket's name with its secrets.
     pub fn into_buckets(self) -> impl Iterator<Item = (String, Secrets)> {
         self.buckets.into_iter()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_never_shows_secret_values() {
-        let s: Secrets = toml::from_str("secret_access_key = \"hunter2\"").unwrap();
-        let shown = format!("{s:?}");
-        assert!(shown.contains("secret_access_key") && !shown.contains("hunter2"), "{shown}");
     }
 }
