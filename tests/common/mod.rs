@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
+use blockferry::plugin::network::DEFAULT_DENIED_NETWORKS;
 use blockferry::plugin::{
     BlockBody, BlockInfo, BucketClient, BucketSpec, CallError, EngineSettings, Outcome, Plugin, PluginFailure,
     PluginRuntime,

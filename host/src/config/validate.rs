@@ -7,7 +7,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use super::{Config, ConfigError};
-use crate::plugin::egress::denied_literal;
+use crate::plugin::network::denied_literal;
 use crate::upload::check_key_template;
 
 impl Config {

@@ -15,9 +15,10 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::reading::ReadingProvider;
 use super::bindings::{Confirmation, IncompleteUpload, ObjectPage, Provider, UploadError};
-use super::egress::{EgressPolicy, url_authority};
+use super::egress::EgressPolicy;
 use super::error::{CallError, PluginFailure};
 use super::logs::PluginLog;
+use super::network::url_authority;
 use super::pool::{ConnectionPool, MAX_CONNECTIONS_PER_INSTANCE};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
 use super::sink::{BlockSink, Received};

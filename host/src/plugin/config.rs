@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::egress::DEFAULT_DENIED_NETWORKS;
+use super::network::DEFAULT_DENIED_NETWORKS;
 
 /// `[plugins]`: how provider components are compiled and run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

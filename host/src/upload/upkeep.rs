@@ -12,7 +12,8 @@ use super::UploadConfig;
 use crate::plugin::CallError;
 use crate::telemetry::now_ms;
 
-use super::{BucketStats, Buckets, Target, read};
+use super::manager::{Buckets, read};
+use super::{BucketStats, Target};
 
 /// A bucket's health, as last checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
