@@ -3,8 +3,11 @@
 //! lives beside the provider's tests, whose servers and helpers it uses. Run with
 //! `scripts/build-plugins.sh && scripts/install-test-servers.sh && cargo bench -p blockferry --bench s3_throughput`.
 
+#[allow(unused_imports)]
+#[path = "../../tests/all/common/mod.rs"]
+mod common;
 #[allow(dead_code, unused_imports)]
-#[path = "../../tests/s3_provider.rs"]
+#[path = "../../tests/all/s3_provider.rs"]
 mod provider;
 mod report;
 

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::sync::Locked;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -175,7 +176,7 @@ impl BlockBuffer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// Add a durable block. A block already in the buffer is left as it is.

@@ -19,5 +19,6 @@ pub mod publish;
 #[cfg(feature = "runtime")]
 pub mod reload;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod upload;

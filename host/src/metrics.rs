@@ -24,6 +24,7 @@ use crate::plugin::BucketClient;
 use crate::publish::{ConnectionState, Publisher};
 use crate::reload::ConfigInForce;
 use crate::store::BlockStore;
+use crate::sync::Locked;
 use crate::telemetry::{Histogram, LATENCY_BOUNDS, now_ms};
 use crate::upload::{BucketStats, Health, UploadManager};
 
@@ -47,12 +48,12 @@ pub struct Readiness {
 impl Readiness {
     /// Replace the reasons the host is not ready (empty: ready).
     pub fn set(&self, reasons: Vec<String>) {
-        *self.reasons.lock().unwrap_or_else(|e| e.into_inner()) = reasons;
+        *self.reasons.locked() = reasons;
     }
 
     /// Why the host is not ready (empty: ready).
     pub fn reasons(&self) -> Vec<String> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reasons.locked().clone()
     }
 }
 

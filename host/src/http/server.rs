@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Sources;
 use crate::publish::PublishStatus;
+use crate::sync::Locked;
 use crate::telemetry::now_ms;
 
 /// The status page.
@@ -159,7 +160,7 @@ impl Http {
         let s = &self.sources;
         {
             let buckets = s.buckets();
-            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            let mut history = self.history.locked();
             // A bucket removed by a reload leaves the chart.
             history.retain(|name, _| buckets.iter().any(|b| b.name == *name));
             for b in &buckets {
@@ -193,7 +194,7 @@ impl Http {
     /// The state now.
     pub fn status(&self) -> Status {
         let s = &self.sources;
-        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let history = self.history.locked();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let census = s.census.get();
         let counted = |name: &str| census.as_ref().and_then(|c| c.buckets.get(name).copied());
@@ -258,7 +259,7 @@ impl Started {
     pub fn start(&self, http: Arc<Http>) {
         http.sample();
         let sampler = tokio::spawn(http.clone().sample_forever());
-        *self.sampler.lock().unwrap_or_else(|e| e.into_inner()) = Some(sampler);
+        *self.sampler.locked() = Some(sampler);
         let _ = self.http.set(http);
     }
 
@@ -269,7 +270,7 @@ impl Started {
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Some(sampler) = self.sampler.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(sampler) = self.sampler.locked().take() {
             sampler.abort();
         }
     }

@@ -23,6 +23,7 @@ use super::pool::{ConnectionPool, MAX_CONNECTIONS_PER_INSTANCE};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
 use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
+use crate::sync::Locked;
 
 /// Extra time the host allows past a call's deadline for the guest to notice
 /// its epoch deadline before the host drops the call outright.
@@ -457,7 +458,7 @@ impl BucketClient {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let run = async {
-            let idle = self.idle.lock().expect("idle pool poisoned").pop();
+            let idle = self.idle.locked().pop();
             let mut instance = match idle {
                 Some(instance) => instance,
                 None => self.instantiate(deadline).await?,
@@ -467,7 +468,7 @@ impl BucketClient {
             let (instance, result) = f(instance).await;
             match result {
                 Ok(value) => {
-                    self.idle.lock().expect("idle pool poisoned").push(instance);
+                    self.idle.locked().push(instance);
                     Ok(value)
                 }
                 Err(e) => Err(self.classify(name, &instance, e)),

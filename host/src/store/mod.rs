@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
+use crate::sync::Locked;
 pub use codec::{BLOCK_EXTS, gunzip, gzip, strip_block_ext, zstd};
 pub use config::{Compression, StoreConfig};
 pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64};
@@ -305,7 +306,7 @@ impl BlockStore {
     /// Replace block `number`'s metadata with `f` applied to it, atomically
     /// and serialised with other updates of the same block.
     pub fn update_meta(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
-        let _guard = self.stripes[(number % STRIPES as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
         let mut meta = self.read_meta(number)?;
         f(&mut meta);
         self.write_meta(&meta)?;

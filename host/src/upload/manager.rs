@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use super::{BucketConfig, Health, UploadConfig};
 use crate::plugin::{BucketClient, BucketSpec, CallError, Confirmation, LoadError, PluginRuntime};
 use crate::store::{BlockStore, Confirmed, StoreError};
+use crate::sync::ReadWrite;
 
 /// Renders the object key of a block from its number and file extension.
 pub type KeyFn = Arc<dyn Fn(u64, &str) -> String + Send + Sync>;
@@ -197,7 +198,7 @@ impl UploadManager {
     /// start from now on (uploads in flight finish with the old ones).
     pub async fn reconfigure(&self, targets: Vec<Target>, config: UploadConfig) -> Result<Reconfigured, StoreError> {
         let mut changes = Reconfigured::default();
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        *self.config.writing() = config.clone();
         let stopped: Vec<Running> = {
             let mut buckets = write(&self.buckets);
             let (kept, stopped) =
@@ -302,11 +303,11 @@ fn notify(buckets: &Buckets, number: u64) {
 }
 
 pub(super) fn read(buckets: &Buckets) -> std::sync::RwLockReadGuard<'_, Vec<Running>> {
-    buckets.read().unwrap_or_else(|e| e.into_inner())
+    buckets.reading()
 }
 
 fn write(buckets: &Buckets) -> std::sync::RwLockWriteGuard<'_, Vec<Running>> {
-    buckets.write().unwrap_or_else(|e| e.into_inner())
+    buckets.writing()
 }
 
 impl BucketConfig {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError};
+use crate::sync::Locked;
 use crate::telemetry::now_ms;
 
 /// What one retention pass did.
@@ -91,12 +92,12 @@ pub struct Census {
 impl Census {
     /// The last count; `None` until the first is done.
     pub fn get(&self) -> Option<CensusCounts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.counts.locked().clone()
     }
 
     /// Replace the count.
     pub fn set(&self, counts: CensusCounts) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+        *self.counts.locked() = Some(counts);
     }
 }
 

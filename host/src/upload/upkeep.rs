@@ -14,6 +14,7 @@ use crate::telemetry::now_ms;
 
 use super::manager::{Buckets, read};
 use super::{BucketStats, Target};
+use crate::sync::{Locked, ReadWrite};
 
 /// A bucket's health, as last checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,7 +61,7 @@ impl Health {
 impl BucketStats {
     /// The bucket's health, as last checked.
     pub fn health(&self) -> Health {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health.locked().clone()
     }
 }
 
@@ -79,7 +80,7 @@ pub(super) fn spawn_upkeep(
             let targets: Vec<(Target, Arc<BucketStats>)> =
                 read(&buckets).iter().map(|r| (r.settings.borrow().0.clone(), r.stats.clone())).collect();
             let (every, abandoned_after) = {
-                let c = config.read().unwrap_or_else(|e| e.into_inner());
+                let c = config.reading();
                 (
                     Duration::from_secs(c.health_check_interval_secs.max(1)),
                     Duration::from_secs(c.abandoned_upload_age_secs),
@@ -110,7 +111,7 @@ async fn check_health(target: &Target, stats: &BucketStats) {
             Err(e) => Health::Unhealthy { at_ms: now_ms(), error: e.to_string() },
         }
     };
-    let mut current = stats.health.lock().unwrap_or_else(|e| e.into_inner());
+    let mut current = stats.health.locked();
     match (&*current, &health) {
         (_, Health::Unhealthy { error, .. }) => {
             tracing::error!(bucket = %target.name, "bucket unhealthy: {error}; uploads to it fail until it is fixed")

@@ -4,14 +4,12 @@
 //! hot-swapped with every block landing exactly once; a broken replacement is
 //! refused and the old plugin keeps serving.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::sidecar::{Sidecar, http_get};
+use crate::common::*;
 use blockferry_sim::{PublisherOptions, publish};
-use common::sidecar::{Sidecar, http_get};
-use common::*;
 
 const SIZE: usize = 8192;
 

@@ -5,20 +5,18 @@
 //! mismatch stays visible on `/metrics`, `/api/status` and `/readyz` after a
 //! restart; `verify --deep` records what it finds so retention keeps the block.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, SECRET_KEY, boto};
+use crate::common::sidecar::{Sidecar, http_get as get};
+use crate::common::*;
 use base64::Engine as _;
 use blockferry::config::Compression;
 use blockferry::store::{BlockMeta, BlockStore, BucketStatus, Confirmed};
 use blockferry_sim::{PublisherOptions, publish};
-use common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, SECRET_KEY, boto};
-use common::sidecar::{Sidecar, http_get as get};
-use common::*;
 
 /// The object key (and file name) of block `n`.
 fn key(n: u64) -> String {

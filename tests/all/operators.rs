@@ -3,15 +3,13 @@
 //! headless browser (Debian's `chromium`, installed by
 //! `scripts/install-test-servers.sh`), and logs that never show a secret.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::sidecar::{Sidecar, http_get as get};
+use crate::common::*;
 use blockferry_sim::{PublisherOptions, publish};
-use common::sidecar::{Sidecar, http_get as get};
-use common::*;
 
 const SECRET: &str = "sup3r-s3cret-t0ken-4242";
 
@@ -108,8 +106,8 @@ async fn metrics_health_and_readiness_follow_the_running_host() {
     assert_eq!(metric(&scraped, "blockferry_store_write_duration_seconds_count"), Some(12.0));
     assert!(metric(&scraped, "blockferry_plugin_calls_total{bucket=\"local\",provider=\"fs\"}").unwrap() >= 12.0);
     // Every metric the alert rules and the dashboard may use is exported
-    // (the publish family when streaming to block nodes: tests/relay.rs).
-    let missing = common::metrics_list::missing(&scraped, |name| !name.starts_with("blockferry_publish_"));
+    // (the publish family when streaming to block nodes: tests/all/relay.rs).
+    let missing = crate::common::metrics_list::missing(&scraped, |name| !name.starts_with("blockferry_publish_"));
     assert!(missing.is_empty(), "not exported: {missing:?}");
 
     // The store turns unwritable: not ready, with the reason; writable again: ready.

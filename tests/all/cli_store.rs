@@ -1,16 +1,14 @@
 //! The store tools of the `blockferry` binary: `import`, `status`, `verify`,
 //! run on the embedded default (the real `fs` provider) next to `run`.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Output;
 
+use crate::common::*;
 use blockferry_proto::framing::encode_block;
 use blockferry_sim::{block_bytes, generate_block};
-use common::*;
 
 /// Run `blockferry <command> --dir <work> <args>`.
 fn on(command: &str, work: &Path, args: &[&str]) -> Output {

@@ -4,12 +4,13 @@
 //! cleanup of abandoned multipart uploads, the version id in `.meta`, and
 //! providers built before the reader existed.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::servers::{ACCESS_KEY, Moto, S3sFs, SECRET_KEY, boto};
+use crate::common::sidecar::{Sidecar, http_get as get};
+use crate::common::*;
 use blockferry::buffer::{Block, BlockBuffer};
 use blockferry::config::{BlockNodeConfig, BufferConfig, Compression, PublishConfig, UploadConfig};
 use blockferry::plugin::CallError;
@@ -21,9 +22,6 @@ use blockferry_proto::PublishStreamResponse;
 use blockferry_proto::api::publish_stream_response::{BehindPublisher, Response};
 use blockferry_sim::block_node::{Action, BlockNode, Trigger};
 use blockferry_sim::{PublisherOptions, generate_block, publish};
-use common::servers::{ACCESS_KEY, Moto, S3sFs, SECRET_KEY, boto};
-use common::sidecar::{Sidecar, http_get as get};
-use common::*;
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

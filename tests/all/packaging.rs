@@ -8,13 +8,11 @@
 //! `by (…)` / `without (…)` / `on (…)` / `ignoring (…)` clauses and the
 //! durations of range selectors, and check brackets balance.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use common::metrics_list::Kind::Histogram;
-use common::metrics_list::{METRICS, Metric};
+use crate::common::metrics_list::Kind::Histogram;
+use crate::common::metrics_list::{METRICS, Metric};
 
 /// Labels every scraped series has (target labels Prometheus adds).
 const TARGET_LABELS: &[&str] = &["instance", "job"];

@@ -1,10 +1,8 @@
 //! The `fs` provider: a bucket that is a local directory, with the same
 //! semantics as the cloud providers.
 
-mod common;
-
+use crate::common::*;
 use blockferry::plugin::{BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure};
-use common::*;
 use md5::{Digest, Md5};
 
 async fn fs_bucket(dir: &std::path::Path) -> BucketClient {
@@ -148,7 +146,7 @@ async fn many_uploads_through_one_instance_leak_no_file_descriptors() {
 #[tokio::test]
 async fn the_reader_passes_the_conformance_checks() {
     let dir = tempfile::tempdir().unwrap();
-    common::reader::conformance(&fs_bucket(dir.path()).await).await;
+    crate::common::reader::conformance(&fs_bucket(dir.path()).await).await;
 }
 
 #[tokio::test]

@@ -5,19 +5,17 @@
 //! without proof, a store that cannot write and a second publisher each get a
 //! block node's answer, and nothing is lost or half-written.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::sidecar::Sidecar;
+use crate::common::*;
 use blockferry_proto::api::publish_stream_response::Response;
 use blockferry_proto::framing::split_block;
 use blockferry_proto::stream::{BlockItem, block_item::Item};
 use blockferry_proto::{EndOfStreamCode, EndStreamCode, PublishStreamResponse};
 use blockferry_sim::{PublishError, PublisherOptions, Session, block_bytes, generate_block, publish};
 use bytes::Bytes;
-use common::sidecar::Sidecar;
-use common::*;
 use prost::Message;
 
 const WAIT: Duration = Duration::from_secs(20);

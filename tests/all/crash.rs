@@ -6,14 +6,12 @@
 //!
 //! `BLOCKFERRY_CRASH_ROUNDS` sets the number of rounds (default 12).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use blockferry::store::BlockMeta;
-use common::*;
 use md5::{Digest, Md5};
 
 const PER_ROUND: u64 = 30;

@@ -1,5 +1,5 @@
 //! Power cuts, not just kills. The block store and an `fs` bucket live on a
-//! power-cut file system (`common::powercut`: a FUSE file system that keeps
+//! power-cut file system (`crate::common::powercut`: a FUSE file system that keeps
 //! only what was fsynced, file data and directory entries alike, when the
 //! power goes). The consensus node simulator streams blocks over gRPC; at a
 //! random moment blockferry is killed with SIGKILL and, in three rounds of
@@ -24,20 +24,18 @@
 //!
 //! `BLOCKFERRY_POWERCUT_ROUNDS` sets the number of rounds (default 5).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::common::powercut::PowerCutFs;
+use crate::common::sidecar::Sidecar;
+use crate::common::*;
 use blockferry::store::BlockMeta;
 use blockferry_proto::api::publish_stream_response::Response;
 use blockferry_sim::{PublishError, Session, block_bytes, generate_block};
-use common::powercut::PowerCutFs;
-use common::sidecar::Sidecar;
-use common::*;
 
 /// Target size of each block.
 const SIZE: usize = 4096;

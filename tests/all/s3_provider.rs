@@ -2,18 +2,16 @@
 //! lands is read back with boto3, an independent client), `s3s-fs` (which
 //! verifies SigV4 signatures), and a fault-injecting proxy in front of moto.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, S3sFs, SECRET_KEY, boto};
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry::plugin::{
     BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure, PluginRuntime, PutReport, RemoteObject,
 };
-use common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, S3sFs, SECRET_KEY, boto};
-use common::*;
 use md5::{Digest, Md5};
 
 const MIB: usize = 1 << 20;
@@ -124,7 +122,7 @@ async fn moto_upload_read_back_stat_already_present_and_mismatch() {
     let client = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "blocks", &[("prefix", "net-a/")])).await;
     assert_eq!(client.provider(), "s3");
 
-    let bytes = common::bytes(64 * 1024 + 7, 1);
+    let bytes = crate::common::bytes(64 * 1024 + 7, 1);
     let key = "blocks/000000000000000001.blk";
     assert_eq!(put(&client, 1, key, &bytes).await.unwrap(), Outcome::Uploaded);
 
@@ -144,7 +142,7 @@ async fn moto_upload_read_back_stat_already_present_and_mismatch() {
 
     // A different object pre-seeded under the key: hash mismatch, not overwritten.
     boto(&moto.endpoint(), "s3.put_object(Bucket='blocks', Key='net-a/blocks/2.blk', Body=b'someone else')");
-    let ours = common::bytes(4096, 2);
+    let ours = crate::common::bytes(4096, 2);
     let err = put(&client, 2, "blocks/2.blk", &ours).await.unwrap_err();
     match err {
         CallError::Plugin(PluginFailure::HashMismatch(remote)) => {
@@ -171,7 +169,7 @@ async fn moto_multipart_above_the_threshold() {
         ),
     )
     .await;
-    let bytes = common::bytes(12 * MIB + 123, 3);
+    let bytes = crate::common::bytes(12 * MIB + 123, 3);
     let started = Instant::now();
     assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     eprintln!("multipart upload of {} bytes to moto: {:?}", bytes.len(), started.elapsed());
@@ -197,7 +195,7 @@ async fn moto_sse_and_storage_class_are_sent_as_headers() {
     let moto = Moto::start();
     moto.create_bucket("enc");
     let runtime = runtime();
-    let bytes = common::bytes(1000, 4);
+    let bytes = crate::common::bytes(1000, 4);
 
     let aes = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "enc", &[("sse", "aes256")])).await;
     put(&aes, 1, "aes.blk", &bytes).await.unwrap();
@@ -255,7 +253,8 @@ async fn two_hosts_racing_on_the_same_50_blocks_write_each_once() {
     let (runtime_a, runtime_b) = (runtime(), runtime());
     let a = Arc::new(open(&runtime_a, "blockferry_s3", settings(&moto.endpoint(), "race", &[])).await);
     let b = Arc::new(open(&runtime_b, "blockferry_s3", settings(&moto.endpoint(), "race", &[])).await);
-    let blocks: Vec<(u64, Vec<u8>)> = (0..50).map(|n| (n, common::bytes(8 * 1024 + n as usize, 100 + n))).collect();
+    let blocks: Vec<(u64, Vec<u8>)> =
+        (0..50).map(|n| (n, crate::common::bytes(8 * 1024 + n as usize, 100 + n))).collect();
     let mut tasks = Vec::new();
     for client in [a.clone(), b.clone()] {
         for (n, bytes) in blocks.clone() {
@@ -289,7 +288,7 @@ async fn s3s_fs_verifies_our_signatures_and_rejects_a_wrong_secret() {
     let server = S3sFs::start("signed");
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "signed", &[])).await;
-    let bytes = common::bytes(256 * 1024, 5);
+    let bytes = crate::common::bytes(256 * 1024, 5);
     assert_eq!(put(&client, 1, "dir/one.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     assert_eq!(std::fs::read(server.root.join("signed/dir/one.blk")).unwrap(), bytes);
     let stat = client.stat("dir/one.blk").await.unwrap().unwrap();
@@ -303,7 +302,7 @@ async fn s3s_fs_verifies_our_signatures_and_rejects_a_wrong_secret() {
         settings(&server.endpoint(), "signed", &[("multipart_threshold", "1048576"), ("part_size", "5242880")]),
     )
     .await;
-    let big = common::bytes(11 * MIB, 6);
+    let big = crate::common::bytes(11 * MIB, 6);
     assert_eq!(put(&multipart, 2, "dir/big.blk", &big).await.unwrap(), Outcome::Uploaded);
     assert_eq!(md5_hex(&std::fs::read(server.root.join("signed/dir/big.blk")).unwrap()), md5_hex(&big));
 
@@ -343,7 +342,7 @@ async fn retries_through_5xx_resets_and_slow_responses_succeed() {
         ),
     )
     .await;
-    let bytes = common::bytes(100 * 1024, 7);
+    let bytes = crate::common::bytes(100 * 1024, 7);
     let started = Instant::now();
     // The slow request that timed out still reaches moto later, so the
     // last attempt may find the object there: either outcome is right.
@@ -401,7 +400,7 @@ async fn a_failed_multipart_upload_is_aborted() {
         ),
     )
     .await;
-    let bytes = common::bytes(11 * MIB, 8);
+    let bytes = crate::common::bytes(11 * MIB, 8);
     let result = put(&client, 1, "parts.blk", &bytes).await;
     let message = transient(result.unwrap_err());
     assert!(message.contains("UploadPart") && message.contains("HTTP 500"), "{message}");
@@ -421,7 +420,7 @@ async fn minio_defaults_to_path_style_and_us_east_1() {
     minio_settings.retain(|(k, _)| k != "region" && k != "addressing");
     let client = open(&runtime, "blockferry_minio", minio_settings).await;
     assert_eq!(client.provider(), "minio");
-    let bytes = common::bytes(3000, 9);
+    let bytes = crate::common::bytes(3000, 9);
     assert_eq!(put(&client, 1, "m/1.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     assert_eq!(boto_md5(&moto.endpoint(), "minio-blocks", "m/1.blk"), md5_hex(&bytes));
     let request = &proxy.seen()[0];
@@ -466,7 +465,8 @@ pub async fn throughput_beside_a_native_client(cpu: fn() -> f64) -> Vec<Throughp
     let mut report = String::new();
     let mut figures = Vec::new();
     for (label, size, count) in [("64 KiB", 64 * 1024, 200usize), ("16 MiB", 16 * MIB, 6)] {
-        let bodies: Vec<bytes::Bytes> = (0..count).map(|i| common::bytes(size, 1000 + i as u64).into()).collect();
+        let bodies: Vec<bytes::Bytes> =
+            (0..count).map(|i| crate::common::bytes(size, 1000 + i as u64).into()).collect();
         let total = (size * count) as f64 / MIB as f64;
         // The host hashes a block once when it is written; the upload only reads the MD5.
         let infos: Vec<Vec<(blockferry::plugin::BlockInfo, BlockBody)>> = (0..ROUNDS)
@@ -558,7 +558,7 @@ async fn uploads_to_one_endpoint_reuse_their_connections() {
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "pooled", &[])).await;
     for n in 0..20u64 {
-        let bytes = common::bytes(64 * 1024, n);
+        let bytes = crate::common::bytes(64 * 1024, n);
         let key = format!("keep/{n}.blk");
         assert_eq!(put(&client, n, &key, &bytes).await.unwrap(), Outcome::Uploaded);
         assert_eq!(std::fs::read(server.root.join("pooled").join(&key)).unwrap(), bytes, "block {n} intact");
@@ -574,10 +574,10 @@ async fn uploads_to_one_endpoint_reuse_their_connections() {
 /// idle timeout ends every kept-alive connection at once.
 fn closing_proxy(upstream: std::net::SocketAddr) -> (u16, StopOnDrop) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (port, runtime) = common::servers::serve_on_loopback(move |mut client| async move {
+    let (port, runtime) = crate::common::servers::serve_on_loopback(move |mut client| async move {
         let mut buf = Vec::new();
-        let Ok(Some(head)) = common::servers::read_head(&mut client, &mut buf).await else { return };
-        if common::servers::read_body(&mut client, &mut buf, head.end + head.length).await.is_err() {
+        let Ok(Some(head)) = crate::common::servers::read_head(&mut client, &mut buf).await else { return };
+        if crate::common::servers::read_body(&mut client, &mut buf, head.end + head.length).await.is_err() {
             return;
         }
         let mut request = format!("{}\r\n", head.request_line);
@@ -620,7 +620,7 @@ async fn a_kept_alive_connection_the_server_closed_costs_no_upload() {
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&format!("http://127.0.0.1:{port}"), "closing", &[])).await;
     for n in 0..10u64 {
-        let bytes = common::bytes(16 * 1024, n);
+        let bytes = crate::common::bytes(16 * 1024, n);
         let key = format!("c/{n}.blk");
         assert_eq!(put(&client, n, &key, &bytes).await.unwrap(), Outcome::Uploaded, "block {n}");
         assert_eq!(std::fs::read(server.root.join("closing").join(&key)).unwrap(), bytes, "block {n} intact");
@@ -635,11 +635,11 @@ async fn the_reader_passes_the_conformance_checks_on_moto_and_s3s_fs() {
     let moto = Moto::start();
     moto.create_bucket("reading");
     let s3 = open(&runtime, "blockferry_s3", settings(&moto.endpoint(), "reading", &[("prefix", "net/")])).await;
-    common::reader::conformance(&s3).await;
+    crate::common::reader::conformance(&s3).await;
     // MinIO's component against a signature-checking server without multipart listing.
     let server = S3sFs::start("reading");
     let minio = open(&runtime, "blockferry_minio", settings(&server.endpoint(), "reading", &[])).await;
-    common::reader::conformance(&minio).await;
+    crate::common::reader::conformance(&minio).await;
 }
 
 /// Puts `bytes` as block `number` under `key`, with what the plugin reported.
@@ -670,7 +670,7 @@ async fn a_single_part_put_the_server_stored_with_other_bytes_is_a_mismatch_neve
         FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(100)));
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "flipped", &[])).await;
-    let bytes = common::bytes(64 * 1024, 21);
+    let bytes = crate::common::bytes(64 * 1024, 21);
     let remote = mismatch(put_reported(&client, 1, "b/1.blk", &bytes).await);
     let stored = boto_md5(&moto.endpoint(), "flipped", "b/1.blk");
     assert_ne!(stored, md5_hex(&bytes), "the server stored the flipped bytes");
@@ -705,7 +705,7 @@ async fn in_a_versioned_bucket_the_corrupt_version_is_deleted_and_the_retry_uplo
         FaultProxy::start(moto.addr(), |n, method, _| (n == 0 && method == "PUT").then_some(Fault::FlipByte(7)));
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "versioned", &[])).await;
-    let bytes = common::bytes(32 * 1024, 22);
+    let bytes = crate::common::bytes(32 * 1024, 22);
     let message = match put_reported(&client, 1, "v.blk", &bytes).await {
         Err(CallError::Plugin(PluginFailure::Transient(m))) => m,
         other => panic!("expected a transient failure, got {other:?}"),
@@ -737,7 +737,7 @@ async fn a_multipart_part_the_server_stored_with_other_bytes_is_sent_again() {
     let runtime = runtime();
     let multipart = [("multipart_threshold", "5242880"), ("part_size", "5242880"), ("retry_base_delay_ms", "10")];
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "parts", &multipart)).await;
-    let bytes = common::bytes(12 * MIB, 23);
+    let bytes = crate::common::bytes(12 * MIB, 23);
     let report = put_reported(&client, 1, "big.blk", &bytes).await.unwrap();
     assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
     assert_eq!(proxy.faults(), 1);
@@ -763,7 +763,7 @@ async fn a_part_corrupted_on_every_attempt_is_never_uploaded() {
         ("retry_max_attempts", "3"),
     ];
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "always", &multipart)).await;
-    let bytes = common::bytes(12 * MIB, 24);
+    let bytes = crate::common::bytes(12 * MIB, 24);
     let message = transient(put(&client, 1, "big.blk", &bytes).await.unwrap_err());
     assert!(message.contains("part 3") && message.contains("stored other bytes"), "{message}");
     let listed = boto(&moto.endpoint(), "print(s3.list_objects_v2(Bucket='always').get('KeyCount', 0))");
@@ -781,7 +781,7 @@ async fn s3s_fs_keeping_a_body_it_answered_bad_digest_for_is_a_mismatch() {
     });
     let runtime = runtime();
     let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "digest", &[])).await;
-    let bytes = common::bytes(16 * 1024, 25);
+    let bytes = crate::common::bytes(16 * 1024, 25);
     let message = transient(put(&client, 1, "d.blk", &bytes).await.unwrap_err());
     assert!(message.contains("BadDigest"), "{message}");
     let kept = std::fs::read(server.root.join("digest/d.blk")).expect("s3s-fs kept the object");

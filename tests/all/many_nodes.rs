@@ -4,13 +4,11 @@
 //! host whose copy of one block differs reports exactly that block as a
 //! mismatch, without overwriting the others' object.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::common::*;
 use blockferry_sim::block_bytes;
-use common::*;
 
 /// Honest hosts uploading at once.
 const HOSTS: usize = 4;

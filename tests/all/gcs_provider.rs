@@ -22,8 +22,6 @@
 //! Every server is started by the test on a free loopback port; a missing
 //! one fails the test with the command that installs it.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -32,11 +30,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::servers::{FakeGcs, RequestHead, free_port, read_body, read_head, serve_on_loopback};
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry::plugin::{BlockBody, BucketClient, CallError, Confirmation, Outcome, PluginFailure, PluginRuntime};
-use common::servers::{FakeGcs, RequestHead, free_port, read_body, read_head, serve_on_loopback};
-use common::*;
 use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -342,7 +340,7 @@ async fn upload_read_back_stat_already_present_and_mismatch() {
     let client = open(&runtime, settings(&gcs.endpoint(), "blocks", &[("prefix", "net-a/")])).await;
     assert_eq!(client.provider(), "gcs");
 
-    let bytes = common::bytes(64 * KIB + 7, 1);
+    let bytes = crate::common::bytes(64 * KIB + 7, 1);
     let key = "blocks/000000000000000001.blk";
     assert_eq!(put(&client, 1, key, &bytes).await.unwrap(), Outcome::Uploaded);
 
@@ -363,14 +361,14 @@ async fn upload_read_back_stat_already_present_and_mismatch() {
     let info = block(1, key, &bytes);
     let report = client.put_block_reported(&info, &BlockBody::from_bytes(bytes.clone())).await.unwrap();
     assert_eq!((report.outcome, report.confirmed), (Outcome::AlreadyPresent, Some(Confirmation::ServerDigest)));
-    let fresh = common::bytes(1000, 3);
+    let fresh = crate::common::bytes(1000, 3);
     let report =
         client.put_block_reported(&block(3, "blocks/3.blk", &fresh), &BlockBody::from_bytes(fresh)).await.unwrap();
     assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
 
     // Another writer stored different bytes under the key: hash mismatch, not overwritten.
     gcs.seed("blocks", "net-a/blocks/2.blk", b"someone else");
-    let ours = common::bytes(4096, 2);
+    let ours = crate::common::bytes(4096, 2);
     match put(&client, 2, "blocks/2.blk", &ours).await.unwrap_err() {
         CallError::Plugin(PluginFailure::HashMismatch(remote)) => {
             assert_eq!(remote.size, 12);
@@ -405,7 +403,7 @@ async fn resumable_upload_above_the_threshold_in_256_kib_chunks() {
         settings(&proxy.endpoint(), "big", &[("resumable_threshold", "262144"), ("chunk_size", "262144")]),
     )
     .await;
-    let bytes = common::bytes(1024 * KIB + 123, 3);
+    let bytes = crate::common::bytes(1024 * KIB + 123, 3);
     assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     assert_eq!(gcs.download("big", "big.blk").as_deref(), Some(&bytes[..]));
     assert_eq!(gcs.metadata("big", "big.blk")["md5Hash"], md5_b64(&bytes));
@@ -425,7 +423,7 @@ async fn resumable_upload_above_the_threshold_in_256_kib_chunks() {
     for at in [1, 2] {
         precondition.store(at, Ordering::SeqCst);
         assert_eq!(put(&client, 3, "big.blk", &bytes).await.unwrap(), Outcome::AlreadyPresent, "412 at {at}");
-        let other = common::bytes(bytes.len(), 30);
+        let other = crate::common::bytes(bytes.len(), 30);
         match put(&client, 3, "big.blk", &other).await.unwrap_err() {
             CallError::Plugin(PluginFailure::HashMismatch(remote)) => {
                 assert_eq!(remote.md5.as_deref(), Some(&Md5::digest(&bytes)[..]), "412 at {at}")
@@ -459,7 +457,7 @@ async fn resumable_upload_resumes_from_the_committed_offset_after_failures() {
         settings(&proxy.endpoint(), "resume", &[("resumable_threshold", "262144"), ("chunk_size", "262144")]),
     )
     .await;
-    let bytes = common::bytes(1280 * KIB + 1000, 4);
+    let bytes = crate::common::bytes(1280 * KIB + 1000, 4);
     assert_eq!(put(&client, 4, "resume.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     assert_eq!(gcs.download("resume", "resume.blk").as_deref(), Some(&bytes[..]), "complete and correct");
 
@@ -507,7 +505,7 @@ async fn a_resumable_upload_that_gave_up_is_resumed_by_the_next_call() {
         ),
     )
     .await;
-    let bytes = common::bytes(768 * KIB + 5, 11);
+    let bytes = crate::common::bytes(768 * KIB + 5, 11);
     let message = transient(put(&client, 7, "later.blk", &bytes).await.unwrap_err());
     assert!(message.contains("resumable upload gs://later/later.blk"), "{message}");
     let failed = proxy.seen().len();
@@ -531,7 +529,7 @@ async fn a_missing_bucket_is_a_permanent_error_naming_everything() {
     for needle in ["objects.insert", "gs://no-such-bucket/k.blk", "HTTP 404", "`bucket`"] {
         assert!(message.contains(needle), "{needle:?} missing from: {message}");
     }
-    let big = common::bytes(300 * KIB, 5);
+    let big = crate::common::bytes(300 * KIB, 5);
     let message = permanent(put(&client, 2, "big.blk", &big).await.unwrap_err());
     for needle in ["resumable start", "gs://no-such-bucket/big.blk", "HTTP 404"] {
         assert!(message.contains(needle), "{needle:?} missing from: {message}");
@@ -556,7 +554,7 @@ async fn retries_5xx_and_429_then_gives_up_with_a_transient_error() {
     });
     let runtime = runtime();
     let client = open(&runtime, settings(&proxy.endpoint(), "flaky", &[("retry_max_attempts", "5")])).await;
-    let bytes = common::bytes(10 * KIB, 6);
+    let bytes = crate::common::bytes(10 * KIB, 6);
     assert_eq!(put(&client, 1, "flaky.blk", &bytes).await.unwrap(), Outcome::Uploaded);
     assert_eq!(gcs.download("flaky", "flaky.blk").as_deref(), Some(&bytes[..]));
     assert_eq!(proxy.seen().len(), 4);
@@ -688,9 +686,9 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
 
     // Two uploads in quick succession share one token...
     let started = Instant::now();
-    let one = common::bytes(1000, 7);
+    let one = crate::common::bytes(1000, 7);
     assert_eq!(put(&client, 1, "sa/1.blk", &one).await.unwrap(), Outcome::Uploaded);
-    assert_eq!(put(&client, 2, "sa/2.blk", &common::bytes(1000, 8)).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(put(&client, 2, "sa/2.blk", &crate::common::bytes(1000, 8)).await.unwrap(), Outcome::Uploaded);
     assert!(
         started.elapsed() < Duration::from_secs(expires_in / 2),
         "too slow to show caching: {:?}",
@@ -699,7 +697,7 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
     assert_eq!(tokens(), ["ok tok-1 key-1"], "{}", token_server.log());
     // ...and one past the refresh point (half the 6 s lifetime) gets a new one.
     tokio::time::sleep(Duration::from_secs(expires_in / 2) + Duration::from_millis(500)).await;
-    assert_eq!(put(&client, 3, "sa/3.blk", &common::bytes(1000, 9)).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(put(&client, 3, "sa/3.blk", &crate::common::bytes(1000, 9)).await.unwrap(), Outcome::Uploaded);
     assert_eq!(tokens(), ["ok tok-1 key-1", "ok tok-2 key-1"], "{}", token_server.log());
 
     let auth: Vec<String> = proxy.seen().iter().map(|r| r.header("authorization").unwrap_or("-").to_string()).collect();
@@ -717,7 +715,7 @@ async fn service_account_tokens_are_signed_verified_cached_and_refreshed() {
 
     // Cloud Storage refuses a token (401): the plugin drops it, gets a new one and retries once.
     refuse_next.store(true, Ordering::SeqCst);
-    assert_eq!(put(&client, 5, "sa/5.blk", &common::bytes(1000, 10)).await.unwrap(), Outcome::Uploaded);
+    assert_eq!(put(&client, 5, "sa/5.blk", &crate::common::bytes(1000, 10)).await.unwrap(), Outcome::Uploaded);
     let seen = proxy.seen();
     let [.., refused, retried] = &seen[..] else { panic!("{seen:?}") };
     assert_eq!(refused.fault, Some(Fault::Status(401)));
@@ -738,7 +736,7 @@ pub async fn throughput_against_the_emulator() {
     let runtime = runtime();
     let client = Arc::new(open(&runtime, settings(&gcs.endpoint(), "bench", &[])).await);
     for (size, count, in_flight) in [(64 * KIB, 400usize, 1usize), (64 * KIB, 400, 8), (16 * 1024 * KIB, 8, 1)] {
-        let bytes = Arc::new(common::bytes(size, 10));
+        let bytes = Arc::new(crate::common::bytes(size, 10));
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         let next = Arc::new(Mutex::new(0usize));
@@ -776,5 +774,5 @@ async fn the_reader_passes_the_conformance_checks() {
     gcs.create_bucket("reading");
     let runtime = runtime();
     let client = open(&runtime, settings(&gcs.endpoint(), "reading", &[("prefix", "net/")])).await;
-    common::reader::conformance(&client).await;
+    crate::common::reader::conformance(&client).await;
 }

@@ -4,14 +4,12 @@
 //! fake-gcs-server), and a deliberately flawed provider fails exactly the
 //! checks its flaw breaks — no more, no fewer.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY};
-use common::*;
+use crate::common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY};
+use crate::common::*;
 
 /// `blockferry plugin test PLUGIN --json ARGS`: exit status and the names of
 /// the passed, failed and not-applicable checks.

@@ -5,15 +5,13 @@
 //! Needs root to mount (the test machines run the tests as root); it fails,
 //! never skips, without it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::sidecar::{Sidecar, http_get};
+use crate::common::*;
 use blockferry_sim::{PublisherOptions, block_bytes, publish};
-use common::sidecar::{Sidecar, http_get};
-use common::*;
 use md5::{Digest, Md5};
 
 const SIZE: usize = 64 * 1024;

@@ -3,14 +3,12 @@
 //! other receives every block from where the first stopped, in order, none
 //! missing, byte for byte.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::sidecar::{Sidecar, http_get};
+use crate::common::*;
 use blockferry_sim::block_node::{Action, BlockNode, Trigger};
 use blockferry_sim::{PublisherOptions, generate_block, publish};
-use common::sidecar::{Sidecar, http_get};
-use common::*;
 
 const BLOCKS: u64 = 60;
 const SIZE: usize = 16 * 1024;
@@ -69,7 +67,7 @@ async fn the_block_node_list_follows_the_config_file() {
     let b_node = format!("node=\"127.0.0.1:{}\"", b.addr().port());
     assert!(metrics.contains("blockferry_publish_connected 1"), "{metrics}");
     assert!(metrics.contains(&format!("blockferry_publish_connections_opened_total{{{b_node}}} 1")), "{metrics}");
-    let missing = common::metrics_list::missing(&metrics, |name| name.starts_with("blockferry_publish_"));
+    let missing = crate::common::metrics_list::missing(&metrics, |name| name.starts_with("blockferry_publish_"));
     assert!(missing.is_empty(), "not exported: {missing:?}");
     assert!(
         metrics.contains("blockferry_config_generation 2"),

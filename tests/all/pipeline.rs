@@ -1,18 +1,16 @@
 //! The store → upload manager → plugins pipeline with real `fs` plugins:
 //! uploads to two buckets, hash mismatches, a bucket that is down, retention.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use blockferry::config::{Compression, UploadConfig};
 use blockferry::plugin::{BucketClient, PluginRuntime};
 use blockferry::store::{BlockStore, BucketStatus, Confirmed};
 use blockferry::upload::BlockNodeAcks::{NotStreaming, UpTo};
 use blockferry::upload::{Target, UploadManager, run_retention};
-use common::*;
 
 fn key(n: u64) -> String {
     format!("{n:036}.blk")

@@ -1,7 +1,7 @@
 //! Every metric blockferry exports on `/metrics` (names, types, labels): the
 //! list the alert rules and the dashboard are checked against
-//! (`tests/packaging.rs`) and that a running host is checked to export
-//! (`tests/operators.rs`, `tests/relay.rs`).
+//! (`tests/all/packaging.rs`) and that a running host is checked to export
+//! (`tests/all/operators.rs`, `tests/all/relay.rs`).
 
 /// What kind of metric a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

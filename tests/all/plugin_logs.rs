@@ -1,14 +1,12 @@
 //! What plugins print and what the sandbox refuses reaches the host's log,
 //! tagged with the plugin and bucket.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::common::*;
 use blockferry::plugin::{BlockBody, BucketClient, Outcome};
-use common::*;
 
 /// A `tracing` writer collecting everything into one buffer.
 #[derive(Clone, Default)]

@@ -1,8 +1,6 @@
 //! The `blockferry` binary: `plugin check`, `run`, `init`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn plugin_check_accepts_the_bundled_providers() {

@@ -3,18 +3,16 @@
 //! on moto (content rewritten behind blockferry's back with boto3), and a
 //! bucket whose plugin cannot read (the 0.1.0 `old-contract` fixture).
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::common::servers::{ACCESS_KEY, Moto, SECRET_KEY, boto};
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry::config::Compression;
 use blockferry::store::{BlockMeta, BlockStore, BucketStatus};
-use common::servers::{ACCESS_KEY, Moto, SECRET_KEY, boto};
-use common::*;
 use md5::{Digest, Md5};
 
 /// Write `dir/<store>.toml`: the top-level lines `top`, the store in

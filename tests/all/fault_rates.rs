@@ -2,17 +2,15 @@
 //! through a fault-injecting proxy (503 SlowDown, connection resets, stalls)
 //! in front of `s3s-fs`. At every rate every block arrives intact; the test
 //! prints the throughput and latency it reached at each rate (see
-//! RELIABILITY.md; `cargo nextest run -p blockferry --test fault_rates --no-capture`).
-
-mod common;
+//! RELIABILITY.md; `cargo nextest run -p blockferry --test all fault_rates:: --no-capture`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::servers::{ACCESS_KEY, Fault, FaultProxy, S3sFs, SECRET_KEY};
+use crate::common::*;
 use blockferry::plugin::{BlockBody, BucketClient, Outcome};
-use common::servers::{ACCESS_KEY, Fault, FaultProxy, S3sFs, SECRET_KEY};
-use common::*;
 use md5::{Digest, Md5};
 
 const BLOCKS: u64 = 60;
@@ -47,7 +45,7 @@ async fn upload_all(client: Arc<BucketClient>) -> (f64, Vec<Duration>, u64) {
                 if n >= BLOCKS {
                     return latencies;
                 }
-                let bytes = common::bytes(SIZE, n);
+                let bytes = crate::common::bytes(SIZE, n);
                 let info = block(n, &format!("f/{n}.blk"), &bytes);
                 let t = Instant::now();
                 loop {
@@ -97,7 +95,11 @@ async fn uploads_arrive_intact_at_every_fault_rate() {
         let (seconds, latencies, retries) = upload_all(client).await;
         for n in 0..BLOCKS {
             let stored = std::fs::read(server.root.join(format!("faults/f/{n}.blk"))).unwrap();
-            assert_eq!(Md5::digest(&stored), Md5::digest(common::bytes(SIZE, n)), "block {n} intact at {percent} %");
+            assert_eq!(
+                Md5::digest(&stored),
+                Md5::digest(crate::common::bytes(SIZE, n)),
+                "block {n} intact at {percent} %"
+            );
         }
         let faults = proxy.faults();
         if percent > 0 {

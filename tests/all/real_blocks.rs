@@ -12,22 +12,20 @@
 //! written with grpc-python (`tests/peers/grpc_peer.py`), whose server sends
 //! its response headers only with its first response.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY, boto, free_port, wait_for_port};
+use crate::common::sidecar::Sidecar;
+use crate::common::*;
 use blockferry_proto::framing::{encode_block, split_block};
 use blockferry_sim::block_node::BlockNode;
 use blockferry_sim::files::FUTURE_ITEM_FIELDS;
 use blockferry_sim::{read_block_dir, with_future_items};
 use bytes::Bytes;
-use common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY, boto, free_port, wait_for_port};
-use common::sidecar::Sidecar;
-use common::*;
 use md5::{Digest, Md5};
 
 /// The buckets of every config here: fs, s3 on moto, minio on s3s-fs, s3 on s3s-fs, gcs.

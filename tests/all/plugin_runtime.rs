@@ -2,16 +2,14 @@
 //! errors while a good plugin in the same host keeps working; bad files are
 //! refused with clear messages; compiled components are cached.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use blockferry::plugin::{
     BlockBody, BucketClient, CallError, LoadError, Outcome, PluginFailure, PluginRuntime, Provenance,
 };
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A misbehave bucket and an fs bucket in one runtime.
