@@ -200,3 +200,133 @@ impl<S: Service, T> Call for Operation<'_, S, T> {
         crate::log(Level::Debug, &format!("attempt {attempt} failed ({why}); retrying in {} ms", delay.as_millis()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Body, Timeouts};
+
+    /// A service whose `judge` retries 503s and counts its calls in its state.
+    struct Fake {
+        policy: Policy,
+    }
+
+    impl Service for Fake {
+        type State = u32;
+
+        fn location(&self, key: &str) -> String {
+            format!("fake://b/{key}")
+        }
+
+        fn policy(&self) -> &Policy {
+            &self.policy
+        }
+
+        fn endpoints(&self) -> (String, &'static str) {
+            ("fake.example:443".into(), "`endpoint`")
+        }
+
+        fn judge(&self, target: &str, response: Response, judged: &mut u32) -> Failure {
+            *judged += 1;
+            let why = format!("{target}: HTTP {} (judged {judged} times)", response.status);
+            if response.status == 503 {
+                Failure::Retry { why, retry_after: retry_after(&response) }
+            } else {
+                Failure::Fail(UploadError::Permanent(why))
+            }
+        }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response {
+        Response {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+            streamed: None,
+        }
+    }
+
+    fn request(failures: u32) -> Request {
+        Request {
+            method: wasip2::http::types::Method::Get,
+            https: true,
+            authority: "fake.example".into(),
+            path_and_query: format!("/{failures}"),
+            headers: Vec::new(),
+            body: Body::Empty,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                first_byte: Duration::from_secs(1),
+                between_bytes: Duration::from_secs(1),
+            },
+            sink: None,
+        }
+    }
+
+    fn permanent(verdict: Verdict<u8, UploadError>) -> String {
+        match verdict {
+            Verdict::Done(Err(UploadError::Permanent(why))) => why,
+            _ => panic!("expected a permanent error"),
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_classified_once_for_every_provider() {
+        let fake = Fake { policy: Policy::default() };
+        let mut op = fake.call("Get", "k", |n| Ok(request(n)), |_| Accept::Done(Ok(1u8)));
+        assert_eq!(op.target(), "Get fake://b/k");
+        match op.verdict(Err(HttpError::Transport("reset".into()))) {
+            Verdict::Retry { why, retry_after: None } => assert_eq!(why, "Get fake://b/k: connection error: reset"),
+            _ => panic!("a connection error is retried"),
+        }
+        assert_eq!(op.failures(), 1);
+        assert_eq!(op.request().unwrap().path_and_query, "/1", "build is told how many attempts failed");
+        let denied = permanent(op.verdict(Err(HttpError::Denied)));
+        for needle in ["Get fake://b/k", "fake.example:443 is not permitted", "egress allow-list", "check `endpoint`"] {
+            assert!(denied.contains(needle), "{needle:?} missing from {denied}");
+        }
+        assert!(permanent(op.verdict(Err(HttpError::Invalid("bad header".into())))).contains("invalid request"));
+        match op.verdict(Err(HttpError::Interrupted("at byte 7".into()))) {
+            Verdict::Done(Err(UploadError::Transient(why))) => assert!(why.contains("broke off"), "{why}"),
+            _ => panic!("a body that broke off is transient, not retried within the call"),
+        }
+        assert_eq!(op.failures(), 1, "only retried failures count");
+        assert_eq!(op.take_last_failure().as_deref(), Some("Get fake://b/k: connection error: reset"));
+    }
+
+    #[test]
+    fn expected_answers_end_the_call_and_others_go_to_the_service_s_judge() {
+        let fake = Fake { policy: Policy::default() };
+        let mut op = fake.call(
+            "Put",
+            "k",
+            |n| Ok(request(n)),
+            |r| match r.status {
+                200 => Accept::Done(Ok(7u8)),
+                409 => Accept::Retry("conflict".into()),
+                _ => Accept::Other(r),
+            },
+        );
+        assert!(matches!(op.verdict(Ok(response(200, &[]))), Verdict::Done(Ok(7))));
+        match op.verdict(Ok(response(409, &[]))) {
+            Verdict::Retry { why, .. } => assert_eq!(why, "Put fake://b/k: conflict"),
+            _ => panic!("Accept::Retry retries"),
+        }
+        match op.verdict(Ok(response(503, &[("retry-after", "3")]))) {
+            Verdict::Retry { why, retry_after } => {
+                assert_eq!(why, "Put fake://b/k: HTTP 503 (judged 1 times)");
+                assert_eq!(retry_after, Some(Duration::from_secs(3)));
+            }
+            _ => panic!("the judge retries a 503"),
+        }
+        // The judge's state lives as long as the operation.
+        assert!(permanent(op.verdict(Ok(response(403, &[])))).ends_with("(judged 2 times)"));
+        assert_eq!(op.failures(), 2);
+        let gave_up = match op.gave_up("last".into(), 5, Duration::from_millis(1500)) {
+            UploadError::Transient(why) => why,
+            _ => panic!("giving up is transient"),
+        };
+        assert!(gave_up.starts_with("Put fake://b/k: gave up after 5 attempt(s) in 1.5 s"), "{gave_up}");
+        assert!(gave_up.contains("retry_max_attempts = 5") && gave_up.ends_with("last failure: last"), "{gave_up}");
+    }
+}
