@@ -8,13 +8,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rustup target add wasm32-wasip2
 
+# Assigned first, so that a failure of plugins.sh stops the script.
+components=$(scripts/plugins.sh components)
+files=$(scripts/plugins.sh files)
 packages=()
-for package in $(scripts/plugins.sh components); do
+for package in $components; do
     packages+=(-p "$package")
 done
 cargo build --target wasm32-wasip2 --profile plugin "${packages[@]}"
 
 out="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/plugin"
-for wasm in $(scripts/plugins.sh files); do
+for wasm in $files; do
     printf '%10d bytes  %s\n' "$(stat -c %s "$out/$wasm")" "$out/$wasm"
 done

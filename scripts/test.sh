@@ -12,8 +12,10 @@ scripts/build-plugins.sh
 
 cargo fmt --all --check
 cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
+# Assigned first, so that a failure of plugins.sh stops the script.
+wasm_packages=$(scripts/plugins.sh packages)
 wasm_crates=()
-for package in $(scripts/plugins.sh packages); do
+for package in $wasm_packages; do
     wasm_crates+=(-p "$package")
 done
 cargo clippy --target wasm32-wasip2 --profile plugin "${wasm_crates[@]}" -- -D warnings
