@@ -327,12 +327,7 @@ impl GcsBucket {
     /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
     fn new(settings: &[(String, String)]) -> Result<Self, String> {
         let (cfg, unknown) = Config::parse(settings)?;
-        if !unknown.is_empty() {
-            blockferry_guest::log(
-                Level::Warn,
-                &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
-            );
-        }
+        blockferry_guest::settings::warn_unknown("gcs", &unknown, settings::KNOWN_KEYS);
         Ok(GcsBucket { cfg, unfinished: RefCell::new(None) })
     }
 

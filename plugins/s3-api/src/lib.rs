@@ -444,16 +444,7 @@ impl<F: Flavor> S3Bucket<F> {
     /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
     fn new(settings: &[(String, String)]) -> Result<Self, String> {
         let (cfg, unknown) = Config::parse(settings, &F::DEFAULTS)?;
-        if !unknown.is_empty() {
-            log(
-                Level::Warn,
-                &format!(
-                    "{}: ignoring unknown settings {unknown:?} (known: {:?})",
-                    F::DEFAULTS.provider,
-                    settings::KNOWN_KEYS
-                ),
-            );
-        }
+        blockferry_guest::settings::warn_unknown(F::DEFAULTS.provider, &unknown, settings::KNOWN_KEYS);
         Ok(S3Bucket::<F> { cfg, _flavor: PhantomData })
     }
 
