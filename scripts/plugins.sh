@@ -7,8 +7,8 @@
 #
 # This is the one list of plugins: scripts/build-plugins.sh builds the
 # components and scripts/test.sh lints every wasm crate from it. A new plugin
-# crate under plugins/ (or plugins/testing/) is a workspace member by the
-# root Cargo.toml's globs and needs only that metadata.
+# crate needs that table (every crate under plugins/ must have it: this script
+# fails naming one that does not) and its line in the workspace's `members`.
 #
 # Usage: scripts/plugins.sh packages|components|files
 #   packages    every wasm crate (components and libraries), one per line
@@ -26,12 +26,21 @@ packages | components | files) ;;
 esac
 
 cargo metadata --no-deps --format-version 1 | python3 -c '
-import json, sys
+import json, os, sys
 
 what = sys.argv[1]
-for package in json.load(sys.stdin)["packages"]:
+metadata = json.load(sys.stdin)
+plugins_dir = os.path.join(metadata["workspace_root"], "plugins") + os.sep
+for package in metadata["packages"]:
     wasm = ((package.get("metadata") or {}).get("blockferry") or {}).get("wasm")
     if wasm not in ("component", "library"):
+        # Every crate under plugins/ is WebAssembly: it must say which kind.
+        manifest = package["manifest_path"]
+        if manifest.startswith(plugins_dir):
+            sys.exit(
+                manifest + ": add [package.metadata.blockferry] with "
+                + "wasm = \"component\" (or \"library\"), so that the build and the lint see it"
+            )
         continue
     if what == "packages":
         print(package["name"])
