@@ -17,7 +17,6 @@ use md5::{Digest, Md5};
 
 pub mod metrics_list;
 pub mod powercut;
-pub mod reader;
 pub mod servers;
 pub mod sidecar;
 
