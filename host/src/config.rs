@@ -634,6 +634,11 @@ pub struct BucketConfig {
     /// (`.blk` or `.blk.gz`). Keys sort numerically.
     #[serde(default = "default_key_template")]
     pub key_template: String,
+    /// HTTPS trust and client certificate of the bucket's connections: the
+    /// `tls_ca_file`, `tls_client_cert_file`, `tls_client_key_file` and
+    /// `tls_system_roots` keys (files read at load; see `plugin::tls`).
+    #[serde(flatten)]
+    pub tls: crate::plugin::tls::TlsSettings,
     /// Provider-specific settings, passed to the plugin as they are.
     #[serde(default)]
     pub settings: toml::Table,
@@ -701,6 +706,14 @@ impl Config {
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         config.resolve_paths(base);
         config.validate(path)?;
+        for (i, b) in config.buckets.iter_mut().enumerate() {
+            b.tls.load().map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("buckets[{i}].{}", e.key),
+                problem: format!("= {:?}: {}", e.path.display().to_string(), e.problem),
+                fix: e.fix.to_string(),
+            })?;
+        }
         Ok(config)
     }
 
@@ -720,6 +733,7 @@ impl Config {
             if let Some(d) = &mut b.directory {
                 resolve(d);
             }
+            b.tls.resolve_paths(base);
         }
     }
 
@@ -1104,6 +1118,7 @@ impl BucketConfig {
             max_concurrency: self.concurrency,
             secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
             log_lines_per_minute: self.log_lines_per_minute,
+            tls: self.tls.client(),
         }
     }
 }

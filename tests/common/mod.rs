@@ -20,6 +20,7 @@ pub mod powercut;
 pub mod reader;
 pub mod servers;
 pub mod sidecar;
+pub mod tls;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -63,6 +64,7 @@ pub fn spec(name: &str) -> BucketSpec {
         max_concurrency: 4,
         secrets: Vec::new(),
         log_lines_per_minute: 600,
+        tls: Default::default(),
     }
 }
 

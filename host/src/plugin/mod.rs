@@ -21,6 +21,7 @@ pub mod logs;
 pub mod pool;
 pub mod sandbox;
 pub mod sink;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -127,7 +127,8 @@ pub enum HttpError {
     /// The connection failed or broke (refused, reset, timed out, DNS);
     /// worth retrying.
     Transport(String),
-    /// The request itself is invalid (a header, the URI); not worth retrying.
+    /// The request itself is invalid (a header, the URI), or a TLS certificate
+    /// was refused (see [`map_error_code`]); not worth retrying.
     Invalid(String),
     /// The response body broke off after some of it was spliced into the
     /// request's sink: not worth retrying within the call (the sink holds
@@ -160,6 +161,14 @@ pub fn map_error_code(code: &ErrorCode) -> HttpError {
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::HttpRequestTrailerSize(_)
         | ErrorCode::HttpRequestTrailerSectionSize(_) => HttpError::Invalid(format!("{code:?}")),
+        // A TLS certificate the host refused (the server's, or the server
+        // refusing this bucket's): no retry fixes it. The host's message names
+        // the certificate and the setting that does.
+        ErrorCode::TlsCertificateError => HttpError::Invalid("the server's TLS certificate was refused".into()),
+        ErrorCode::TlsAlertReceived(alert) => HttpError::Invalid(match &alert.alert_message {
+            Some(message) => format!("TLS: {message}"),
+            None => format!("{code:?}"),
+        }),
         other => HttpError::Transport(format!("{other:?}")),
     }
 }
