@@ -634,11 +634,21 @@ pub struct BucketConfig {
     /// (`.blk` or `.blk.gz`). Keys sort numerically.
     #[serde(default = "default_key_template")]
     pub key_template: String,
-    /// HTTPS trust and client certificate of the bucket's connections: the
-    /// `tls_ca_file`, `tls_client_cert_file`, `tls_client_key_file` and
-    /// `tls_system_roots` keys (files read at load; see `plugin::tls`).
-    #[serde(flatten)]
-    pub tls: crate::plugin::tls::TlsSettings,
+    /// PEM file of CA certificates its HTTPS connections trust beside the bundled web roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate presented for mutual TLS.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Trust the operating system's CA store too.
+    #[serde(default)]
+    pub tls_system_roots: bool,
+    /// The TLS client built from the `tls_*` keys and their files when the config was loaded.
+    #[serde(skip)]
+    pub tls: Option<crate::plugin::tls::LoadedTls>,
     /// Provider-specific settings, passed to the plugin as they are.
     #[serde(default)]
     pub settings: toml::Table,
@@ -707,7 +717,7 @@ impl Config {
         config.resolve_paths(base);
         config.validate(path)?;
         for (i, b) in config.buckets.iter_mut().enumerate() {
-            b.tls.load().map_err(|e| ConfigError::Invalid {
+            b.tls = b.tls_settings().load().map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key: format!("buckets[{i}].{}", e.key),
                 problem: format!("= {:?}: {}", e.path.display().to_string(), e.problem),
@@ -733,7 +743,11 @@ impl Config {
             if let Some(d) = &mut b.directory {
                 resolve(d);
             }
-            b.tls.resolve_paths(base);
+            for file in
+                [&mut b.tls_ca_file, &mut b.tls_client_cert_file, &mut b.tls_client_key_file].into_iter().flatten()
+            {
+                resolve(file);
+            }
         }
     }
 
@@ -1105,6 +1119,16 @@ impl BucketConfig {
         render_key(&self.key_template, number, ext)
     }
 
+    /// The bucket's `tls_*` keys.
+    pub fn tls_settings(&self) -> crate::plugin::tls::TlsSettings {
+        crate::plugin::tls::TlsSettings {
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client_cert_file: self.tls_client_cert_file.clone(),
+            tls_client_key_file: self.tls_client_key_file.clone(),
+            tls_system_roots: self.tls_system_roots,
+        }
+    }
+
     /// What the host grants this bucket's plugin.
     pub fn spec(&self, denied_networks: Vec<IpNet>) -> BucketSpec {
         BucketSpec {
@@ -1118,7 +1142,7 @@ impl BucketConfig {
             max_concurrency: self.concurrency,
             secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
             log_lines_per_minute: self.log_lines_per_minute,
-            tls: self.tls.client(),
+            tls: crate::plugin::tls::LoadedTls::client_of(self.tls.as_ref()),
         }
     }
 }

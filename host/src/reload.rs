@@ -268,7 +268,9 @@ impl Live {
             let running = self.running.lock().await;
             paths.extend(running.config.credentials.clone());
             paths.extend(running.config.buckets.iter().map(|b| b.plugin.clone()));
-            paths.extend(running.config.buckets.iter().flat_map(|b| b.tls.files().cloned()));
+            paths.extend(
+                running.config.buckets.iter().flat_map(|b| b.tls_settings().files().cloned().collect::<Vec<_>>()),
+            );
         }
         paths
             .into_iter()

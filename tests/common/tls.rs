@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use blockferry::plugin::tls::{BucketTls, TlsSettings};
+use blockferry::plugin::tls::{BucketTls, LoadedTls, TlsSettings};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -101,15 +101,14 @@ impl Identity {
 /// A bucket's TLS client as `blockferry` builds it from `tls_*` settings,
 /// the files written to `dir`: trusting `ca`, presenting `client` if given.
 pub fn bucket_tls(dir: &Path, ca: Option<&TestCa>, client: Option<&Identity>) -> BucketTls {
-    let mut settings = TlsSettings::default();
-    settings.tls_ca_file = ca.map(|ca| ca.write(dir, "bucket-ca"));
+    let mut settings = TlsSettings { tls_ca_file: ca.map(|ca| ca.write(dir, "bucket-ca")), ..Default::default() };
     if let Some(client) = client {
         let (cert, key) = client.write(dir, "bucket-client");
         settings.tls_client_cert_file = Some(cert);
         settings.tls_client_key_file = Some(key);
     }
-    settings.load().unwrap_or_else(|e| panic!("loading the bucket's TLS files: {e}"));
-    settings.client()
+    let loaded = settings.load().unwrap_or_else(|e| panic!("loading the bucket's TLS files: {e}"));
+    LoadedTls::client_of(loaded.as_ref())
 }
 
 /// What the terminator asks of clients.
@@ -136,14 +135,16 @@ impl TlsFront {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&rustls::SupportedProtocolVersion] =
             if options.tls12_only { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions).unwrap();
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions).unwrap();
         let builder = match options.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(ca.der()).unwrap();
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
                 builder.with_client_cert_verifier(verifier)
             }
         };

@@ -177,8 +177,11 @@ impl WasiHttpHooks for EgressHooks {
                 }
                 _ => None,
             };
+            let server = match request.uri().authority() {
+                Some(authority) => format!("{}://{authority} ({addr})", request.uri().scheme_str().unwrap_or("http")),
+                None => addr.to_string(),
+            };
             let dest = Destination { addr, tls_name };
-            let server = dest.to_string();
             let response = policy.pool.send(dest, request, options).await.map_err(|e| {
                 // A refused certificate is permanent, and says which setting fixes it.
                 super::tls::classify(&policy.label, &server, policy.pool.tls(), e)

@@ -171,7 +171,12 @@ impl ConnectionPool {
                 Some(name) => {
                     let name = rustls::pki_types::ServerName::try_from(name.clone())
                         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-                    Box::new(tokio_rustls::TlsConnector::from(self.tls.config.clone()).connect(name, stream).await.map_err(HttpError::Tls)?)
+                    Box::new(
+                        tokio_rustls::TlsConnector::from(self.tls.config.clone())
+                            .connect(name, stream)
+                            .await
+                            .map_err(HttpError::Tls)?,
+                    )
                 }
             };
             hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(HttpError::from)

@@ -36,19 +36,25 @@ pub struct TlsSettings {
     /// Trust the operating system's CA store too.
     #[serde(default)]
     pub tls_system_roots: bool,
-    /// What the files held when they were last read: compared with the
-    /// running config's on reload, so a changed file reopens the bucket.
-    #[serde(skip)]
-    pub loaded: Option<LoadedTls>,
 }
 
-/// The TLS client built from a bucket's settings and the files it read.
+/// The TLS client built from a bucket's settings and the files they name.
+/// Two compare equal when the files held the same certificates and keys, so
+/// a reload that finds a changed file reopens the bucket.
 #[derive(Clone)]
 pub struct LoadedTls {
     /// SHA-256 over the settings and every certificate and key read.
     digest: [u8; 32],
     /// The client the bucket's connections use.
     pub client: BucketTls,
+}
+
+impl LoadedTls {
+    /// The client of `loaded`, or the bundled web roots without a client
+    /// certificate when no `tls_*` key is set.
+    pub fn client_of(loaded: Option<&LoadedTls>) -> BucketTls {
+        loaded.map_or_else(BucketTls::default, |l| l.client.clone())
+    }
 }
 
 impl PartialEq for LoadedTls {
@@ -93,23 +99,11 @@ impl TlsSettings {
         [&self.tls_ca_file, &self.tls_client_cert_file, &self.tls_client_key_file].into_iter().flatten()
     }
 
-    /// Resolve relative file names against `base` (the config file's directory).
-    pub fn resolve_paths(&mut self, base: &Path) {
-        for path in [&mut self.tls_ca_file, &mut self.tls_client_cert_file, &mut self.tls_client_key_file]
-            .into_iter()
-            .flatten()
-        {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
-    }
-
-    /// Read the files and build the bucket's TLS client (kept in `loaded`).
-    pub fn load(&mut self) -> Result<(), TlsFileError> {
-        self.loaded = None;
+    /// Read the files and build the bucket's TLS client; `None` when no
+    /// `tls_*` key is set (the bundled web roots alone are trusted).
+    pub fn load(&self) -> Result<Option<LoadedTls>, TlsFileError> {
         if !self.is_set() {
-            return Ok(());
+            return Ok(None);
         }
         let mut digest = Sha256::new();
         digest.update([u8::from(self.tls_system_roots)]);
@@ -181,15 +175,8 @@ impl TlsSettings {
                 fix: CA_FIX,
             },
         })?;
-        self.loaded =
-            Some(LoadedTls { digest: digest.finalize().into(), client: BucketTls { config, client_certificate: described } });
-        Ok(())
-    }
-
-    /// The TLS client of the bucket: the one loaded from the files, or the
-    /// bundled web roots without a client certificate when no key is set.
-    pub fn client(&self) -> BucketTls {
-        self.loaded.as_ref().map_or_else(BucketTls::default, |l| l.client.clone())
+        let client = BucketTls { config, client_certificate: described };
+        Ok(Some(LoadedTls { digest: digest.finalize().into(), client }))
     }
 }
 
@@ -199,7 +186,11 @@ const CLIENT_CERT_FIX: &str = "point it at a readable PEM file holding the clien
                                (`-----BEGIN CERTIFICATE-----`), then any intermediate certificates";
 
 /// The certificates of the PEM file `path`, named `key` in errors.
-fn read_certificates(path: &Path, key: &'static str, fix: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+fn read_certificates(
+    path: &Path,
+    key: &'static str,
+    fix: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
     let error = |problem: String| TlsFileError { key, path: path.to_path_buf(), problem, fix };
     let bytes = std::fs::read(path).map_err(|e| error(format!("cannot be read ({e})")))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
@@ -286,17 +277,19 @@ impl ServerCertVerifier for DescribingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(|e| match e {
-            rustls::Error::InvalidCertificate(error) => {
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(RefusedCertificate {
-                    certificate: describe(end_entity),
-                    not_after: not_after(end_entity),
-                    server_name: server_name.to_str().into_owned(),
-                    error,
-                }))))
-            }
-            other => other,
-        })
+        self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(
+            |e| match e {
+                rustls::Error::InvalidCertificate(error) => rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(RefusedCertificate {
+                        certificate: describe(end_entity),
+                        not_after: not_after(end_entity),
+                        server_name: server_name.to_str().into_owned(),
+                        error,
+                    })),
+                )),
+                other => other,
+            },
+        )
     }
 
     fn verify_tls12_signature(
@@ -384,10 +377,9 @@ fn rustls_cause(error: &HttpError) -> Option<&rustls::Error> {
         if let Some(found) = e.downcast_ref::<rustls::Error>() {
             return Some(found);
         }
-        if let Some(found) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(found) = found.downcast_ref::<rustls::Error>() {
-                return Some(found);
-            }
+        let inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(found) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Some(found);
         }
         cause = e.source();
     }
@@ -487,10 +479,9 @@ mod tests {
 
     #[test]
     fn no_tls_keys_means_the_bundled_web_roots_and_nothing_loaded() {
-        let mut settings = TlsSettings::default();
-        settings.load().unwrap();
-        assert!(settings.loaded.is_none());
-        assert!(settings.client().client_certificate.is_none());
+        let loaded = TlsSettings::default().load().unwrap();
+        assert!(loaded.is_none());
+        assert!(LoadedTls::client_of(loaded.as_ref()).client_certificate.is_none());
     }
 
     #[test]
@@ -500,7 +491,11 @@ mod tests {
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
         for (settings, key, file) in [
-            (TlsSettings { tls_ca_file: Some(dir.join("missing.pem")), ..Default::default() }, "tls_ca_file", "missing.pem"),
+            (
+                TlsSettings { tls_ca_file: Some(dir.join("missing.pem")), ..Default::default() },
+                "tls_ca_file",
+                "missing.pem",
+            ),
             (TlsSettings { tls_ca_file: Some(garbage.clone()), ..Default::default() }, "tls_ca_file", "garbage.pem"),
             (
                 TlsSettings { tls_client_cert_file: Some(garbage.clone()), ..Default::default() },
@@ -508,7 +503,7 @@ mod tests {
                 "garbage.pem",
             ),
         ] {
-            let err = settings.clone().load().unwrap_err();
+            let err = settings.load().expect_err("refused");
             assert_eq!(err.key, key);
             assert!(err.to_string().contains(file) && err.to_string().contains(key), "{err}");
         }
