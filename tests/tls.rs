@@ -4,7 +4,8 @@
 //! TLS; refused certificates (unknown CA, expired, wrong name, no client
 //! certificate) as permanent errors that name the fix, while network errors
 //! during a handshake stay transient; the egress policy over HTTPS; kept-alive
-//! connections counted at the terminator; the `tls_*` config keys, and the
+//! connections counted at the terminator; the `tls_*` config keys; the system
+//! trust store (`tls_system_roots`, the real binary with `SSL_CERT_FILE`); and the
 //! real `blockferry run` reloading a fixed CA file.
 
 mod common;
@@ -452,4 +453,23 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_system_roots_trusts_the_system_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("blockferry system CA");
+    let s3 = S3sFs::start("blocks");
+    let front = TlsFront::start(loopback(s3.port), &ca.server(&["localhost"]), FrontOptions::default());
+    let config = write_config(d, &front.endpoint(), "tls_system_roots = true");
+    // The system store of the sidecar is this CA alone (SSL_CERT_FILE replaces /etc/ssl/certs).
+    let store = ca.write(d, "system-store");
+    let sidecar = Sidecar::start_with_env(&config, d, &[], &[("SSL_CERT_FILE", &store)]);
+    assert!(publish(&PublisherOptions::new(sidecar.endpoint(), 0, 3, 4096)).await.unwrap().complete());
+    wait_until("every block is uploaded over HTTPS", || {
+        (0..3).all(|n| s3.root.join(format!("blocks/{n:036}.blk")).exists())
+    })
+    .await;
+    assert!(front.handshakes() >= 1);
 }
