@@ -456,6 +456,11 @@ fn refusal(bucket: &str, server: &str, tls: &BucketTls, error: &rustls::Error) -
             | AlertDescription::HandshakeFailure),
         ) => {
             let message = match &tls.client_certificate {
+                None if *alert == AlertDescription::HandshakeFailure => format!(
+                    "{at} ended the TLS handshake with alert {alert:?}: it may require a client certificate, \
+                     and this bucket presents none (set `tls_client_cert_file` and `tls_client_key_file`), or \
+                     share no TLS version or cipher suite with this host"
+                ),
                 None => format!(
                     "{at} ended the TLS handshake with alert {alert:?}: it requires a client certificate and \
                      this bucket presents none; set `tls_client_cert_file` and `tls_client_key_file` to a \
