@@ -720,7 +720,10 @@ impl Config {
             b.tls = b.tls_settings().load().map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key: format!("buckets[{i}].{}", e.key),
-                problem: format!("= {:?}: {}", e.path.display().to_string(), e.problem),
+                problem: match e.path.as_os_str().is_empty() {
+                    true => e.problem,
+                    false => format!("= {:?}: {}", e.path.display().to_string(), e.problem),
+                },
                 fix: e.fix.to_string(),
             })?;
         }
