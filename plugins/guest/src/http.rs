@@ -457,3 +457,20 @@ pub fn now_nanos() -> u64 {
 pub fn ready_at(nanos: u64) -> Pollable {
     wasip2::clocks::monotonic_clock::subscribe_instant(nanos)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_tls_certificates_are_not_worth_retrying_and_keep_the_host_s_message() {
+        let alert = ErrorCode::TlsAlertReceived(wasip2::http::types::TlsAlertReceivedPayload {
+            alert_id: Some(48),
+            alert_message: Some("put the CA in this bucket's `tls_ca_file`".into()),
+        });
+        assert_eq!(map_error_code(&alert), HttpError::Invalid("TLS: put the CA in this bucket's `tls_ca_file`".into()));
+        assert!(matches!(map_error_code(&ErrorCode::TlsCertificateError), HttpError::Invalid(_)));
+        // A TLS protocol error (a broken handshake) stays worth retrying.
+        assert!(matches!(map_error_code(&ErrorCode::TlsProtocolError), HttpError::Transport(_)));
+    }
+}
