@@ -12,6 +12,8 @@ scripts/build-plugins.sh
 
 cargo fmt --all --check
 cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
+# The library without the plugin runtime, as the fuzz targets build it.
+cargo clippy -p blockferry --no-default-features --lib -- -D warnings
 cargo clippy --target wasm32-wasip2 --profile plugin \
     -p blockferry-fs -p blockferry-gcs -p blockferry-guest -p blockferry-s3 -p blockferry-minio -p blockferry-misbehave -p blockferry-flawed -p blockferry-old-contract -p blockferry-wrong-version \
     -p blockferry-wrong-world -p blockferry-plugin-template -- -D warnings

@@ -11,7 +11,7 @@
 
 mod report;
 #[allow(dead_code, unused_imports)]
-#[path = "../../tests/common/servers.rs"]
+#[path = "../../tests/all/common/servers.rs"]
 mod servers;
 
 use std::path::{Path, PathBuf};

@@ -2,8 +2,11 @@
 //! provider's tests, whose servers and helpers it uses. Run with
 //! `scripts/build-plugins.sh && scripts/install-test-servers.sh && cargo bench -p blockferry --bench gcs_throughput`.
 
+#[allow(unused_imports)]
+#[path = "../../tests/all/common/mod.rs"]
+mod common;
 #[allow(dead_code, unused_imports)]
-#[path = "../../tests/gcs_provider.rs"]
+#[path = "../../tests/all/gcs_provider.rs"]
 mod provider;
 
 fn main() {

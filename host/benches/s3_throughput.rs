@@ -5,8 +5,11 @@
 //! Each row is measured over plain HTTP, then over HTTPS (a TLS terminator in front of the server,
 //! the same private CA given to both clients).
 
+#[allow(unused_imports)]
+#[path = "../../tests/all/common/mod.rs"]
+mod common;
 #[allow(dead_code, unused_imports)]
-#[path = "../../tests/s3_provider.rs"]
+#[path = "../../tests/all/s3_provider.rs"]
 mod provider;
 mod report;
 

@@ -19,6 +19,7 @@ use crate::plugin::{
     BlockBody, BlockInfo, BlockSink, BucketClient, BucketSpec, CallError, Outcome, Plugin, PluginFailure, PutReport,
     RemoteObject, SinkTarget,
 };
+use crate::sync::Locked;
 
 /// What the suite runs against, and how.
 #[derive(Debug, Clone)]
@@ -213,7 +214,7 @@ async fn put_as(
 ) -> Result<PutReport, CallError> {
     let result = client.put_block_reported(block, &BlockBody::from_bytes(bytes.to_vec())).await;
     if let Err(e) = &result {
-        said.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        said.locked().push(e.to_string());
     }
     result
 }
@@ -644,7 +645,7 @@ async fn hygiene(suite: &mut Suite, client: &BucketClient, opts: &SuiteOptions) 
         );
         return;
     }
-    let said = suite.said.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let said = suite.said.locked().clone();
     suite
         .check("sandbox-secrets", "no message of the plugin contains a credential it was given", async {
             match said.iter().find(|m| secrets.iter().any(|s| m.contains(s.as_str()))) {

@@ -8,13 +8,17 @@
 
 pub mod buffer;
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod conformance;
-pub mod credentials;
 pub mod http;
 pub mod ingest;
+#[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod plugin;
 pub mod publish;
+#[cfg(feature = "runtime")]
 pub mod reload;
 pub mod store;
+pub mod sync;
+pub mod telemetry;
 pub mod upload;

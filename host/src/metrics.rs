@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use std::fmt::Write as _;
@@ -25,78 +24,9 @@ use crate::plugin::BucketClient;
 use crate::publish::{ConnectionState, Publisher};
 use crate::reload::ConfigInForce;
 use crate::store::BlockStore;
+use crate::sync::Locked;
+use crate::telemetry::{Histogram, LATENCY_BOUNDS, now_ms};
 use crate::upload::{BucketStats, Health, UploadManager};
-
-/// Upper bounds (seconds) of every latency histogram's buckets.
-pub const LATENCY_BOUNDS: [f64; 15] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-/// A latency histogram over [`LATENCY_BOUNDS`], updated with atomics.
-#[derive(Debug)]
-pub struct Histogram {
-    counts: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum_us: AtomicU64::new(0) }
-    }
-}
-
-impl Histogram {
-    /// Record one observation.
-    pub fn observe(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let i = LATENCY_BOUNDS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BOUNDS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Per-bucket counts (the last is +Inf), not cumulative.
-    pub fn counts(&self) -> Vec<u64> {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.counts().iter().sum()
-    }
-
-    /// Sum of the observations, in seconds.
-    pub fn sum(&self) -> f64 {
-        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-    }
-
-    /// The upper bound of the bucket holding quantile `q` (0 < q ≤ 1).
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let counts = self.counts();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen as f64 >= q * total as f64 {
-                return Some(LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        Some(f64::INFINITY)
-    }
-
-    fn encode(&self, encoder: &mut prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self.counts();
-        let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS.iter().copied().zip(counts.iter().copied()).collect();
-        buckets.push((f64::INFINITY, counts[LATENCY_BOUNDS.len()]));
-        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            self.sum(),
-            counts.iter().sum(),
-            &buckets,
-            None,
-        )
-    }
-}
 
 /// One bucket's sources.
 #[derive(Clone)]
@@ -118,12 +48,12 @@ pub struct Readiness {
 impl Readiness {
     /// Replace the reasons the host is not ready (empty: ready).
     pub fn set(&self, reasons: Vec<String>) {
-        *self.reasons.lock().unwrap_or_else(|e| e.into_inner()) = reasons;
+        *self.reasons.locked() = reasons;
     }
 
     /// Why the host is not ready (empty: ready).
     pub fn reasons(&self) -> Vec<String> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reasons.locked().clone()
     }
 }
 
@@ -241,12 +171,12 @@ impl Enc<'_, '_> {
     }
 
     fn histograms(&mut self, name: &str, help: &str, rows: &[(Labels, &Histogram)]) -> Result<(), std::fmt::Error> {
-        self.family(name, help, MetricType::Histogram, rows, |h, mut e| h.encode(&mut e))
+        self.family(name, help, MetricType::Histogram, rows, |h, mut e| encode_histogram(h, &mut e))
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> Result<(), std::fmt::Error> {
         let mut e = self.0.encode_descriptor(name, help, None, MetricType::Histogram)?;
-        h.encode(&mut e)
+        encode_histogram(h, &mut e)
     }
 }
 
@@ -416,7 +346,7 @@ impl Sources {
             return 0.0;
         }
         match self.store.read_meta(oldest) {
-            Ok(meta) => crate::store::now_ms().saturating_sub(meta.created_at_ms) as f64 / 1e3,
+            Ok(meta) => now_ms().saturating_sub(meta.created_at_ms) as f64 / 1e3,
             Err(_) => 0.0,
         }
     }
@@ -553,6 +483,17 @@ impl Sources {
             publisher.counters().ack_latency(),
         )
     }
+}
+
+/// One histogram in the exposition format.
+fn encode_histogram(
+    h: &Histogram,
+    encoder: &mut prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    let counts = h.counts();
+    let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS.iter().copied().zip(counts.iter().copied()).collect();
+    buckets.push((f64::INFINITY, counts[LATENCY_BOUNDS.len()]));
+    encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum(), counts.iter().sum(), &buckets, None)
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ use crate::config::{BucketConfig, Config, ConfigError};
 use crate::ingest::Ingest;
 use crate::plugin::PluginRuntime;
 use crate::publish::Publisher;
-use crate::store::{StoreError, now_ms};
+use crate::store::StoreError;
+use crate::telemetry::now_ms;
 use crate::upload::{OpenError, RetentionSettings, Target, UploadManager};
 
 /// How long the watched files must stay unchanged before the config is read.
@@ -220,7 +221,7 @@ impl Live {
         self.log_swaps(&swaps);
         let changes = self.stages.uploads.reconfigure(targets.clone(), new.upload.clone()).await?;
         (reloaded.added, reloaded.removed) = (changes.added, changes.removed);
-        self.stages.retention.send_replace(RetentionSettings { buckets: names, ..RetentionSettings::of(&new) });
+        self.stages.retention.send_replace(RetentionSettings { buckets: names, ..retention_settings(&new) });
         match &self.stages.publisher {
             Some(p) if new.block_nodes != running.config.block_nodes => p.set_nodes(new.block_nodes.clone()),
             None if !new.block_nodes.is_empty() && running.config.block_nodes.is_empty() => {
@@ -336,4 +337,14 @@ pub fn ignore_hangup() -> std::io::Result<JoinHandle<()>> {
             );
         }
     }))
+}
+
+/// The retention settings of `config`.
+pub fn retention_settings(config: &Config) -> RetentionSettings {
+    RetentionSettings {
+        buckets: config.upload_buckets(),
+        period: Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0),
+        every: Duration::from_secs(config.upload.retention_interval_secs),
+        required: config.upload.verify_before_delete.required(),
+    }
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use blockferry::config::Config;
+use blockferry::config::Credentials;
 use blockferry::conformance::{self, SuiteOptions};
-use blockferry::credentials::Credentials;
 use blockferry::plugin::check::{provider_name_problem, shown};
-use blockferry::plugin::egress::DEFAULT_DENIED_NETWORKS;
 use blockferry::plugin::logs::{DEFAULT_LINES_PER_MINUTE, escape_controls};
+use blockferry::plugin::network::DEFAULT_DENIED_NETWORKS;
 use blockferry::plugin::{BucketSpec, CONTRACT_VERSION, EngineSettings, PluginRuntime};
 use clap::{Args, Subcommand};
 

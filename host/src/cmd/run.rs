@@ -23,11 +23,7 @@ use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{
-    BlockNodeAcks, BucketArchive, Census, RetentionSettings, Target, UploadManager, run_retention, spawn_retention,
-};
-use blockferry_sim::files::read_block_dir;
-use blockferry_sim::publisher::{PublisherOptions, publish};
+use blockferry::upload::{BlockNodeAcks, BucketArchive, Census, Target, UploadManager, run_retention, spawn_retention};
 use clap::Args;
 
 /// How often the config, credentials and plugin files are checked for changes.
@@ -164,7 +160,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
-    let (retention_settings, retention_rx) = tokio::sync::watch::channel(RetentionSettings::of(&config));
+    let (retention_settings, retention_rx) =
+        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
     let census = Arc::new(Census::default());
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
@@ -213,26 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => reload::ignore_hangup()?,
     };
 
-    let endpoint = format!("http://{address}");
-    let interval = Duration::from_millis(args.block_interval_ms);
-    let simulated = if let Some(dir) = &args.replay {
-        let blocks = read_block_dir(dir).with_context(|| format!("--replay {}", dir.display()))?;
-        Some(PublisherOptions { interval, ..PublisherOptions::replay(endpoint, blocks) })
-    } else {
-        (args.generate > 0).then(|| PublisherOptions {
-            endpoint,
-            first_block: args.first.unwrap_or_else(|| ingest.latest().map_or(0, |l| l + 1)),
-            blocks: args.generate,
-            block_size: args.block_size,
-            interval,
-            ..PublisherOptions::default()
-        })
-    };
-    if let Some(options) = simulated {
-        let report = publish(&options).await.context("publishing blocks to the ingest endpoint")?;
-        println!("consensus-node simulator:\n{}", report.summary());
-        anyhow::ensure!(report.complete(), "the published blocks were not all acknowledged: {}", report.summary());
-    }
+    feed_from_simulator(&args, &format!("http://{address}"), || ingest.latest()).await?;
 
     if args.exit_when_drained {
         // Drained: final in every bucket and acknowledged by a block node.
@@ -337,5 +315,46 @@ fn print_listing(dir: &Path) -> anyhow::Result<()> {
     if entries.len() > 5 {
         println!("  … ({} more)", entries.len() - 5);
     }
+    Ok(())
+}
+
+/// `--generate` / `--replay`: publish blocks to the ingest endpoint from the
+/// built-in consensus-node simulator, and require every one acknowledged.
+#[cfg(feature = "simulators")]
+async fn feed_from_simulator(args: &RunArgs, endpoint: &str, latest: impl Fn() -> Option<u64>) -> anyhow::Result<()> {
+    use blockferry_sim::files::read_block_dir;
+    use blockferry_sim::publisher::{PublisherOptions, publish};
+
+    let endpoint = endpoint.to_string();
+    let interval = Duration::from_millis(args.block_interval_ms);
+    let simulated = if let Some(dir) = &args.replay {
+        let blocks = read_block_dir(dir).with_context(|| format!("--replay {}", dir.display()))?;
+        Some(PublisherOptions { interval, ..PublisherOptions::replay(endpoint, blocks) })
+    } else {
+        (args.generate > 0).then(|| PublisherOptions {
+            endpoint,
+            first_block: args.first.unwrap_or_else(|| latest().map_or(0, |l| l + 1)),
+            blocks: args.generate,
+            block_size: args.block_size,
+            interval,
+            ..PublisherOptions::default()
+        })
+    };
+    if let Some(options) = simulated {
+        let report = publish(&options).await.context("publishing blocks to the ingest endpoint")?;
+        println!("consensus-node simulator:\n{}", report.summary());
+        anyhow::ensure!(report.complete(), "the published blocks were not all acknowledged: {}", report.summary());
+    }
+    Ok(())
+}
+
+/// A build without the simulator refuses `--generate` / `--replay`.
+#[cfg(not(feature = "simulators"))]
+async fn feed_from_simulator(args: &RunArgs, _endpoint: &str, _latest: impl Fn() -> Option<u64>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.generate == 0 && args.replay.is_none(),
+        "--generate and --replay need the built-in consensus-node simulator, which this build leaves out; \
+         build with `--features simulators` (on by default)"
+    );
     Ok(())
 }

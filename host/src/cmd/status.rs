@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use blockferry::config::Config;
-use blockferry::store::{BlockStore, BucketStatus, StoreError, now_ms};
+use blockferry::store::{BlockStore, BucketStatus, StoreError};
+use blockferry::telemetry::now_ms;
 use clap::Args;
 use serde::Serialize;
 

@@ -18,6 +18,7 @@
 //! nothing half-written. One publisher at a time: a second one is refused
 //! with `RESOURCE_EXHAUSTED` naming the one streaming.
 
+mod config;
 mod session;
 
 use std::future::Future;
@@ -35,9 +36,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+pub use config::IngestConfig;
+
 use crate::buffer::BlockBuffer;
-use crate::config::IngestConfig;
 use crate::store::{BlockStore, StoreError};
+use crate::sync::{Locked, ReadWrite};
 
 /// Called with each newly stored block's number (the upload manager's hook).
 pub type OnStored = Arc<dyn Fn(u64) + Send + Sync>;
@@ -104,22 +107,22 @@ impl Ingest {
 
     /// The buckets a newly stored block is recorded as pending in.
     pub fn buckets(&self) -> Arc<[String]> {
-        self.buckets.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.buckets.reading().clone()
     }
 
     /// Record blocks stored from now on as pending in `buckets` (config reload).
     pub fn set_buckets(&self, buckets: Vec<String>) {
-        *self.buckets.write().unwrap_or_else(|e| e.into_inner()) = buckets.into();
+        *self.buckets.writing() = buckets.into();
     }
 
     /// Why the last block could not be stored (a full disk, say), until a
     /// block is stored again.
     pub fn store_error(&self) -> Option<String> {
-        self.store_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.store_error.locked().clone()
     }
 
     fn set_store_error(&self, error: Option<String>) {
-        *self.store_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        *self.store_error.locked() = error;
     }
 
     /// Counters since start.
@@ -129,16 +132,16 @@ impl Ingest {
 
     /// The address of the publisher streaming now.
     pub fn publisher(&self) -> Option<SocketAddr> {
-        *self.publisher.lock().unwrap_or_else(|e| e.into_inner())
+        *self.publisher.locked()
     }
 
     /// The highest block stored.
     pub fn latest(&self) -> Option<u64> {
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner())
+        *self.latest.locked()
     }
 
     fn set_latest(&self, number: u64) {
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latest = self.latest.locked();
         *latest = (*latest).max(Some(number));
     }
 
@@ -167,7 +170,7 @@ impl Ingest {
 
     /// Take the single publisher slot for `peer`, or name who holds it.
     fn claim(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<PublisherSlot, Option<SocketAddr>> {
-        let mut slot = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.publisher.locked();
         if let Some(current) = *slot {
             return Err(Some(current));
         }
@@ -182,7 +185,7 @@ struct PublisherSlot(Arc<Ingest>);
 
 impl Drop for PublisherSlot {
     fn drop(&mut self) {
-        *self.0.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.0.publisher.locked() = None;
     }
 }
 

@@ -15,13 +15,15 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::reading::ReadingProvider;
 use super::bindings::{Confirmation, IncompleteUpload, ObjectPage, Provider, UploadError};
-use super::egress::{EgressPolicy, url_authority};
+use super::egress::EgressPolicy;
 use super::error::{CallError, PluginFailure};
 use super::logs::PluginLog;
+use super::network::url_authority;
 use super::pool::{ConnectionPool, MAX_CONNECTIONS_PER_INSTANCE};
 use super::sandbox::{BUCKET_DIR_GUEST_PATH, Sandbox, StoreState};
 use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
+use crate::sync::Locked;
 
 /// Extra time the host allows past a call's deadline for the guest to notice
 /// its epoch deadline before the host drops the call outright.
@@ -127,7 +129,7 @@ pub struct CallStats {
     /// Instances created.
     pub instantiations: AtomicU64,
     /// Time of each call (waiting for a free instance not included).
-    pub call_seconds: crate::metrics::Histogram,
+    pub call_seconds: crate::telemetry::Histogram,
 }
 
 /// An opened instance of the plugin with its bucket resource, and its reader
@@ -458,7 +460,7 @@ impl BucketClient {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let run = async {
-            let idle = self.idle.lock().expect("idle pool poisoned").pop();
+            let idle = self.idle.locked().pop();
             let mut instance = match idle {
                 Some(instance) => instance,
                 None => self.instantiate(deadline).await?,
@@ -468,7 +470,7 @@ impl BucketClient {
             let (instance, result) = f(instance).await;
             match result {
                 Ok(value) => {
-                    self.idle.lock().expect("idle pool poisoned").push(instance);
+                    self.idle.locked().push(instance);
                     Ok(value)
                 }
                 Err(e) => Err(self.classify(name, &instance, e)),

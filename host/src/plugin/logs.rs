@@ -4,6 +4,7 @@
 //! counted against the bucket's line budget (a token bucket); lines past the
 //! budget are dropped and summed up in one "lines dropped" line.
 
+use crate::sync::Locked;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -89,7 +90,7 @@ impl PluginLog {
             line.push_str(&format!(" … (line cut at {MAX_LINE} bytes by the host)"));
         }
         let dropped = {
-            let mut budget = self.budget.lock().expect("log budget poisoned");
+            let mut budget = self.budget.locked();
             if !budget.take() {
                 budget.dropped += 1;
                 return;
@@ -111,7 +112,7 @@ impl PluginLog {
     /// Log how many lines were dropped since the last such line, if any (at
     /// the end of each call, so a flood that stops is still reported).
     pub fn flush_dropped(&self) {
-        let dropped = std::mem::take(&mut self.budget.lock().expect("log budget poisoned").dropped);
+        let dropped = std::mem::take(&mut self.budget.locked().dropped);
         self.summarise(dropped);
     }
 
@@ -171,7 +172,7 @@ mod tests {
     #[test]
     fn the_budget_refuses_past_its_capacity() {
         let log = PluginLog::new("p/b", [], 60);
-        let mut budget = log.budget.lock().unwrap();
+        let mut budget = log.budget.locked();
         let taken = (0..100).filter(|_| budget.take()).count();
         // A minute's worth at once (plus at most a token refilled meanwhile).
         assert!((60..=61).contains(&taken), "{taken}");

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::sync::Locked;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
@@ -141,7 +142,7 @@ impl ConnectionPool {
     }
 
     fn take_idle(&self, dest: &Destination) -> Option<SendRequest<WasiBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.locked();
         let senders = idle.get_mut(dest)?;
         senders.retain(|s| !s.is_closed());
         let ready = senders.iter().position(|s| s.is_ready())?;
@@ -149,7 +150,7 @@ impl ConnectionPool {
     }
 
     fn put_back(&self, dest: &Destination, sender: SendRequest<WasiBody>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.locked();
         let senders = idle.entry(dest.clone()).or_default();
         if senders.len() < MAX_IDLE_PER_ADDRESS {
             senders.push(sender);

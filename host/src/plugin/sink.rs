@@ -14,6 +14,7 @@ use wasmtime_wasi::p2::{DynOutputStream, OutputStream, Pollable, StreamError, St
 
 use super::bindings::blockferry::uploader::host::HostBlockSink;
 use super::sandbox::{StoreState, StreamSlot};
+use crate::sync::Locked;
 
 /// Bytes a plugin may write to a sink per `check-write` permit.
 const WRITE_PERMIT: usize = 1 << 20;
@@ -66,7 +67,7 @@ impl BlockSink {
     /// Append `bytes`, or say why not (over the limit, a write error). After a
     /// failure every later write fails the same way.
     pub fn append(&self, bytes: &[u8]) -> Result<(), String> {
-        let mut s = self.state.lock().expect("sink poisoned");
+        let mut s = self.state.locked();
         if let Some(e) = &s.failed {
             return Err(e.clone());
         }
@@ -100,7 +101,7 @@ impl BlockSink {
     /// Everything received so far, the target handed back. Fails with the
     /// first write error, if any.
     pub fn finish(self) -> Result<Received, String> {
-        let mut s = self.state.lock().expect("sink poisoned");
+        let mut s = self.state.locked();
         if let Some(e) = s.failed.take() {
             return Err(e);
         }
@@ -133,7 +134,7 @@ impl OutputStream for SinkStream {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        match &self.sink.state.lock().expect("sink poisoned").failed {
+        match &self.sink.state.locked().failed {
             Some(e) => Err(StreamError::LastOperationFailed(wasmtime::format_err!("{e}"))),
             None => Ok(WRITE_PERMIT),
         }

@@ -19,10 +19,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use super::BlockNodeConfig;
 use super::packer::{TooLarge, pack};
 use super::{Ctx, Stop};
 use crate::buffer::Block;
-use crate::config::BlockNodeConfig;
 
 /// The states of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

@@ -16,6 +16,7 @@
 //! as it is full or its block's items are all packed.
 
 pub mod archive;
+mod config;
 pub mod connection;
 pub mod packer;
 pub mod policy;
@@ -32,9 +33,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::buffer::{Block, BlockBuffer};
-use crate::config::{BlockNodeConfig, PublishConfig};
 use crate::store::BlockStore;
+use crate::sync::Locked;
 pub use archive::Archive;
+pub use config::{BlockNodeConfig, PublishConfig};
 pub use connection::{ConnectionState, Ended};
 use policy::{Backoff, EndOfStreamLimit, Restart, Retry};
 
@@ -55,24 +57,24 @@ pub struct PublishCounters {
     /// `(metric, labels)` → count; labels are `node` or `node,detail`.
     counts: Mutex<BTreeMap<(&'static str, String), u64>>,
     /// From a block's header sent to its acknowledgement.
-    ack_latency: crate::metrics::Histogram,
+    ack_latency: crate::telemetry::Histogram,
 }
 
 impl PublishCounters {
     /// Every counter: `(metric, labels, value)`.
     pub fn snapshot(&self) -> Vec<(&'static str, String, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = self.counts.locked();
         counts.iter().map(|((m, l), v)| (*m, l.clone(), *v)).collect()
     }
 
     /// The value of `metric` with `labels`.
     pub fn get(&self, metric: &str, labels: &str) -> u64 {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = self.counts.locked();
         counts.iter().find(|((m, l), _)| *m == metric && l == labels).map_or(0, |(_, v)| *v)
     }
 
     /// The header-sent → acknowledged latency histogram.
-    pub fn ack_latency(&self) -> &crate::metrics::Histogram {
+    pub fn ack_latency(&self) -> &crate::telemetry::Histogram {
         &self.ack_latency
     }
 }
@@ -108,7 +110,7 @@ impl Ctx {
     }
 
     fn set_state(&self, node: &str, state: ConnectionState, block: Option<u64>) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.locked();
         status.node = Some(node.to_string());
         status.state = state;
         if block.is_some() {
@@ -118,11 +120,11 @@ impl Ctx {
 
     fn set_streaming(&self, block: u64) {
         self.streaming.store(block, Ordering::Relaxed);
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).streaming_block = Some(block);
+        self.status.locked().streaming_block = Some(block);
     }
 
     fn count(&self, metric: &'static str, labels: &str) {
-        let mut counts = self.counters.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counters.counts.locked();
         *counts.entry((metric, labels.to_string())).or_default() += 1;
     }
 
@@ -149,7 +151,7 @@ impl Ctx {
     /// `archive_max_blocks_behind` of the newest block held.
     async fn archived(&self, number: u64) -> Option<Arc<Block>> {
         let archive = self.archive.clone()?;
-        if let Some(block) = self.archived.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        if let Some(block) = self.archived.locked().clone()
             && block.number == number
         {
             return Some(block);
@@ -161,8 +163,8 @@ impl Ctx {
         let bytes = archive.fetch(number).await?;
         let items = split_block(&Bytes::from(bytes)).ok()?;
         let block = Arc::new(Block::new(number, items));
-        *self.archived.lock().unwrap_or_else(|e| e.into_inner()) = Some(block.clone());
-        let node = self.status.lock().unwrap_or_else(|e| e.into_inner()).node.clone().unwrap_or_default();
+        *self.archived.locked() = Some(block.clone());
+        let node = self.status.locked().node.clone().unwrap_or_default();
         self.count("archive_reads_total", &node);
         Some(block)
     }
@@ -254,7 +256,7 @@ impl Publisher {
 
     /// Where publishing is now.
     pub fn status(&self) -> PublishStatus {
-        self.ctx.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.ctx.status.locked().clone()
     }
 
     /// Counters since start.
@@ -265,7 +267,7 @@ impl Publisher {
     /// Stop at once: the connection closes without the graceful steps.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(Stop::Shutdown);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self.task.locked().take();
         if let Some(task) = task {
             let _ = task.await;
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use blockferry_proto::EndOfStreamCode;
 
-use crate::config::PublishConfig;
+use super::PublishConfig;
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
-use crate::config::Compression;
+use super::Compression;
 
 /// The extensions of block files and objects, one per [`Compression`].
 pub const BLOCK_EXTS: [&str; 3] = [".blk", ".blk.gz", ".blk.zstd"];

@@ -2,15 +2,11 @@
 //! has been uploaded. Always replaced atomically (temporary file, fsync, rename).
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::telemetry::now_ms;
 
 /// An MD5 digest in the base64 form `.meta` files and log lines use.
 pub fn md5_base64(md5: &[u8]) -> String {
@@ -30,15 +26,6 @@ pub enum Confirmed {
     /// The stored bytes were read back and their MD5 equals the block's
     /// (`blockferry verify --deep`, or a provider that reads back).
     ReadBack,
-}
-
-impl From<crate::plugin::Confirmation> for Confirmed {
-    fn from(by: crate::plugin::Confirmation) -> Self {
-        match by {
-            crate::plugin::Confirmation::ServerDigest => Confirmed::ServerDigest,
-            crate::plugin::Confirmation::ReadBack => Confirmed::ReadBack,
-        }
-    }
 }
 
 /// Where one block stands with one bucket.
@@ -184,7 +171,7 @@ impl BlockMeta {
 
     /// Extension of the block file (`.blk`, `.blk.gz` or `.blk.zstd`), as object keys carry it.
     pub fn ext(&self) -> &'static str {
-        crate::config::Compression::of_name(&self.file).unwrap_or_default().ext()
+        super::Compression::of_name(&self.file).unwrap_or_default().ext()
     }
 
     /// Status in `bucket` (pending when the bucket is not recorded yet).

@@ -4,6 +4,7 @@
 //! leaves the old state or the new, and [`BlockStore::recover`] tidies up.
 
 mod codec;
+mod config;
 mod meta;
 
 use std::collections::BTreeMap;
@@ -15,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
+use crate::sync::Locked;
 pub use codec::{BLOCK_EXTS, gunzip, gzip, strip_block_ext, zstd};
-pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64, now_ms};
-
-use crate::config::Compression;
+pub use config::{Compression, StoreConfig};
+pub use meta::{BlockMeta, BucketStatus, Confirmed, md5_base64};
 
 /// Digits in a block file name.
 const DIGITS: usize = 36;
@@ -121,7 +122,7 @@ pub struct StoreStats {
     /// Bytes of block files written.
     pub bytes_written: AtomicU64,
     /// Time to write one block durably.
-    pub write_seconds: crate::metrics::Histogram,
+    pub write_seconds: crate::telemetry::Histogram,
 }
 
 impl BlockStore {
@@ -305,7 +306,7 @@ impl BlockStore {
     /// Replace block `number`'s metadata with `f` applied to it, atomically
     /// and serialised with other updates of the same block.
     pub fn update_meta(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
-        let _guard = self.stripes[(number % STRIPES as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
         let mut meta = self.read_meta(number)?;
         f(&mut meta);
         self.write_meta(&meta)?;

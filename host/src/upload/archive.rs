@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::config::Compression;
 use crate::plugin::{BlockSink, SinkTarget};
 use crate::publish::archive::Archive;
+use crate::store::Compression;
 
 use super::UploadManager;
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError, now_ms};
+use crate::store::{BlockMeta, BlockStore, BucketStatus, Confirmed, StoreError};
+use crate::sync::Locked;
+use crate::telemetry::now_ms;
 
 /// What one retention pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,12 +92,12 @@ pub struct Census {
 impl Census {
     /// The last count; `None` until the first is done.
     pub fn get(&self) -> Option<CensusCounts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.counts.locked().clone()
     }
 
     /// Replace the count.
     pub fn set(&self, counts: CensusCounts) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+        *self.counts.locked() = Some(counts);
     }
 }
 
@@ -241,16 +243,4 @@ pub fn spawn_retention(
             }
         }
     })
-}
-
-impl RetentionSettings {
-    /// The retention settings of `config`.
-    pub fn of(config: &crate::config::Config) -> Self {
-        Self {
-            buckets: config.upload_buckets(),
-            period: Duration::from_secs_f64(config.upload.local_retention_hours * 3600.0),
-            every: Duration::from_secs(config.upload.retention_interval_secs),
-            required: config.upload.verify_before_delete.required(),
-        }
-    }
 }

@@ -8,60 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::UploadConfig;
+use super::UploadConfig;
 use crate::plugin::CallError;
-use crate::store::now_ms;
+use crate::telemetry::now_ms;
 
-use super::{BucketStats, Buckets, Target, read};
-
-/// A bucket's health, as last checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Health {
-    /// Not checked yet.
-    #[default]
-    Unknown,
-    /// Its plugin cannot check (no `bucket-reader`).
-    Unchecked,
-    /// The last check passed.
-    Healthy {
-        /// When, in Unix milliseconds.
-        at_ms: u64,
-    },
-    /// The last check failed.
-    Unhealthy {
-        /// When, in Unix milliseconds.
-        at_ms: u64,
-        /// The plugin's error.
-        error: String,
-    },
-}
-
-impl Health {
-    /// `healthy`, `unhealthy`, `unknown` or `unchecked`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Health::Healthy { .. } => "healthy",
-            Health::Unhealthy { .. } => "unhealthy",
-            Health::Unknown => "unknown",
-            Health::Unchecked => "unchecked",
-        }
-    }
-
-    /// Why the last check failed, if it did.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Health::Unhealthy { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-impl BucketStats {
-    /// The bucket's health, as last checked.
-    pub fn health(&self) -> Health {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
+use super::bucket::{BucketStats, Buckets, Health, Target, read};
+use crate::sync::{Locked, ReadWrite};
 
 /// Run upkeep passes until the task is aborted: the first when `wake` is
 /// first notified (once the manager has registered its buckets), then every
@@ -78,7 +30,7 @@ pub(super) fn spawn_upkeep(
             let targets: Vec<(Target, Arc<BucketStats>)> =
                 read(&buckets).iter().map(|r| (r.settings.borrow().0.clone(), r.stats.clone())).collect();
             let (every, abandoned_after) = {
-                let c = config.read().unwrap_or_else(|e| e.into_inner());
+                let c = config.reading();
                 (
                     Duration::from_secs(c.health_check_interval_secs.max(1)),
                     Duration::from_secs(c.abandoned_upload_age_secs),
@@ -109,7 +61,7 @@ async fn check_health(target: &Target, stats: &BucketStats) {
             Err(e) => Health::Unhealthy { at_ms: now_ms(), error: e.to_string() },
         }
     };
-    let mut current = stats.health.lock().unwrap_or_else(|e| e.into_inner());
+    let mut current = stats.health.locked();
     match (&*current, &health) {
         (_, Health::Unhealthy { error, .. }) => {
             tracing::error!(bucket = %target.name, "bucket unhealthy: {error}; uploads to it fail until it is fixed")

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::UploadConfig;
 use super::{BucketStats, Target};
-use crate::config::UploadConfig;
 use crate::plugin::{BlockBody, BlockInfo, CallError, Outcome, PluginFailure, PutReport};
-use crate::store::{BlockStore, BucketStatus, Confirmed, StoreError, md5_base64, now_ms};
+use crate::store::{BlockStore, BucketStatus, Confirmed, StoreError, md5_base64};
+use crate::telemetry::now_ms;
 
 /// What one upload attempt came to.
 enum Attempt {
@@ -187,10 +188,10 @@ async fn try_upload(
         size: meta.size,
         md5: meta.md5_bytes(),
         key: (target.key)(n, ext),
-        content_type: match crate::config::Compression::of_name(ext).unwrap_or_default() {
-            crate::config::Compression::None => "application/octet-stream",
-            crate::config::Compression::Gzip => "application/gzip",
-            crate::config::Compression::Zstd => "application/zstd",
+        content_type: match crate::store::Compression::of_name(ext).unwrap_or_default() {
+            crate::store::Compression::None => "application/octet-stream",
+            crate::store::Compression::Gzip => "application/gzip",
+            crate::store::Compression::Zstd => "application/zstd",
         }
         .into(),
     };
