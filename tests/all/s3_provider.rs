@@ -34,10 +34,21 @@ fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String
 /// Opens a bucket with plugin `plugin` and `settings`, a 60 s call deadline
 /// (moto is slow on a loaded 2-core machine; the retry tests bound their own time).
 async fn open(runtime: &PluginRuntime, plugin: &str, settings: Vec<(String, String)>) -> BucketClient {
+    open_with_tls(runtime, plugin, settings, Default::default()).await
+}
+
+/// [`open`], the bucket's HTTPS connections made with `tls`.
+async fn open_with_tls(
+    runtime: &PluginRuntime,
+    plugin: &str,
+    settings: Vec<(String, String)>,
+    tls: blockferry::plugin::tls::BucketTls,
+) -> BucketClient {
     let mut spec = spec("s3-test");
     spec.settings = settings;
     spec.call_timeout = Duration::from_secs(60);
     spec.max_concurrency = 8;
+    spec.tls = tls;
     BucketClient::open(load(runtime, plugin), spec).await.unwrap_or_else(|e| panic!("open {plugin}: {e}"))
 }
 
@@ -432,7 +443,9 @@ async fn minio_defaults_to_path_style_and_us_east_1() {
 /// process CPU time (`cpu()`, seconds) each client used. A benchmark, not a
 /// test: `cargo bench -p blockferry --bench s3_throughput` runs it (BENCHMARKS.md).
 #[allow(dead_code)]
-pub async fn throughput_beside_a_native_client(cpu: fn() -> f64) -> Vec<Throughput> {
+/// With `https`, both clients reach the server through one TLS terminator
+/// (`tests/all/common/tls.rs`) and trust the same private CA.
+pub async fn throughput_beside_a_native_client(cpu: fn() -> f64, https: bool) -> Vec<Throughput> {
     use futures::StreamExt;
     use object_store::aws::AmazonS3Builder;
     use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -444,9 +457,22 @@ pub async fn throughput_beside_a_native_client(cpu: fn() -> f64) -> Vec<Throughp
         tracing_subscriber::fmt().with_env_filter("info,wasmtime=warn,cranelift=warn").with_test_writer().try_init();
     let server = S3sFs::start("bench");
     let runtime = runtime();
-    let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "bench", &[])).await;
+    let ca = https.then(|| crate::common::tls::TestCa::new("blockferry bench CA"));
+    let front = ca.as_ref().map(|ca| {
+        let upstream = ([127, 0, 0, 1], server.port).into();
+        crate::common::tls::TlsFront::start(upstream, &ca.server(&["localhost"]), Default::default())
+    });
+    let endpoint = front.as_ref().map_or_else(|| server.endpoint(), |front| front.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let tls = ca.as_ref().map(|ca| crate::common::tls::bucket_tls(dir.path(), Some(ca), None)).unwrap_or_default();
+    let client = open_with_tls(&runtime, "blockferry_s3", settings(&endpoint, "bench", &[]), tls).await;
+    let mut options = object_store::ClientOptions::new();
+    if let Some(ca) = &ca {
+        options = options.with_root_certificate(object_store::Certificate::from_pem(ca.pem.as_bytes()).unwrap());
+    }
     let native = AmazonS3Builder::new()
-        .with_endpoint(server.endpoint())
+        .with_client_options(options)
+        .with_endpoint(&endpoint)
         .with_allow_http(true)
         .with_bucket_name("bench")
         .with_region("us-east-1")
@@ -528,7 +554,8 @@ pub async fn throughput_beside_a_native_client(cpu: fn() -> f64) -> Vec<Throughp
         report.push_str(&line);
     }
     eprintln!("{report}");
-    let _ = std::fs::write(workspace().join("target/s3-throughput.txt"), &report);
+    let name = if https { "target/s3-throughput-https.txt" } else { "target/s3-throughput.txt" };
+    let _ = std::fs::write(workspace().join(name), &report);
     figures
 }
 

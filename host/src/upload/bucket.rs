@@ -208,6 +208,7 @@ impl BucketConfig {
             max_concurrency: self.concurrency,
             secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
             log_lines_per_minute: self.log_lines_per_minute,
+            tls: crate::plugin::tls::LoadedTls::client_of(self.tls.as_ref()),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod metrics_list;
 pub mod powercut;
 pub mod servers;
 pub mod sidecar;
+pub mod tls;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -62,6 +63,7 @@ pub fn spec(name: &str) -> BucketSpec {
         max_concurrency: 4,
         secrets: Vec::new(),
         log_lines_per_minute: 600,
+        tls: Default::default(),
     }
 }
 
