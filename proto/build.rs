@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(descriptors)?;
+    // The gRPC client and server only with the `grpc` feature: the messages
+    // alone need nothing but prost (the fuzz targets decode them).
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure().bytes(".").build_client(grpc).build_server(grpc).compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The Hiero block stream publish protocol as blockferry speaks it.
 //!
 //! - [`api`]: the gRPC service `org.hiero.block.api.BlockStreamPublishService`
-//!   (client and server) and its messages;
+//!   (client and server, with the `grpc` feature, on by default) and its
+//!   messages;
 //! - [`stream`]: blocks and block items (`com.hedera.hapi.block.stream`);
 //! - [`item`]: what blockferry reads from an item (its kind, a header's block
 //!   number) without decoding or re-encoding the rest;
@@ -17,13 +18,13 @@ pub mod item;
 /// `org.hiero.block.api`: the publish service and its messages.
 #[allow(missing_docs, non_camel_case_types, clippy::all)]
 pub mod api {
-    tonic::include_proto!("org.hiero.block.api");
+    include!(concat!(env!("OUT_DIR"), "/org.hiero.block.api.rs"));
 }
 
 /// `com.hedera.hapi.block.stream`: blocks and block items.
 #[allow(missing_docs, clippy::all)]
 pub mod stream {
-    tonic::include_proto!("com.hedera.hapi.block.stream");
+    include!(concat!(env!("OUT_DIR"), "/com.hedera.hapi.block.stream.rs"));
 }
 
 pub use api::publish_stream_request::end_stream::Code as EndStreamCode;

@@ -85,20 +85,22 @@ async fn upload_and_read_back(client: &BucketClient, stored: impl Fn(&str) -> Op
 }
 
 /// The whole conformance suite (the uploader's and the reader's checks) over
-/// HTTPS with the TLS client `tls`; `gaps`: checks the emulator itself cannot
-/// pass (s3s-fs creates conditionally but not atomically).
+/// HTTPS with the TLS client `tls`; `credential_keys`: the settings the
+/// wrong-credentials check garbles; `gaps`: checks the emulator itself cannot
+/// pass (s3s-fs creates conditionally but not atomically; moto accepts any key).
 async fn conforms_over_https(
     runtime: &PluginRuntime,
     plugin: &str,
     settings: Vec<(String, String)>,
     tls: BucketTls,
+    credential_keys: &[&str],
     gaps: &[&str],
 ) {
     let mut spec = spec("conformance");
     spec.settings = settings;
     spec.call_timeout = Duration::from_secs(60);
     spec.tls = tls;
-    let credential_keys = ["access_key_id", "secret_access_key"].into_iter().map(String::from).collect();
+    let credential_keys = credential_keys.iter().map(|k| k.to_string()).collect();
     let opts = SuiteOptions { spec, credential_keys, prefix: format!("https/{plugin}/"), large_block_bytes: 6 << 20 };
     let report = blockferry::conformance::run(load(runtime, plugin), opts).await;
     assert!(report.failed().iter().all(|f| gaps.contains(f)), "{plugin} over HTTPS:\n{}", report.render());
@@ -150,7 +152,15 @@ async fn s3_and_minio_upload_and_read_over_https_with_a_private_ca() {
         )
     })
     .await;
-    conforms_over_https(&runtime, "blockferry_s3", s3_settings(&front.endpoint(), "reading"), tls, &[]).await;
+    conforms_over_https(
+        &runtime,
+        "blockferry_s3",
+        s3_settings(&front.endpoint(), "reading"),
+        tls,
+        &["access_key_id", "secret_access_key"],
+        &["wrong-credentials"],
+    )
+    .await;
     assert!(front.handshakes() > 0);
 }
 
@@ -169,7 +179,7 @@ async fn gcs_uploads_and_reads_over_https_with_a_private_ca() {
     };
     let client = open(&runtime, "blockferry_gcs", "gcs", settings("blocks"), tls.clone()).await;
     upload_and_read_back(&client, |key| gcs.download("blocks", key)).await;
-    conforms_over_https(&runtime, "blockferry_gcs", settings("reading"), tls, &[]).await;
+    conforms_over_https(&runtime, "blockferry_gcs", settings("reading"), tls, &[], &[]).await;
     assert_eq!(front.handshakes(), front.accepted(), "every connection was HTTPS");
 }
 
