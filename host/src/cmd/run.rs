@@ -23,7 +23,9 @@ use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{BlockNodeAcks, BucketArchive, Census, Target, UploadManager, run_retention, spawn_retention};
+use blockferry::upload::{
+    BlockNodeAcks, BucketArchive, Census, Target, UploadManager, census_of_check, run_retention, spawn_retention,
+};
 use clap::Args;
 
 /// How often the config, credentials and plugin files are checked for changes.
@@ -142,7 +144,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let runtime = plugin_runtime(&config)?;
     let targets = if config.mode.uploads() { open_targets(&runtime, &config).await? } else { Vec::new() };
-    let manager = Arc::new(UploadManager::start(store.clone(), targets.clone(), config.upload.clone())?);
+    // Every .meta is read once, after this, in the background: the start-up
+    // check rebuilds those a power cut tore, queues each block to the buckets
+    // it is not final in, and counts the census.
+    let census = Arc::new(Census::default());
+    let (retention_settings, retention_rx) =
+        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
+    let (count, counted) = {
+        let settings = retention_rx.borrow();
+        census_of_check(census.clone(), settings.buckets.clone(), settings.required)
+    };
+    let manager =
+        Arc::new(UploadManager::start_checking(store.clone(), targets.clone(), config.upload.clone(), count, counted));
 
     let streams = config.streams();
     let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), streams));
@@ -160,9 +173,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
-    let (retention_settings, retention_rx) =
-        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
-    let census = Arc::new(Census::default());
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
@@ -271,7 +281,10 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager) -> anyhow::Re
     let names: Vec<String> = manager.stats().into_iter().map(|(name, _)| name).collect();
     tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
         for n in store.numbers()? {
-            let meta = store.read_meta(n)?;
+            let meta = match store.meta(n) {
+                Err(blockferry::store::StoreError::NotFound(_)) => continue,
+                other => other?,
+            };
             if names.iter().any(|b| !meta.status(b).is_final()) {
                 return Ok(false);
             }
