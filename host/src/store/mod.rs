@@ -453,8 +453,13 @@ impl BlockStore {
     /// takes blocks: read every block's `.meta` once, rebuild each that is
     /// corrupt (a first `.meta` a power cut tore) or names another file than
     /// the block's, and hand each block's metadata to `visit`, in ascending
-    /// order. A block deleted meanwhile is skipped.
-    pub fn check_metas(&self, buckets: &[String], mut visit: impl FnMut(&BlockMeta)) -> Result<CheckReport, StoreError> {
+    /// order, as long as `visit` returns `true`. A block deleted meanwhile
+    /// is skipped.
+    pub fn check_metas(
+        &self,
+        buckets: &[String],
+        mut visit: impl FnMut(&BlockMeta) -> bool,
+    ) -> Result<CheckReport, StoreError> {
         let mut report = CheckReport::default();
         let (block_files, _) = self.list()?;
         for (&number, file) in &block_files {
@@ -472,7 +477,9 @@ impl BlockStore {
             };
             if let Some(meta) = meta {
                 report.blocks += 1;
-                visit(&meta);
+                if !visit(&meta) {
+                    break;
+                }
             }
         }
         Ok(report)
@@ -744,7 +751,10 @@ mod tests {
         assert!(matches!(store.read_meta(2), Err(StoreError::CorruptMeta { .. })), "not read yet");
         // The check that follows reads each .meta once and rebuilds the corrupt one.
         let mut seen = Vec::new();
-        let checked = store.check_metas(&buckets(), |m| seen.push(m.number)).unwrap();
+        let checked = store.check_metas(&buckets(), |m| {
+            seen.push(m.number);
+            true
+        }).unwrap();
         assert_eq!(checked, CheckReport { blocks: 3, rebuilt_meta: 1 });
         assert_eq!(seen, vec![1, 2, 4]);
         for n in [1, 2, 4] {
@@ -805,7 +815,7 @@ mod tests {
             other => panic!("expected a corrupt .meta, got {other:?}"),
         }
         assert_eq!(store.recover(&buckets()).unwrap().rebuilt_meta, 0, "recovery reads no .meta");
-        assert_eq!(store.check_metas(&buckets(), |_| {}).unwrap().rebuilt_meta, 1);
+        assert_eq!(store.check_metas(&buckets(), |_| true).unwrap().rebuilt_meta, 1);
         assert_eq!(store.read_meta(3).unwrap().file, format!("{:036}.blk", 3));
         // Another block's number, or an MD5 that is not one, is corrupt too.
         for (key, value) in [("number", serde_json::json!(4)), ("md5", serde_json::json!("bm90IGFuIG1kNQ=="))] {
@@ -827,7 +837,7 @@ mod tests {
         for torn in [&json[..0], &json[..json.len() / 2]] {
             fs::write(store.meta_path(5), torn).unwrap();
             store.recover(&buckets()).unwrap();
-            assert_eq!(store.check_metas(&buckets(), |_| {}).unwrap().rebuilt_meta, 1);
+            assert_eq!(store.check_metas(&buckets(), |_| true).unwrap().rebuilt_meta, 1);
             let rebuilt = store.read_meta(5).unwrap();
             assert_eq!((rebuilt.number, &rebuilt.file, rebuilt.size), (5, &written.file, written.size));
             assert_eq!((&rebuilt.md5, &rebuilt.buckets), (&written.md5, &written.buckets));
@@ -865,7 +875,10 @@ mod tests {
         assert!(matches!(store.meta(9), Err(StoreError::NotFound(9))));
         // The check finds nothing left to rebuild, and every block whole.
         let mut seen = Vec::new();
-        assert_eq!(store.check_metas(&buckets(), |m| seen.push(m.md5.clone())).unwrap().rebuilt_meta, 0);
+        assert_eq!(store.check_metas(&buckets(), |m| {
+            seen.push(m.md5.clone());
+            true
+        }).unwrap().rebuilt_meta, 0);
         assert_eq!(seen, written.iter().map(|m| m.md5.clone()).collect::<Vec<_>>());
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }

@@ -149,6 +149,8 @@ pub struct UploadManager {
     upkeep: JoinHandle<()>,
     /// Wakes the upkeep task for a pass now.
     upkeep_now: Arc<tokio::sync::Notify>,
+    /// Set at shutdown: the start-up check stops.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl UploadManager {
@@ -177,11 +179,13 @@ impl UploadManager {
         let manager = Self::start_workers(store, targets, config);
         let store = manager.store.clone();
         let mut resumer = Resumer { buckets: manager.buckets.clone(), queued: Default::default() };
+        let stopping = manager.stopping.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let checked = store.check_metas(&names, |meta| {
                 resumer.found(meta);
                 visit(meta);
+                !stopping.load(Ordering::Relaxed)
             });
             match &checked {
                 Ok(report) => tracing::info!(
@@ -204,7 +208,8 @@ impl UploadManager {
         let shared_config = Arc::new(RwLock::new(config.clone()));
         let upkeep_now = Arc::new(tokio::sync::Notify::new());
         let upkeep = super::upkeep::spawn_upkeep(buckets.clone(), shared_config.clone(), upkeep_now.clone());
-        let manager = Self { store, buckets, config: shared_config, upkeep, upkeep_now };
+        let stopping = Arc::default();
+        let manager = Self { store, buckets, config: shared_config, upkeep, upkeep_now, stopping };
         for target in targets {
             let (queue, rx) = mpsc::unbounded_channel();
             let running = manager.spawn(target, config.clone(), queue, rx);
@@ -308,6 +313,7 @@ impl UploadManager {
     /// Stop the workers; uploads in flight are abandoned (their blocks stay
     /// pending in `.meta` and resume at the next start).
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.upkeep.abort();
         let stopped = std::mem::take(&mut *write(&self.buckets));
         for r in stopped {
