@@ -79,7 +79,9 @@ fn large_store(runs: usize) {
     println!("{blocks} blocks, bucket b added: first object in b after {} ms", list(&first));
     let same = report::median(&mut same);
     let (added, first) = (report::median(&mut added), report::median(&mut first));
-    println!("medians of {runs}: unchanged {same:.0} ms; bucket added: ready {added:.0} ms, first upload {first:.0} ms");
+    println!(
+        "medians of {runs}: unchanged {same:.0} ms; bucket added: ready {added:.0} ms, first upload {first:.0} ms"
+    );
     let figure = format!("start-up to ready, {blocks} blocks, a bucket added (baseline: buckets unchanged)");
     row(&figure, added, "ms", Some(same), Goal::AtMost(1000.0));
     let figure = format!("start-up to the first upload to the added bucket, {blocks} blocks");
@@ -96,7 +98,11 @@ fn fill_store(dir: &Path, blocks: u64) {
         bytes[..8].copy_from_slice(&n.to_be_bytes());
         let file = format!("{n:036}.blk");
         let mut meta = BlockMeta::new(n, file.clone(), bytes.len() as u64, &Md5::digest(&bytes), &[]);
-        let uploaded = BucketStatus::Uploaded { at_ms: meta.created_at_ms, version: None, confirmed: Some(Confirmed::ServerDigest) };
+        let uploaded = BucketStatus::Uploaded {
+            at_ms: meta.created_at_ms,
+            version: None,
+            confirmed: Some(Confirmed::ServerDigest),
+        };
         meta.buckets.insert("a".into(), uploaded);
         std::fs::write(dir.join(&file), &bytes).unwrap();
         std::fs::write(dir.join(format!("{n:036}.meta")), serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
@@ -111,7 +117,11 @@ fn start_store(root: &Path, cache: &Path, i: usize, add_b: bool) -> (f64, Option
     let bucket = |name: &str| {
         let dir = run.join(format!("bucket-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
-        format!("[[buckets]]\nname = \"{name}\"\nplugin = {}\ndirectory = {:?}\n", plugin("blockferry_fs"), dir.display().to_string())
+        format!(
+            "[[buckets]]\nname = \"{name}\"\nplugin = {}\ndirectory = {:?}\n",
+            plugin("blockferry_fs"),
+            dir.display().to_string()
+        )
     };
     let config = format!(
         "[store]\ndir = {:?}\n[plugins]\ncache_dir = {:?}\n{}{}",
@@ -125,7 +135,8 @@ fn start_store(root: &Path, cache: &Path, i: usize, add_b: bool) -> (f64, Option
     let ready = sidecar.wait_ready();
     let first = add_b.then(|| {
         let b = run.join("bucket-b");
-        let stored = || std::fs::read_dir(&b).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".blk"));
+        let stored =
+            || std::fs::read_dir(&b).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".blk"));
         while !stored() {
             sidecar.check_alive("storing a first object in bucket b");
             std::thread::sleep(Duration::from_millis(2));
@@ -223,7 +234,10 @@ impl Sidecar {
         }
         if self.started.elapsed() > Duration::from_secs(60) {
             let _ = self.child.kill();
-            self.failed(format!("blockferry run not done {doing} within 60 s: /readyz answers {:?}", readyz(self.http_port)));
+            self.failed(format!(
+                "blockferry run not done {doing} within 60 s: /readyz answers {:?}",
+                readyz(self.http_port)
+            ));
         }
     }
 

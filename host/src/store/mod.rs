@@ -496,7 +496,8 @@ impl BlockStore {
     /// corrupt or names another file, with whether it was rebuilt; `None`
     /// when no block file is there. The caller holds the block's lock.
     fn rebuild_if_needed(&self, number: u64, buckets: &[String]) -> Result<Option<(BlockMeta, bool)>, StoreError> {
-        let Some(file) = BLOCK_EXTS.iter().map(|ext| format!("{number:0DIGITS$}{ext}")).find(|f| self.dir.join(f).exists())
+        let Some(file) =
+            BLOCK_EXTS.iter().map(|ext| format!("{number:0DIGITS$}{ext}")).find(|f| self.dir.join(f).exists())
         else {
             return Ok(None);
         };
@@ -751,10 +752,12 @@ mod tests {
         assert!(matches!(store.read_meta(2), Err(StoreError::CorruptMeta { .. })), "not read yet");
         // The check that follows reads each .meta once and rebuilds the corrupt one.
         let mut seen = Vec::new();
-        let checked = store.check_metas(&buckets(), |m| {
-            seen.push(m.number);
-            true
-        }).unwrap();
+        let checked = store
+            .check_metas(&buckets(), |m| {
+                seen.push(m.number);
+                true
+            })
+            .unwrap();
         assert_eq!(checked, CheckReport { blocks: 3, rebuilt_meta: 1 });
         assert_eq!(seen, vec![1, 2, 4]);
         for n in [1, 2, 4] {
@@ -875,10 +878,16 @@ mod tests {
         assert!(matches!(store.meta(9), Err(StoreError::NotFound(9))));
         // The check finds nothing left to rebuild, and every block whole.
         let mut seen = Vec::new();
-        assert_eq!(store.check_metas(&buckets(), |m| {
-            seen.push(m.md5.clone());
-            true
-        }).unwrap().rebuilt_meta, 0);
+        assert_eq!(
+            store
+                .check_metas(&buckets(), |m| {
+                    seen.push(m.md5.clone());
+                    true
+                })
+                .unwrap()
+                .rebuilt_meta,
+            0
+        );
         assert_eq!(seen, written.iter().map(|m| m.md5.clone()).collect::<Vec<_>>());
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }

@@ -110,8 +110,10 @@ pub fn census_of_check(
     census: Arc<Census>,
     buckets: Vec<String>,
     required: Confirmed,
-) -> (impl FnMut(&BlockMeta) + Send + 'static, impl FnOnce(Result<crate::store::CheckReport, StoreError>) + Send + 'static)
-{
+) -> (
+    impl FnMut(&BlockMeta) + Send + 'static,
+    impl FnOnce(Result<crate::store::CheckReport, StoreError>) + Send + 'static,
+) {
     let counts = Arc::new(Mutex::new(CensusCounts::default()));
     for b in &buckets {
         counts.locked().buckets.entry(b.clone()).or_default();
