@@ -163,10 +163,11 @@ impl UploadManager {
     }
 
     /// [`start`](Self::start), with the start-up check also handing every
-    /// block's metadata to `visit`, then its report to `done`. The check reads each `.meta` once and rebuilds
-    /// those a power cut tore ([`BlockStore::check_metas`]); it runs on the
-    /// blocking pool, so the workers start, and the store takes blocks,
-    /// without waiting for it.
+    /// block's metadata to `visit`, then its report to `done`. The check
+    /// reads each `.meta` once and rebuilds those a power cut tore
+    /// ([`BlockStore::check_metas`]); it runs on the blocking pool, so the
+    /// workers start, and the store takes blocks, without waiting for it.
+    /// It stops at [`shutdown`](Self::shutdown).
     pub fn start_checking(
         store: Arc<BlockStore>,
         targets: Vec<Target>,
@@ -188,6 +189,9 @@ impl UploadManager {
                 !stopping.load(Ordering::Relaxed)
             });
             match &checked {
+                Ok(report) if stopping.load(Ordering::Relaxed) => {
+                    tracing::info!(blocks = report.blocks, "start-up check stopped by the shutdown")
+                }
                 Ok(report) => tracing::info!(
                     blocks = report.blocks,
                     rebuilt_meta = report.rebuilt_meta,
