@@ -202,6 +202,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config: in_force.clone(),
     });
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
+    // SIGINT and SIGTERM are caught from before ready on: one sent as soon
+    // as `/readyz` answers 200 shuts down cleanly.
+    let shutdown = shutdown_signal()?;
     started.start(http);
 
     // Buckets, uploads, retention, block nodes and log level follow the config file.
@@ -231,7 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down; unfinished uploads resume at the next start");
     }
     retention.abort();
@@ -294,13 +297,16 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager) -> anyhow::Re
     .await?
 }
 
-/// Wait for SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Catch SIGINT and SIGTERM from now on: the future ends at the first.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Print what a filesystem bucket holds (objects only, not its bookkeeping).
