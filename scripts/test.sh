@@ -14,15 +14,19 @@ cargo fmt --all --check
 cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
 # The library without the plugin runtime, as the fuzz targets build it.
 cargo clippy -p blockferry --no-default-features --lib -- -D warnings
-cargo clippy --target wasm32-wasip2 --profile plugin \
-    -p blockferry-fs -p blockferry-gcs -p blockferry-guest -p blockferry-s3 -p blockferry-minio -p blockferry-misbehave -p blockferry-flawed -p blockferry-old-contract -p blockferry-wrong-version \
-    -p blockferry-wrong-world -p blockferry-plugin-template -- -D warnings
+# Assigned first, so that a failure of plugins.sh stops the script.
+wasm_packages=$(scripts/plugins.sh packages)
+wasm_crates=()
+for package in $wasm_packages; do
+    wasm_crates+=(-p "$package")
+done
+cargo clippy --target wasm32-wasip2 --profile plugin "${wasm_crates[@]}" -- -D warnings
 
 # The emulators the S3 and MinIO provider tests start (moto, s3s-fs).
 scripts/install-test-servers.sh
 
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-gcs "$@"
+cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs "$@"
 
 # The short fuzzing run: every cargo-fuzz target for 10 s, on the
 # nightly toolchain with AddressSanitizer (its first build takes ~10 minutes on

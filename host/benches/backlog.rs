@@ -155,6 +155,7 @@ async fn target(
         max_concurrency: concurrency,
         secrets: Vec::new(),
         log_lines_per_minute: blockferry::plugin::logs::DEFAULT_LINES_PER_MINUTE,
+        tls: Default::default(),
     };
     let client = BucketClient::open(runtime.load(&path, None).unwrap(), spec)
         .await

@@ -84,5 +84,9 @@ fn report_row(rt: &tokio::runtime::Runtime) {
     );
 }
 
-criterion_group!(benches, compile, instantiate_and_call);
-criterion_main!(benches);
+/// The criterion group of this file (a private module: its generated `pub fn` needs no doc).
+mod group {
+    use super::*;
+    criterion_group!(benches, compile, instantiate_and_call);
+}
+criterion_main!(group::benches);

@@ -275,14 +275,6 @@ pub async fn run(plugin: Arc<Plugin>, opts: SuiteOptions) -> Report {
     Report { provider, prefix: suite.prefix, checks: suite.checks }
 }
 
-/// Only the bucket-reader checks, on an opened bucket, under `prefix`.
-pub async fn reader_checks(client: &BucketClient, prefix: &str) -> Vec<Check> {
-    let mut suite =
-        Suite { plugin: client.plugin().clone(), prefix: prefix.to_string(), checks: Vec::new(), said: Arc::default() };
-    reader(&mut suite, client).await;
-    suite.checks
-}
-
 /// The upload promises: new, again, different, concurrent, large, bad MD5, stat.
 async fn uploads(suite: &mut Suite, client: &BucketClient, large_block_bytes: usize) {
     let said = suite.said.clone();

@@ -1,5 +1,6 @@
 //! Live changes without a restart. On SIGHUP, and when the config file, the
-//! credentials file or a configured plugin file changes (polled, then given
+//! credentials file, a configured plugin file or a bucket's TLS file
+//! (`tls_ca_file`, ...) changes (polled, then given
 //! time to settle: editors and `cp` write in steps), the config is loaded and
 //! validated completely — every new or changed bucket's plugin compiled,
 //! checked and opened — before anything changes. An invalid config or a
@@ -9,7 +10,8 @@
 //!
 //! What a reload changes: buckets added (their backlog drains), removed
 //! (their pending entries stay in `.meta`; re-adding one resumes it) or
-//! changed (settings, credentials, plugin file, concurrency, key template);
+//! changed (settings, credentials, TLS files, plugin file, concurrency, key
+//! template);
 //! `[upload]` retries and retention; the block-node list; the log level.
 //! A changed bucket's uploads in flight finish on the old plugin instances;
 //! uploads started after the swap use the new ones, so no block is skipped or
@@ -260,13 +262,16 @@ impl Live {
     }
 
     /// Modification stamps of the files a reload reads: the config, the
-    /// credentials file and every configured plugin.
+    /// credentials file, every configured plugin and TLS file.
     async fn stamps(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
         let mut paths = vec![self.path.clone()];
         {
             let running = self.running.lock().await;
             paths.extend(running.config.credentials.clone());
             paths.extend(running.config.buckets.iter().map(|b| b.plugin.clone()));
+            paths.extend(
+                running.config.buckets.iter().flat_map(|b| b.tls_settings().files().cloned().collect::<Vec<_>>()),
+            );
         }
         paths
             .into_iter()

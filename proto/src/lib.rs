@@ -35,7 +35,3 @@ pub use item::{ItemError, ItemKind};
 /// as a signed number, `u64::MAX` on the wire): "the next block" after it
 /// wraps to 0, so a publisher starts with block 0.
 pub const UNKNOWN_BLOCK_NUMBER: u64 = u64::MAX;
-
-/// A consensus node's default hard limit of one request (and a block node's
-/// `messageSizeHardLimitBytes`): 6 MB + 1 KB.
-pub const HARD_LIMIT_BYTES: usize = 6_292_480;

@@ -102,6 +102,8 @@ fn the_s3_provider_conforms_on_moto() {
     let (key, secret) = (format!("access_key_id={ACCESS_KEY}"), format!("secret_access_key={SECRET_KEY}"));
     let mut args = vec!["--setting", &endpoint, "--setting", "bucket=blocks", "--setting", &key, "--setting", &secret];
     args.extend_from_slice(&["--setting", "region=us-east-1", "--setting", "addressing=path"]);
+    // The provider's own key prefix: listings must hand keys back without it.
+    args.extend_from_slice(&["--setting", "prefix=net/"]);
     args.extend_from_slice(&["--setting", "multipart_threshold=5242880", "--setting", "part_size=5242880"]);
     assert_eq!(conforms("blockferry_s3", &args), ["wrong-credentials", "sandbox-secrets"]);
 }
@@ -111,7 +113,9 @@ fn the_gcs_provider_conforms_on_fake_gcs_server() {
     let gcs = FakeGcs::start();
     gcs.create_bucket("blocks");
     let endpoint = format!("endpoint={}", gcs.endpoint());
-    let na = conforms("blockferry_gcs", &["--setting", &endpoint, "--setting", "bucket=blocks"]);
+    // With the provider's own key prefix: listings must hand keys back without it.
+    let args = ["--setting", &endpoint, "--setting", "bucket=blocks", "--setting", "prefix=net/"];
+    let na = conforms("blockferry_gcs", &args);
     assert_eq!(na, ["wrong-credentials", "sandbox-secrets"], "fake-gcs-server takes no credentials");
 }
 

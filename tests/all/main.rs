@@ -34,3 +34,4 @@ mod relay;
 mod reload;
 mod restore;
 mod s3_provider;
+mod tls;

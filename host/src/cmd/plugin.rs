@@ -118,6 +118,7 @@ fn test_spec(args: &TestArgs) -> anyhow::Result<(BucketSpec, Vec<String>)> {
         max_concurrency: 4,
         secrets: keys.clone(),
         log_lines_per_minute: DEFAULT_LINES_PER_MINUTE,
+        tls: Default::default(),
     };
     Ok((spec, keys))
 }

@@ -136,6 +136,18 @@ impl Config {
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         config.resolve_paths(base);
         config.validate(path)?;
+        #[cfg(feature = "runtime")]
+        for (i, b) in config.buckets.iter_mut().enumerate() {
+            b.tls = b.tls_settings().load().map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("buckets[{i}].{}", e.key),
+                problem: match e.path.as_os_str().is_empty() {
+                    true => e.problem,
+                    false => format!("= {:?}: {}", e.path.display().to_string(), e.problem),
+                },
+                fix: e.fix.to_string(),
+            })?;
+        }
         Ok(config)
     }
 
@@ -154,6 +166,11 @@ impl Config {
             resolve(&mut b.plugin);
             if let Some(d) = &mut b.directory {
                 resolve(d);
+            }
+            for file in
+                [&mut b.tls_ca_file, &mut b.tls_client_cert_file, &mut b.tls_client_key_file].into_iter().flatten()
+            {
+                resolve(file);
             }
         }
     }

@@ -2,6 +2,10 @@
 
 use serde::Deserialize;
 
+/// A consensus node's default hard limit of one request, and a block node's
+/// `messageSizeHardLimitBytes`: 6 MB + 1 KB.
+pub const DEFAULT_HARD_LIMIT_BYTES: usize = 6_292_480;
+
 /// `[ingest]`: where the consensus node publishes its block stream.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,7 +23,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:40840".into(),
-            hard_limit_bytes: blockferry_proto::HARD_LIMIT_BYTES,
+            hard_limit_bytes: DEFAULT_HARD_LIMIT_BYTES,
             max_block_bytes: 64 * 1024 * 1024,
         }
     }

@@ -55,6 +55,8 @@ pub struct BucketSpec {
     pub secrets: Vec<String>,
     /// Log lines the plugin may write per minute (bursts up to as many).
     pub log_lines_per_minute: u32,
+    /// The TLS client of the bucket's HTTPS connections (trusted CAs, client certificate).
+    pub tls: super::tls::BucketTls,
 }
 
 /// Shows setting names only: setting values include the bucket's secrets.
@@ -214,7 +216,7 @@ impl BucketClient {
             label: label.clone(),
             allowed: spec.allowed_authorities(),
             denied_networks: spec.denied_networks.clone(),
-            pool: ConnectionPool::new(MAX_CONNECTIONS_PER_INSTANCE * spec.max_concurrency.max(1)),
+            pool: ConnectionPool::new(MAX_CONNECTIONS_PER_INSTANCE * spec.max_concurrency.max(1), spec.tls.clone()),
             ..Default::default()
         };
         let secrets = spec.settings.iter().filter(|(k, _)| spec.secrets.contains(k)).map(|(_, v)| v.clone());
@@ -276,8 +278,8 @@ impl BucketClient {
         self.sandbox.egress.refused.load(Ordering::Relaxed)
     }
 
-    /// Plain-HTTP connections opened so far for this bucket, and requests that
-    /// reused one (keep-alive).
+    /// HTTP and HTTPS connections opened so far for this bucket, and requests
+    /// that reused one (keep-alive).
     pub fn connections(&self) -> (u64, u64) {
         let pool = &self.sandbox.egress.pool;
         (pool.opened.load(Ordering::Relaxed), pool.reused.load(Ordering::Relaxed))
@@ -590,6 +592,7 @@ mod tests {
             max_concurrency: 1,
             secrets: Vec::new(),
             log_lines_per_minute: 60,
+            tls: Default::default(),
         }
     }
 

@@ -30,7 +30,7 @@ pub struct EgressPolicy {
     pub denied_networks: Vec<IpNet>,
     /// Requests refused so far (either check).
     pub refused: AtomicU64,
-    /// Keep-alive connections for plain-HTTP requests, shared by the bucket's instances.
+    /// Keep-alive HTTP and HTTPS connections, shared by the bucket's instances.
     pub pool: super::pool::ConnectionPool,
 }
 
@@ -92,8 +92,8 @@ impl WasiHttpHooks for EgressHooks {
             let options = bounded_options(options, remaining);
             // Connect to the address just checked, so a name cannot resolve
             // differently between the check and the connection; HTTPS still
-            // verifies the certificate for the name. Idle connections of the
-            // bucket are reused.
+            // verifies the certificate for the name (with the bucket's TLS
+            // settings). Idle connections of the bucket are reused.
             let tls_name = match request.uri().scheme() {
                 Some(s) if s == &Scheme::HTTPS => {
                     let host = request.uri().host().ok_or(HttpError::HttpRequestUriInvalid)?;
@@ -101,7 +101,15 @@ impl WasiHttpHooks for EgressHooks {
                 }
                 _ => None,
             };
-            let response = policy.pool.send(Destination { addr, tls_name }, request, options).await?;
+            let server = match request.uri().authority() {
+                Some(authority) => format!("{}://{authority} ({addr})", request.uri().scheme_str().unwrap_or("http")),
+                None => addr.to_string(),
+            };
+            let dest = Destination { addr, tls_name };
+            let response = policy.pool.send(dest, request, options).await.map_err(|e| {
+                // A refused certificate is permanent, and says which setting fixes it.
+                super::tls::classify(&policy.label, &server, policy.pool.tls(), e)
+            })?;
             let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
             Ok((response, done))
         })

@@ -36,6 +36,8 @@ mod runtime;
 pub mod sandbox;
 #[cfg(feature = "runtime")]
 pub mod sink;
+#[cfg(feature = "runtime")]
+pub mod tls;
 
 #[cfg(feature = "runtime")]
 pub use bindings::{BlockInfo, Confirmation, IncompleteUpload, ListedObject, ObjectPage, Outcome, RemoteObject};

@@ -2,7 +2,8 @@
 //! instance of the bucket's plugin sends through one pool, so consecutive
 //! uploads to one endpoint reuse a connection instead of opening one per
 //! request. Connections go to the address the egress policy vetted; HTTPS
-//! verifies the server's certificate for the name the plugin asked for.
+//! verifies the server's certificate for the name the plugin asked for, with
+//! the bucket's TLS client (its CAs and client certificate, `tls` module).
 //!
 //! A connection is taken only when it is idle (its last response read to the
 //! end); a connection the server closed meanwhile gives the request back
@@ -22,6 +23,8 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
+
+use super::tls::BucketTls;
 
 /// A timeout the request options leave unset (the host always sets them).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -56,6 +59,8 @@ pub const MAX_CONNECTIONS_PER_INSTANCE: usize = 64;
 #[derive(Debug)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<Destination, Vec<SendRequest<WasiBody>>>>,
+    /// The TLS client of the bucket's HTTPS connections.
+    tls: BucketTls,
     /// Connections open now (busy or idle).
     open: Arc<AtomicUsize>,
     /// Most connections open at once; past it a request that finds no idle
@@ -69,20 +74,27 @@ pub struct ConnectionPool {
 
 impl Default for ConnectionPool {
     fn default() -> Self {
-        Self::new(MAX_CONNECTIONS_PER_INSTANCE)
+        Self::new(MAX_CONNECTIONS_PER_INSTANCE, BucketTls::default())
     }
 }
 
 impl ConnectionPool {
-    /// A pool holding at most `max_open` connections open at once.
-    pub fn new(max_open: usize) -> Self {
+    /// A pool holding at most `max_open` connections open at once, its HTTPS
+    /// connections made with `tls`.
+    pub fn new(max_open: usize, tls: BucketTls) -> Self {
         Self {
             idle: Mutex::default(),
+            tls,
             open: Arc::default(),
             max_open,
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         }
+    }
+
+    /// The TLS client of the pool's HTTPS connections.
+    pub fn tls(&self) -> &BucketTls {
+        &self.tls
     }
 
     /// Connections open now.
@@ -160,7 +172,12 @@ impl ConnectionPool {
                 Some(name) => {
                     let name = rustls::pki_types::ServerName::try_from(name.clone())
                         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-                    Box::new(tls_connector().connect(name, stream).await.map_err(HttpError::Tls)?)
+                    Box::new(
+                        tokio_rustls::TlsConnector::from(self.tls.config.clone())
+                            .connect(name, stream)
+                            .await
+                            .map_err(HttpError::Tls)?,
+                    )
                 }
             };
             hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(HttpError::from)
@@ -192,23 +209,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The TLS client of plugin requests: the public web PKI's roots, no client
-/// certificate (as wasmtime-wasi-http's own client).
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    });
-    tokio_rustls::TlsConnector::from(config.clone())
 }
 
 /// A response body that fails when no bytes arrive for `timeout`.

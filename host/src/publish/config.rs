@@ -88,6 +88,6 @@ impl BlockNodeConfig {
     }
 
     fn default_hard_limit() -> usize {
-        blockferry_proto::HARD_LIMIT_BYTES
+        crate::ingest::DEFAULT_HARD_LIMIT_BYTES
     }
 }

@@ -20,26 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use super::BlockNodeConfig;
+use super::context::{ConnectionState, Ctx, Stop};
 use super::packer::{TooLarge, pack};
-use super::{Ctx, Stop};
 use crate::buffer::Block;
-
-/// The states of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ConnectionState {
-    /// Created; the stream is not open yet.
-    #[default]
-    Uninitialized,
-    /// The stream is open, not yet chosen to send.
-    Ready,
-    /// Sending blocks (one connection at a time).
-    Active,
-    /// Ending; nothing new is sent.
-    Closing,
-    /// Ended; never reused.
-    Closed,
-}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,28 +7,13 @@ use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
 use super::Compression;
-
-/// The extensions of block files and objects, one per [`Compression`].
-pub const BLOCK_EXTS: [&str; 3] = [".blk", ".blk.gz", ".blk.zstd"];
+#[cfg(test)]
+use super::strip_block_ext;
 
 /// The zstd level blocks are written with (fixed: the output depends on it).
 const ZSTD_LEVEL: i32 = 3;
 
 impl Compression {
-    /// The extension of a block file or object of this kind.
-    pub fn ext(self) -> &'static str {
-        match self {
-            Compression::None => BLOCK_EXTS[0],
-            Compression::Gzip => BLOCK_EXTS[1],
-            Compression::Zstd => BLOCK_EXTS[2],
-        }
-    }
-
-    /// The kind of a file or key named `name`, by its extension.
-    pub fn of_name(name: &str) -> Option<Compression> {
-        [Compression::Gzip, Compression::Zstd, Compression::None].into_iter().find(|c| name.ends_with(c.ext()))
-    }
-
     /// The bytes of a block file of this kind holding `block`.
     pub fn encode(self, block: &[u8]) -> Cow<'_, [u8]> {
         match self {
@@ -46,11 +31,6 @@ impl Compression {
             Compression::Zstd => zstd::stream::decode_all(&data[..]),
         }
     }
-}
-
-/// The name's block number stem: `name` without its block extension.
-pub fn strip_block_ext(name: &str) -> Option<&str> {
-    Compression::of_name(name).and_then(|c| name.strip_suffix(c.ext()))
 }
 
 /// Deterministic gzip: fixed level, no file name, zero time, fixed OS byte.

@@ -35,3 +35,27 @@ pub enum Compression {
     /// cloud-storage plugin writes its objects.
     Zstd,
 }
+
+/// The extensions of block files and objects, one per [`Compression`].
+pub const BLOCK_EXTS: [&str; 3] = [".blk", ".blk.gz", ".blk.zstd"];
+
+impl Compression {
+    /// The extension of a block file or object of this kind.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Compression::None => BLOCK_EXTS[0],
+            Compression::Gzip => BLOCK_EXTS[1],
+            Compression::Zstd => BLOCK_EXTS[2],
+        }
+    }
+
+    /// The kind of a file or key named `name`, by its extension.
+    pub fn of_name(name: &str) -> Option<Compression> {
+        [Compression::Gzip, Compression::Zstd, Compression::None].into_iter().find(|c| name.ends_with(c.ext()))
+    }
+}
+
+/// The name's block number stem: `name` without its block extension.
+pub fn strip_block_ext(name: &str) -> Option<&str> {
+    Compression::of_name(name).and_then(|c| name.strip_suffix(c.ext()))
+}

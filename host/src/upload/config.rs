@@ -114,6 +114,22 @@ pub struct BucketConfig {
     /// node's path (`0000/0000/0010/8273/182`). Keys sort numerically.
     #[serde(default = "BucketConfig::default_key_template")]
     pub key_template: String,
+    /// PEM file of CA certificates its HTTPS connections trust beside the bundled web roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate presented for mutual TLS.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Trust the operating system's CA store too.
+    #[serde(default)]
+    pub tls_system_roots: bool,
+    /// The TLS client built from the `tls_*` keys and their files when the config was loaded.
+    #[cfg(feature = "runtime")]
+    #[serde(skip)]
+    pub tls: Option<crate::plugin::tls::LoadedTls>,
     /// Provider-specific settings, passed to the plugin as they are.
     #[serde(default)]
     pub settings: toml::Table,
@@ -133,6 +149,17 @@ impl BucketConfig {
             (k.clone(), v)
         });
         plain.chain(self.secrets.pairs()).collect()
+    }
+
+    /// The bucket's `tls_*` keys.
+    #[cfg(feature = "runtime")]
+    pub fn tls_settings(&self) -> crate::plugin::tls::TlsSettings {
+        crate::plugin::tls::TlsSettings {
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client_cert_file: self.tls_client_cert_file.clone(),
+            tls_client_key_file: self.tls_client_key_file.clone(),
+            tls_system_roots: self.tls_system_roots,
+        }
     }
 
     /// The fixed start of every key: the key template up to its first placeholder.

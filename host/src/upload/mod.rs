@@ -9,6 +9,8 @@
 
 #[cfg(feature = "runtime")]
 mod archive;
+#[cfg(feature = "runtime")]
+mod bucket;
 mod config;
 #[cfg(feature = "runtime")]
 mod manager;
@@ -21,6 +23,8 @@ mod worker;
 
 #[cfg(feature = "runtime")]
 pub use archive::BucketArchive;
+#[cfg(feature = "runtime")]
+pub use bucket::{BucketStats, Health, KeyFn, OpenError, Target};
 pub use config::{BucketConfig, Secrets, UploadConfig, VerifyBeforeDelete, check_key_template, render_key};
 #[cfg(feature = "runtime")]
 pub use manager::*;
@@ -29,5 +33,3 @@ pub use retention::{
     BlockCounts, BlockNodeAcks, Census, CensusCounts, RetentionReport, RetentionSettings, census_of_check,
     count_blocks, run_retention, spawn_retention,
 };
-#[cfg(feature = "runtime")]
-pub use upkeep::Health;

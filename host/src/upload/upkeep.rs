@@ -12,58 +12,8 @@ use super::UploadConfig;
 use crate::plugin::CallError;
 use crate::telemetry::now_ms;
 
-use super::manager::{Buckets, read};
-use super::{BucketStats, Target};
+use super::bucket::{BucketStats, Buckets, Health, Target, read};
 use crate::sync::{Locked, ReadWrite};
-
-/// A bucket's health, as last checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Health {
-    /// Not checked yet.
-    #[default]
-    Unknown,
-    /// Its plugin cannot check (no `bucket-reader`).
-    Unchecked,
-    /// The last check passed.
-    Healthy {
-        /// When, in Unix milliseconds.
-        at_ms: u64,
-    },
-    /// The last check failed.
-    Unhealthy {
-        /// When, in Unix milliseconds.
-        at_ms: u64,
-        /// The plugin's error.
-        error: String,
-    },
-}
-
-impl Health {
-    /// `healthy`, `unhealthy`, `unknown` or `unchecked`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Health::Healthy { .. } => "healthy",
-            Health::Unhealthy { .. } => "unhealthy",
-            Health::Unknown => "unknown",
-            Health::Unchecked => "unchecked",
-        }
-    }
-
-    /// Why the last check failed, if it did.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Health::Unhealthy { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-impl BucketStats {
-    /// The bucket's health, as last checked.
-    pub fn health(&self) -> Health {
-        self.health.locked().clone()
-    }
-}
 
 /// Run upkeep passes until the task is aborted: the first when `wake` is
 /// first notified (once the manager has registered its buckets), then every

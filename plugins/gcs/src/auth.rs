@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use blockferry_guest::http::{self, Body, HttpError, Request, Response, Timeouts};
-use blockferry_guest::retry::{self, Call, Policy, Verdict};
+use blockferry_guest::http::{self, Body, Request, Response, Timeouts};
+use blockferry_guest::operation::{self, Accept, Failure, Service};
+use blockferry_guest::retry::Policy;
 use blockferry_guest::{Level, UploadError};
 use blockferry_guest::{unix_now, uri_encode};
 use rsa::RsaPrivateKey;
@@ -172,8 +173,47 @@ impl ServiceAccount {
         {
             return Ok(token.value.clone());
         }
-        let mut call = TokenCall { account: self, timeouts };
-        let (value, lifetime) = retry::run_one(&mut call, policy)?;
+        let endpoint = TokenEndpoint { account: self, policy: *policy };
+        let (value, lifetime) = endpoint
+            .call(
+                "token exchange",
+                "",
+                |_| {
+                    let body = format!(
+                        "grant_type={}&assertion={}",
+                        uri_encode("urn:ietf:params:oauth:grant-type:jwt-bearer", false),
+                        self.assertion(unix_now())
+                    );
+                    Ok(Request {
+                        method: Method::Post,
+                        https: self.token_endpoint.https,
+                        authority: self.token_endpoint.authority.clone(),
+                        path_and_query: self.token_path.clone(),
+                        headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
+                        body: Body::Bytes(body.into_bytes()),
+                        timeouts,
+                        sink: None,
+                    })
+                },
+                |response| {
+                    let status = response.status;
+                    if !(200..300).contains(&status) {
+                        return Accept::Other(response);
+                    }
+                    Accept::Done(match serde_json::from_slice::<TokenResponse>(&response.body) {
+                        Ok(t) if !t.access_token.is_empty() => {
+                            Ok((t.access_token, Duration::from_secs(t.expires_in.unwrap_or(3600).max(1))))
+                        }
+                        _ => Err(UploadError::Permanent(format!(
+                            "token exchange at {} for {}: HTTP {status} without an access_token: {}",
+                            self.token_uri,
+                            self.client_email,
+                            String::from_utf8_lossy(&response.body[..response.body.len().min(300)])
+                        ))),
+                    })
+                },
+            )
+            .run()?;
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         let refresh_at = now + (lifetime - margin).as_nanos() as u64;
         blockferry_guest::log(
@@ -208,93 +248,41 @@ impl ServiceAccount {
     }
 }
 
-/// The token exchange, retried like any other request.
-struct TokenCall<'a> {
+/// The token endpoint of a service account, as a [`Service`]: the token
+/// exchange is retried and its failures judged like any other request.
+struct TokenEndpoint<'a> {
     account: &'a ServiceAccount,
-    timeouts: Timeouts,
+    policy: Policy,
 }
 
-impl TokenCall<'_> {
-    /// `token exchange at <token_uri> for <client_email>`.
-    fn target(&self) -> String {
-        format!("token exchange at {} for {}", self.account.token_uri, self.account.client_email)
-    }
-}
+impl Service for TokenEndpoint<'_> {
+    type State = ();
 
-impl Call for TokenCall<'_> {
-    type Output = (String, Duration);
-    type Error = UploadError;
-
-    fn request(&mut self) -> Result<Request, UploadError> {
-        let account = self.account;
-        let body = format!(
-            "grant_type={}&assertion={}",
-            uri_encode("urn:ietf:params:oauth:grant-type:jwt-bearer", false),
-            account.assertion(unix_now())
-        );
-        Ok(Request {
-            method: Method::Post,
-            https: account.token_endpoint.https,
-            authority: account.token_endpoint.authority.clone(),
-            path_and_query: account.token_path.clone(),
-            headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
-            body: Body::Bytes(body.into_bytes()),
-            timeouts: self.timeouts,
-            sink: None,
-        })
+    /// `at <token_uri> for <client_email>` (the operation is the token exchange).
+    fn location(&self, _key: &str) -> String {
+        format!("at {} for {}", self.account.token_uri, self.account.client_email)
     }
 
-    fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<(String, Duration), UploadError> {
-        let response = match result {
-            Ok(response) => response,
-            // No sink is given, so no body is ever interrupted.
-            Err(HttpError::Transport(e) | HttpError::Interrupted(e)) => {
-                return Verdict::Retry { why: format!("{}: connection error: {e}", self.target()), retry_after: None };
-            }
-            Err(HttpError::Denied) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!(
-                    "{}: the host's egress allow-list refused {}: the host allows the `token_uri` of \
-                     `service_account_json`; check the key file",
-                    self.target(),
-                    self.account.token_endpoint.authority
-                ))));
-            }
-            Err(HttpError::Invalid(e)) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
-            }
-        };
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn endpoints(&self) -> (String, &'static str) {
+        (self.account.token_endpoint.authority.clone(), "the `token_uri` of `service_account_json` (the key file)")
+    }
+
+    /// 408/429/5xx are retried; any other refusal is the key's.
+    fn judge(&self, target: &str, response: Response, _: &mut ()) -> Failure {
         let status = response.status;
-        if (200..300).contains(&status) {
-            return match serde_json::from_slice::<TokenResponse>(&response.body) {
-                Ok(t) if !t.access_token.is_empty() => {
-                    Verdict::Done(Ok((t.access_token, Duration::from_secs(t.expires_in.unwrap_or(3600).max(1)))))
-                }
-                _ => Verdict::Done(Err(UploadError::Permanent(format!(
-                    "{}: HTTP {status} without an access_token: {}",
-                    self.target(),
-                    String::from_utf8_lossy(&response.body[..response.body.len().min(300)])
-                )))),
-            };
-        }
         let text = String::from_utf8_lossy(&response.body[..response.body.len().min(300)]).into_owned();
-        let why = format!("{}: HTTP {status}: {text}", self.target());
+        let why = format!("{target}: HTTP {status}: {text}");
         if crate::retryable(status) {
-            let retry_after = response.header("retry-after").and_then(|v| retry::parse_retry_after(v, unix_now()));
-            Verdict::Retry { why, retry_after }
-        } else {
-            Verdict::Done(Err(UploadError::Permanent(format!(
-                "{why}; the token endpoint refused the service account's key: check that the key in \
-                 `service_account_json` is current (not deleted or disabled) and the machine's clock is right"
-            ))))
+            return Failure::Retry { why, retry_after: operation::retry_after(&response) };
         }
-    }
-
-    fn gave_up(&mut self, why: String, attempts: u32, elapsed: Duration) -> UploadError {
-        UploadError::Transient(format!(
-            "{}: gave up after {attempts} attempt(s) in {:.1} s; last failure: {why}",
-            self.target(),
-            elapsed.as_secs_f64()
-        ))
+        Failure::Fail(UploadError::Permanent(format!(
+            "{why}; the token endpoint refused the service account's key: check that the key in \
+             `service_account_json` is current (not deleted or disabled) and the machine's clock is right"
+        )))
     }
 }
 

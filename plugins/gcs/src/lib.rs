@@ -12,7 +12,8 @@
 //!   asks the server what it committed (`Content-Range: bytes */TOTAL`) and
 //!   resumes from there.
 //! - Retries follow Google's guidance: 408, 429, 5xx and connection errors,
-//!   exponential backoff with full jitter, capped ([`blockferry_guest::retry`]).
+//!   exponential backoff with full jitter, capped ([`blockferry_guest::retry`]),
+//!   each operation run by [`blockferry_guest::operation`].
 //! - Auth: none, a bearer token, or a service-account key ([`auth`]).
 //! - Every object written reports its `generation` to the host
 //!   (`host.object-version`).
@@ -28,18 +29,18 @@ pub mod settings;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockferry_guest::block::{checked_size, existing_outcome};
-use blockferry_guest::http::{Body, HttpError, Request, Response};
-use blockferry_guest::retry::{self, Call, Policy, Verdict};
+use blockferry_guest::http::{Body, Request, Response};
+use blockferry_guest::operation::{self, Accept, Failure, Service};
+use blockferry_guest::retry::{self, Policy};
+use blockferry_guest::uri_encode;
 use blockferry_guest::{
     BlockBody, BlockInfo, Bucket, Confirmation, GuestBucket, Level, Outcome, RemoteObject, UploadError,
 };
 use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
-use blockferry_guest::{unix_now, uri_encode};
 use wasip2::http::types::Method;
 
 use settings::Config;
@@ -191,7 +192,7 @@ impl GuestReader for GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        let Some(size) = retry::run_one(&mut call, &cfg.policy)? else {
+        let Some(size) = call.run()? else {
             return Ok(None);
         };
         if size != object.size {
@@ -229,7 +230,7 @@ impl GuestReader for GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// `buckets.get`: a missing bucket (404) and refused credentials
@@ -253,7 +254,7 @@ impl GuestReader for GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// Always empty: the abandoned uploads of GCS are resumable upload
@@ -284,16 +285,11 @@ impl GuestReader for GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 }
 
 impl Config {
-    /// `gs://bucket/key`, as messages name an object.
-    fn location(&self, key: &str) -> String {
-        format!("gs://{}/{key}", self.bucket)
-    }
-
     /// A request to the JSON API (or its upload endpoint when `upload`),
     /// authorised.
     fn request(
@@ -325,39 +321,13 @@ impl Config {
     fn objects_path(&self, upload: bool) -> String {
         format!("{}/storage/v1/b/{}/o", if upload { "/upload" } else { "" }, uri_encode(&self.bucket, false))
     }
-
-    /// A retried JSON API operation `op` on `key`; `build` gets the number of
-    /// failed attempts so far.
-    fn call<'a, T>(
-        &'a self,
-        op: &'static str,
-        key: &'a str,
-        build: impl FnMut(u32) -> Result<Request, UploadError> + 'a,
-        accept: impl FnMut(Response) -> Accept<T> + 'a,
-    ) -> GcsCall<'a, T> {
-        GcsCall {
-            cfg: self,
-            op,
-            key,
-            build: Box::new(build),
-            accept: Box::new(accept),
-            failures: 0,
-            last_failure: None,
-            refreshed_token: false,
-        }
-    }
 }
 
 impl GcsBucket {
     /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
     fn new(settings: &[(String, String)]) -> Result<Self, String> {
         let (cfg, unknown) = Config::parse(settings)?;
-        if !unknown.is_empty() {
-            blockferry_guest::log(
-                Level::Warn,
-                &format!("gcs: ignoring unknown settings {unknown:?} (known: {:?})", settings::KNOWN_KEYS),
-            );
-        }
+        blockferry_guest::settings::warn_unknown("gcs", &unknown, settings::KNOWN_KEYS);
         Ok(GcsBucket { cfg, unfinished: RefCell::new(None) })
     }
 
@@ -392,7 +362,7 @@ impl GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// The whole block as one conditional `uploadType=multipart` request:
@@ -426,7 +396,7 @@ impl GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// A conditional resumable upload in chunks of `chunk_size`, each spliced
@@ -516,7 +486,7 @@ impl GcsBucket {
                         return Err(e);
                     }
                 };
-                let (failures, last_failure) = (call.failures, call.last_failure.take());
+                let (failures, last_failure) = (call.failures(), call.take_last_failure());
                 drop(call);
                 match step {
                     Step::Committed(committed) => {
@@ -607,7 +577,7 @@ impl GcsBucket {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 }
 
@@ -758,82 +728,34 @@ fn error_reason(json: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// What an operation makes of a response.
-enum Accept<T> {
-    /// The operation is over.
-    Done(Result<T, UploadError>),
-    /// Not an answer the operation expects: judge it as a JSON API error.
-    Other(Response),
-}
-
-/// One retried JSON API operation (see [`Call`]).
-struct GcsCall<'a, T> {
-    cfg: &'a Config,
-    op: &'static str,
-    key: &'a str,
-    build: Box<dyn FnMut(u32) -> Result<Request, UploadError> + 'a>,
-    accept: Box<dyn FnMut(Response) -> Accept<T> + 'a>,
-    /// Attempts that failed so far.
-    failures: u32,
-    /// Why the last one failed.
-    last_failure: Option<String>,
+/// Per-operation state of [`Config::judge`].
+#[derive(Default)]
+pub struct JudgeState {
     /// Whether a 401 already made the plugin fetch a new access token.
     refreshed_token: bool,
 }
 
-impl<T> GcsCall<'_, T> {
-    /// `op gs://bucket/key`.
-    fn target(&self) -> String {
-        format!("{} {}", self.op, self.cfg.location(self.key))
+impl Service for Config {
+    type State = JudgeState;
+
+    /// `gs://bucket/key`, as messages name an object.
+    fn location(&self, key: &str) -> String {
+        format!("gs://{}/{key}", self.bucket)
     }
 
-    /// A failed attempt worth another.
-    fn retry(&mut self, why: String, retry_after: Option<Duration>) -> Verdict<T, UploadError> {
-        self.failures += 1;
-        self.last_failure = Some(why.clone());
-        Verdict::Retry { why, retry_after }
-    }
-}
-
-impl<T> Call for GcsCall<'_, T> {
-    type Output = T;
-    type Error = UploadError;
-
-    fn request(&mut self) -> Result<Request, UploadError> {
-        (self.build)(self.failures)
+    fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<T, UploadError> {
-        let response = match result {
-            Ok(response) => response,
-            Err(HttpError::Transport(e)) => {
-                let why = format!("{}: connection error: {e}", self.target());
-                return self.retry(why, None);
-            }
-            Err(HttpError::Denied) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!(
-                    "{}: the host's egress allow-list refused the request to {} / {}: the host allows the \
-                     authorities of the URLs in the bucket's settings (and `allow_hosts`), so check `endpoint` \
-                     and `upload_endpoint`",
-                    self.target(),
-                    self.cfg.endpoint.authority,
-                    self.cfg.upload_endpoint.authority
-                ))));
-            }
-            Err(HttpError::Invalid(e)) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
-            }
-            Err(HttpError::Interrupted(e)) => {
-                return Verdict::Done(Err(UploadError::Transient(format!(
-                    "{}: the object's body broke off {e}; retry later",
-                    self.target()
-                ))));
-            }
-        };
-        let response = match (self.accept)(response) {
-            Accept::Done(result) => return Verdict::Done(result),
-            Accept::Other(response) => response,
-        };
+    fn endpoints(&self) -> (String, &'static str) {
+        let (api, upload) = (&self.endpoint.authority, &self.upload_endpoint.authority);
+        let endpoints = if api == upload { api.clone() } else { format!("{api} / {upload}") };
+        (endpoints, "`endpoint` and `upload_endpoint`")
+    }
+
+    /// A JSON API error document's reason and message; retried as Google's
+    /// guidance says ([`retryable`]), a refused access token replaced once.
+    fn judge(&self, target: &str, response: Response, state: &mut JudgeState) -> Failure {
         let status = response.status;
         let message = error_message(&response.body);
         let reason = error_reason(&response.body);
@@ -843,46 +765,26 @@ impl<T> Call for GcsCall<'_, T> {
             (false, true) => reason.clone(),
             (false, false) => format!("{reason}: {message}"),
         };
-        let mut why = format!("{}: HTTP {status} {detail}", self.target());
+        let mut why = format!("{target}: HTTP {status} {detail}");
         if retryable(status) {
-            let retry_after = response.header("retry-after").and_then(|v| retry::parse_retry_after(v, unix_now()));
-            return self.retry(why, retry_after);
+            return Failure::Retry { why, retry_after: operation::retry_after(&response) };
         }
-        if status == 401 && !self.refreshed_token && self.cfg.auth.invalidate() {
+        if status == 401 && !state.refreshed_token && self.auth.invalidate() {
             // The cached access token was refused (revoked, clock skew): one more try with a new one.
-            self.refreshed_token = true;
-            return self.retry(why, None);
+            state.refreshed_token = true;
+            return Failure::Retry { why, retry_after: None };
         }
         let lower = message.to_ascii_lowercase();
         match status {
-            401 | 403 => why.push_str(self.cfg.auth.hint()),
+            401 | 403 => why.push_str(self.auth.hint()),
             404 => why.push_str("; check the `bucket` setting and that the bucket exists"),
             _ => {}
         }
         if status == 400 && (lower.contains("md5") || lower.contains("hash")) {
             // The bytes arrived damaged: another try later may pass.
-            return Verdict::Done(Err(UploadError::Transient(why)));
+            return Failure::Fail(UploadError::Transient(why));
         }
-        Verdict::Done(Err(UploadError::Permanent(why)))
-    }
-
-    fn gave_up(&mut self, why: String, attempts: u32, elapsed: Duration) -> UploadError {
-        let p = &self.cfg.policy;
-        UploadError::Transient(format!(
-            "{}: gave up after {attempts} attempt(s) in {:.1} s (retry_max_attempts = {}, \
-             retry_max_elapsed_ms = {}); last failure: {why}",
-            self.target(),
-            elapsed.as_secs_f64(),
-            p.max_attempts,
-            p.max_elapsed.as_millis()
-        ))
-    }
-
-    fn retrying(&mut self, attempt: u32, why: &str, delay: Duration) {
-        blockferry_guest::log(
-            Level::Debug,
-            &format!("attempt {attempt} failed ({why}); retrying in {} ms", delay.as_millis()),
-        );
+        Failure::Fail(UploadError::Permanent(why))
     }
 }
 

@@ -127,7 +127,8 @@ pub enum HttpError {
     /// The connection failed or broke (refused, reset, timed out, DNS);
     /// worth retrying.
     Transport(String),
-    /// The request itself is invalid (a header, the URI); not worth retrying.
+    /// The request itself is invalid (a header, the URI), or a TLS certificate
+    /// was refused (see [`map_error_code`]); not worth retrying.
     Invalid(String),
     /// The response body broke off after some of it was spliced into the
     /// request's sink: not worth retrying within the call (the sink holds
@@ -160,6 +161,14 @@ pub fn map_error_code(code: &ErrorCode) -> HttpError {
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::HttpRequestTrailerSize(_)
         | ErrorCode::HttpRequestTrailerSectionSize(_) => HttpError::Invalid(format!("{code:?}")),
+        // A TLS certificate the host refused (the server's, or the server
+        // refusing this bucket's): no retry fixes it. The host's message names
+        // the certificate and the setting that does.
+        ErrorCode::TlsCertificateError => HttpError::Invalid("the server's TLS certificate was refused".into()),
+        ErrorCode::TlsAlertReceived(alert) => HttpError::Invalid(match &alert.alert_message {
+            Some(message) => format!("TLS: {message}"),
+            None => format!("{code:?}"),
+        }),
         other => HttpError::Transport(format!("{other:?}")),
     }
 }
@@ -447,4 +456,21 @@ pub fn now_nanos() -> u64 {
 /// A pollable ready at monotonic time `nanos`.
 pub fn ready_at(nanos: u64) -> Pollable {
     wasip2::clocks::monotonic_clock::subscribe_instant(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_tls_certificates_are_not_worth_retrying_and_keep_the_host_s_message() {
+        let alert = ErrorCode::TlsAlertReceived(wasip2::http::types::TlsAlertReceivedPayload {
+            alert_id: Some(48),
+            alert_message: Some("put the CA in this bucket's `tls_ca_file`".into()),
+        });
+        assert_eq!(map_error_code(&alert), HttpError::Invalid("TLS: put the CA in this bucket's `tls_ca_file`".into()));
+        assert!(matches!(map_error_code(&ErrorCode::TlsCertificateError), HttpError::Invalid(_)));
+        // A TLS protocol error (a broken handshake) stays worth retrying.
+        assert!(matches!(map_error_code(&ErrorCode::TlsProtocolError), HttpError::Transport(_)));
+    }
 }

@@ -30,6 +30,17 @@ pub struct RetryDefaults {
     pub request_timeout_ms: u64,
 }
 
+/// Logs (as a warning) the settings `unknown` that `provider` ignores, with
+/// the `known` ones: a misspelt key is seen, not silently dropped.
+pub fn warn_unknown(provider: &str, unknown: &[String], known: &[&str]) {
+    if !unknown.is_empty() {
+        crate::log(
+            crate::Level::Warn,
+            &format!("{provider}: ignoring unknown settings {unknown:?} (known: {known:?})"),
+        );
+    }
+}
+
 /// The last non-empty value of setting `key`, trimmed.
 pub fn setting<'s>(settings: &'s [(String, String)], key: &str) -> Option<&'s str> {
     settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())

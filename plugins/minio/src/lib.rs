@@ -1,8 +1,8 @@
 //! `minio`: the blockferry storage provider for MinIO. It is the S3 provider
-//! (`blockferry_guest::s3`) with MinIO's defaults: path-style addressing and
+//! (`blockferry_s3_api`) with MinIO's defaults: path-style addressing and
 //! region `us-east-1`, so no `region` setting is needed. See README.md.
 
-use blockferry_guest::s3::{Addressing, Defaults, Flavor, S3Bucket};
+use blockferry_s3_api::{Addressing, Defaults, Flavor, S3Bucket};
 
 /// MinIO's defaults.
 struct Minio;

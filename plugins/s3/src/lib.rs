@@ -1,9 +1,9 @@
 //! `s3`: the blockferry storage provider for Amazon S3 and S3-compatible
-//! services. All the work is in `blockferry_guest::s3`; this component picks
+//! services. All the work is in `blockferry_s3_api`; this component picks
 //! the AWS defaults (virtual-hosted addressing, `region` required). See
 //! README.md for the settings and the retry policy.
 
-use blockferry_guest::s3::{Addressing, Defaults, Flavor, S3Bucket};
+use blockferry_s3_api::{Addressing, Defaults, Flavor, S3Bucket};
 
 /// AWS S3's defaults.
 struct Aws;

@@ -17,9 +17,9 @@ use md5::{Digest, Md5};
 
 pub mod metrics_list;
 pub mod powercut;
-pub mod reader;
 pub mod servers;
 pub mod sidecar;
+pub mod tls;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -63,6 +63,7 @@ pub fn spec(name: &str) -> BucketSpec {
         max_concurrency: 4,
         secrets: Vec::new(),
         log_lines_per_minute: 600,
+        tls: Default::default(),
     }
 }
 

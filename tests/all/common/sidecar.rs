@@ -33,6 +33,11 @@ impl Sidecar {
     /// Start `blockferry run --config CONFIG` listening on a free port, its
     /// log (debug level for blockferry) in `LOG_DIR/sidecar.log`; wait until it listens.
     pub fn start(config: &Path, log_dir: &Path, extra: &[&str]) -> Sidecar {
+        Self::start_with_env(config, log_dir, extra, &[])
+    }
+
+    /// [`start`](Self::start) with the environment variables `env` set too.
+    pub fn start_with_env(config: &Path, log_dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Sidecar {
         let (port, http_port) = (free_port(), free_port());
         let log = log_dir.join("sidecar.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -42,6 +47,7 @@ impl Sidecar {
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .args(extra)
             .env("RUST_LOG", "blockferry=debug,warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file);
         // Dies with the test process, even when a failed test aborts instead of unwinding.

@@ -7,8 +7,10 @@
 //! (first writer wins; no MD5 kept).
 
 wit_bindgen::generate!({
-    path: "wit",
-    world: "provider",
+    // `wasi:io` from the repository's own `wit/deps` (vendored once), then
+    // this fixture's contract.
+    path: ["../../../wit/deps/io", "wit"],
+    world: "blockferry:uploader/provider",
     generate_all,
 });
 

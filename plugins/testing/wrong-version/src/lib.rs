@@ -1,10 +1,12 @@
 //! Test fixture: a minimal provider built against `blockferry:uploader@0.2.0`
-//! (the copy of the contract in this crate's `wit/`), which a host that speaks
-//! `0.1.x` must refuse to load.
+//! (this crate's `wit/`: the first contract's interfaces under a version the
+//! host does not support), which a host that speaks `0.1.x` must refuse to load.
 
 wit_bindgen::generate!({
-    path: "wit",
-    world: "provider",
+    // `wasi:io` from the repository's own `wit/deps` (vendored once), then
+    // this fixture's contract.
+    path: ["../../../wit/deps/io", "wit"],
+    world: "blockferry:uploader/provider",
     generate_all,
 });
 

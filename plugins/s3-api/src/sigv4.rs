@@ -10,7 +10,7 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::uri_encode;
+use blockferry_guest::{hex, uri_encode};
 
 /// SHA-256 of the empty string, the payload hash of a request without a body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -106,12 +106,12 @@ pub fn authorization(
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let (canonical, signed) = canonical_request(req);
     let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", crate::hex(&Sha256::digest(canonical.as_bytes())));
+        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
     let mut key = hmac(format!("AWS4{}", credentials.secret_access_key).as_bytes(), date.as_bytes());
     for part in [region, service, "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    let signature = crate::hex(&hmac(&key, string_to_sign.as_bytes()));
+    let signature = hex(&hmac(&key, string_to_sign.as_bytes()));
     format!(
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
         credentials.access_key_id
@@ -120,7 +120,7 @@ pub fn authorization(
 
 /// Hex SHA-256 of `bytes` (a payload hash).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::hex(&Sha256::digest(bytes))
+    hex(&Sha256::digest(bytes))
 }
 
 /// `YYYYMMDDTHHMMSSZ` of `unix_seconds` (UTC), the `x-amz-date` format.

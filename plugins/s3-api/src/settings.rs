@@ -4,10 +4,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 
-use crate::http::Timeouts;
-use crate::retry::Policy;
-use crate::settings::{Endpoint, RetryDefaults, number, parse_endpoint, retry_settings, setting};
 use crate::sigv4::Credentials;
+use blockferry_guest::http::Timeouts;
+use blockferry_guest::retry::Policy;
+use blockferry_guest::settings::{Endpoint, RetryDefaults, number, parse_endpoint, retry_settings, setting};
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;

@@ -1,6 +1,10 @@
-//! The S3 provider: conditional single PUTs and multipart uploads with
+//! `blockferry-s3-api`: blockferry's S3 provider, a library that the `s3`
+//! and `minio` components wrap (as `gcs` is the GCS provider's crate).
+//!
+//! Conditional single PUTs and multipart uploads with
 //! Content-MD5, content MD5 kept as user metadata, SigV4 signing, the retry
-//! policy of [`crate::retry`], and errors that name the operation, bucket,
+//! policy of [`blockferry_guest::retry`] through
+//! [`blockferry_guest::operation`], and errors that name the operation, bucket,
 //! key, HTTP status and S3 error code.
 //!
 //! What the server says it stored is checked, not assumed: a single-part
@@ -25,10 +29,11 @@
 //! policy and error mapping as the uploads.
 
 pub mod settings;
+pub mod sigv4;
+pub mod xml;
 
 use std::marker::PhantomData;
 use std::rc::Rc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -37,12 +42,15 @@ use wasip2::http::types::Method;
 
 pub use settings::{Addressing, Config, Defaults, Sse};
 
-use crate::block::{checked_size, existing_outcome};
-use crate::http::{Body, HttpError, Request, Response};
-use crate::retry::{self, Call, Verdict};
-use crate::sigv4::{self, Signable};
-use crate::{BlockBody, BlockInfo, Bucket, Confirmation, GuestBucket, Level, Outcome, RemoteObject, UploadError};
-use crate::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader};
+use blockferry_guest::block::{checked_size, existing_outcome};
+use blockferry_guest::http::{Body, Request, Response};
+use blockferry_guest::operation::{self, Accept, Failure, Operation, Service};
+use blockferry_guest::retry::{self, Policy};
+use blockferry_guest::{BlockBody, BlockInfo, Bucket, Confirmation, GuestBucket, Level, Outcome, RemoteObject};
+use blockferry_guest::{BlockSink, GuestReader, IncompleteUpload, ListedObject, ObjectPage, Reader, UploadError};
+use blockferry_guest::{hex, log, object_confirmed, object_version, unix_now};
+
+use crate::sigv4::Signable;
 
 /// User-metadata header holding the content MD5 (base64) of every object written.
 pub const MD5_META_HEADER: &str = "x-amz-meta-content-md5";
@@ -153,7 +161,7 @@ fn multipart_etag(part_md5s: &[Vec<u8>]) -> String {
     for part in part_md5s {
         md5.update(part);
     }
-    format!("{}-{}", crate::hex(&md5.finalize()), part_md5s.len())
+    format!("{}-{}", hex(&md5.finalize()), part_md5s.len())
 }
 
 impl<F: Flavor> GuestBucket for S3Bucket<F> {
@@ -176,18 +184,18 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
         };
         match created {
             Created::Written(written) => {
-                let md5 = crate::hex(&block.md5);
+                let md5 = hex(&block.md5);
                 let digest = check_etag(&written, &md5, multipart.as_deref().filter(|m| !m.is_empty()));
                 if digest == EtagCheck::Differs {
                     return Err(self.stored_wrong(&block, &key, &written, multipart.as_deref().unwrap_or(&md5)));
                 }
                 if let Some(version) = &written.version {
-                    crate::object_version(&block.key, version);
+                    object_version(&block.key, version);
                 }
                 if digest == EtagCheck::Confirmed {
-                    crate::object_confirmed(&block.key, Confirmation::ServerDigest);
+                    object_confirmed(&block.key, Confirmation::ServerDigest);
                 }
-                crate::log(
+                log(
                     Level::Debug,
                     &format!("uploaded {size} bytes to {} (server digest: {digest:?})", self.cfg.location(&key)),
                 );
@@ -204,7 +212,7 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
                     )
                 })?;
                 if by_server {
-                    crate::object_confirmed(&block.key, Confirmation::ServerDigest);
+                    object_confirmed(&block.key, Confirmation::ServerDigest);
                 }
                 Ok(outcome)
             }
@@ -234,7 +242,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "GetObject",
             &key,
-            || {
+            |_| {
                 let mut request = cfg.request(Method::Get, &key, &[], cfg.sse_c_headers(), Body::Empty);
                 request.sink = Some(out.clone());
                 Ok(request)
@@ -248,7 +256,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// `ListObjectsV2` with `start-after`; `next` is the page's last key when
@@ -267,13 +275,13 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "ListObjectsV2",
             &full_prefix,
-            || Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |_| Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
             |response| match (response.status, object_page(&response.body, &cfg.prefix)) {
                 (200..=299, Some(page)) => Accept::Done(Ok(page)),
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// `HeadBucket`: a missing bucket (404) and refused credentials (403) are
@@ -283,7 +291,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "HeadBucket",
             "",
-            || Ok(cfg.request(Method::Head, "", &[], Vec::new(), Body::Empty)),
+            |_| Ok(cfg.request(Method::Head, "", &[], Vec::new(), Body::Empty)),
             |response| match response.status {
                 200..=299 => Accept::Done(Ok(())),
                 404 => Accept::Done(Err(UploadError::Permanent(format!(
@@ -301,7 +309,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// `ListMultipartUploads` under the prefix (one page: at most 1000); a
@@ -317,7 +325,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "ListMultipartUploads",
             &full_prefix,
-            || Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |_| Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
             |response| match (response.status, incomplete_uploads(&response.body, &cfg.prefix)) {
                 (200..=299, Some(uploads)) => Accept::Done(Ok(uploads)),
                 // A service without multipart listing (e.g. s3s-fs) has nothing
@@ -326,7 +334,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// `AbortMultipartUpload`; an upload already gone (404) is not an error.
@@ -337,11 +345,6 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
 }
 
 impl Config {
-    /// `s3://bucket/key`, as messages name an object.
-    fn location(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.bucket)
-    }
-
     /// Builds and signs a request on `key` (the full key, prefix included;
     /// empty for a request on the bucket itself).
     fn request(
@@ -363,7 +366,7 @@ impl Config {
             Body::Bytes(bytes) => sigv4::sha256_hex(bytes),
             Body::Stream { .. } => sigv4::UNSIGNED_PAYLOAD.to_string(),
         };
-        let date = sigv4::amz_date(crate::unix_now());
+        let date = sigv4::amz_date(unix_now());
         headers.push(("x-amz-date".into(), date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
         if let Some(token) = &self.credentials.session_token {
@@ -435,33 +438,13 @@ impl Config {
             _ => Vec::new(),
         }
     }
-
-    /// A retried S3 operation named `op` on `key`.
-    fn call<'a, T>(
-        &'a self,
-        op: &'static str,
-        key: &'a str,
-        build: impl FnMut() -> Result<Request, UploadError> + 'a,
-        accept: impl FnMut(Response) -> Accept<T> + 'a,
-    ) -> S3Call<'a, T> {
-        S3Call { cfg: self, op, key, build: Box::new(build), accept: Box::new(accept) }
-    }
 }
 
 impl<F: Flavor> S3Bucket<F> {
     /// Opens the bucket `settings` describe (for `bucket.open` and `reader.open`).
     fn new(settings: &[(String, String)]) -> Result<Self, String> {
         let (cfg, unknown) = Config::parse(settings, &F::DEFAULTS)?;
-        if !unknown.is_empty() {
-            crate::log(
-                Level::Warn,
-                &format!(
-                    "{}: ignoring unknown settings {unknown:?} (known: {:?})",
-                    F::DEFAULTS.provider,
-                    settings::KNOWN_KEYS
-                ),
-            );
-        }
+        blockferry_guest::settings::warn_unknown(F::DEFAULTS.provider, &unknown, settings::KNOWN_KEYS);
         Ok(S3Bucket::<F> { cfg, _flavor: PhantomData })
     }
 
@@ -490,14 +473,14 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "HeadObject",
             key,
-            || Ok(cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty)),
+            |_| Ok(cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty)),
             |response| match response.status {
                 200..=299 => Accept::Done(Ok(Some(remote_object_with_source(&response)))),
                 404 => Accept::Done(Ok(None)),
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// The error of a write the server stored with other bytes than the
@@ -513,7 +496,7 @@ impl<F: Flavor> S3Bucket<F> {
             "{location}: the server stored other bytes than the block's: its ETag is {got}, the block's bytes give \
              {expected} (something between this host and the server changed the body)"
         );
-        crate::log(Level::Error, &what);
+        log(Level::Error, &what);
         if let Some(version) = &written.version {
             match self.delete_version(key, version, written.etag.as_deref()) {
                 Ok(()) => {
@@ -521,7 +504,7 @@ impl<F: Flavor> S3Bucket<F> {
                         "{what}; deleted the version {version} this upload created; retry later"
                     ));
                 }
-                Err(e) => crate::log(Level::Error, &format!("{location}: could not delete version {version}: {e:?}")),
+                Err(e) => log(Level::Error, &format!("{location}: could not delete version {version}: {e:?}")),
             }
         }
         UploadError::HashMismatch(RemoteObject { size: block.size, md5: md5_of_etag(&got), etag: written.etag.clone() })
@@ -535,7 +518,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "DeleteObject",
             key,
-            || {
+            |_| {
                 let headers = etag.map(|e| vec![("if-match".to_string(), e.to_string())]).unwrap_or_default();
                 Ok(cfg.request(Method::Delete, key, &query, headers, Body::Empty))
             },
@@ -544,7 +527,7 @@ impl<F: Flavor> S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// One conditional PUT of the whole body, streamed from the host.
@@ -553,7 +536,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "PutObject",
             key,
-            || {
+            |_| {
                 let mut headers = cfg.object_headers(block);
                 headers.push(("content-md5".into(), B64.encode(&block.md5)));
                 headers.push(("if-none-match".into(), "*".into()));
@@ -571,7 +554,7 @@ impl<F: Flavor> S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 
     /// Multipart upload; aborted on any failure (and when the key turns out
@@ -581,7 +564,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut create = cfg.call(
             "CreateMultipartUpload",
             key,
-            || {
+            |_| {
                 Ok(cfg.request(
                     Method::Post,
                     key,
@@ -594,20 +577,18 @@ impl<F: Flavor> S3Bucket<F> {
                 if !(200..300).contains(&response.status) {
                     return Accept::Other(response);
                 }
-                match crate::xml::element_text(&response.body, "UploadId") {
-                    Some(id) if !id.is_empty() => Accept::Done(Ok(id)),
+                match crate::xml::parse::<xml::InitiateMultipartUploadResult>(&response.body) {
+                    Some(init) if !init.upload_id.is_empty() => Accept::Done(Ok(init.upload_id)),
                     _ => Accept::Other(response),
                 }
             },
         );
-        let upload_id = retry::run_one(&mut create, &cfg.policy)?;
+        let upload_id = create.run()?;
         let result = self.upload_parts_and_complete(block, body, key, &upload_id);
         if !matches!(result, Ok((Created::Written(_), _))) {
             match self.abort(key, &upload_id) {
-                Ok(()) => {
-                    crate::log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key)))
-                }
-                Err(e) => crate::log(
+                Ok(()) => log(Level::Info, &format!("aborted multipart upload {upload_id} of {}", cfg.location(key))),
+                Err(e) => log(
                     Level::Error,
                     &format!(
                         "could not abort multipart upload {upload_id} of {}: {e:?}; an incomplete upload is \
@@ -635,7 +616,7 @@ impl<F: Flavor> S3Bucket<F> {
         let cfg = &self.cfg;
         let part_size = cfg.part_size_for(block.size);
         let count = block.size.div_ceil(part_size).max(1);
-        crate::log(
+        log(
             Level::Debug,
             &format!(
                 "multipart upload of {} bytes to {} in {count} parts of {part_size} bytes, {} at once",
@@ -644,7 +625,7 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.parts_in_flight
             ),
         );
-        let mut parts: Vec<S3Call<'_, (String, bool)>> = (0..count)
+        let mut parts: Vec<Operation<'_, Config, (String, bool)>> = (0..count)
             .map(|index| {
                 let number = index + 1;
                 let offset = index * part_size;
@@ -658,7 +639,7 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.call(
                     "UploadPart",
                     key,
-                    move || {
+                    move |_| {
                         if md5.borrow().is_none() {
                             *md5.borrow_mut() = Some(hash_part(body, offset, len).map_err(|e| {
                                 UploadError::Transient(format!(
@@ -680,7 +661,7 @@ impl<F: Flavor> S3Bucket<F> {
                     move |response| match (response.status, response.header("etag")) {
                         (200..=299, Some(etag)) => {
                             let written = Written::of(&response, Some(etag.to_string()));
-                            let expected = sent.borrow().as_deref().map(crate::hex).unwrap_or_default();
+                            let expected = sent.borrow().as_deref().map(hex).unwrap_or_default();
                             if check_etag(&written, &expected, None) == EtagCheck::Differs {
                                 // Our own upload's part: sending it again replaces it.
                                 return Accept::Retry(format!(
@@ -738,7 +719,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut complete = cfg.call(
             "CompleteMultipartUpload",
             key,
-            || {
+            |_| {
                 let mut headers = cfg.sse_c_headers();
                 headers.push(("if-none-match".into(), "*".into()));
                 headers.push(("content-type".into(), "application/xml".into()));
@@ -747,7 +728,10 @@ impl<F: Flavor> S3Bucket<F> {
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
                 200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
-                    let mut written = Written::of(&response, crate::xml::element_text(&response.body, "ETag"));
+                    let mut written = Written::of(
+                        &response,
+                        crate::xml::parse::<xml::CompleteMultipartUploadResult>(&response.body).and_then(|r| r.etag),
+                    );
                     written.etag_is_digest &= digests;
                     Accept::Done(Ok(Created::Written(written)))
                 }
@@ -755,7 +739,7 @@ impl<F: Flavor> S3Bucket<F> {
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut complete, &cfg.policy).map(|created| (created, expected))
+        complete.run().map(|created| (created, expected))
     }
 
     /// Aborts multipart upload `upload_id` of `key`; one already gone (404
@@ -766,13 +750,13 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "AbortMultipartUpload",
             key,
-            || Ok(cfg.request(Method::Delete, key, &query, Vec::new(), Body::Empty)),
+            |_| Ok(cfg.request(Method::Delete, key, &query, Vec::new(), Body::Empty)),
             |response| match response.status {
                 200..=299 | 404 => Accept::Done(Ok(())),
                 _ => Accept::Other(response),
             },
         );
-        retry::run_one(&mut call, &cfg.policy)
+        call.run()
     }
 }
 
@@ -785,39 +769,36 @@ fn version_id(response: &Response) -> Option<String> {
 /// `key_prefix`; `next` is the last key when the answer is truncated. `None`
 /// when the answer is not a listing.
 fn object_page(xml: &[u8], key_prefix: &str) -> Option<ObjectPage> {
-    if crate::xml::root_name(xml)? != "ListBucketResult" {
-        return None;
-    }
-    let mut objects = Vec::new();
-    for contents in crate::xml::records(xml, "Contents")? {
-        let full_key = crate::xml::field(&contents, "Key")?;
-        let size = crate::xml::field(&contents, "Size")?.trim().parse().ok()?;
-        if let Some(key) = full_key.strip_prefix(key_prefix) {
-            objects.push(ListedObject { key: key.to_string(), size });
-        }
-    }
-    let truncated = crate::xml::element_text(xml, "IsTruncated").is_some_and(|t| t.trim() == "true");
-    let next = if truncated { objects.last().map(|o| o.key.clone()) } else { None };
+    let listing = crate::xml::parse::<xml::ListBucketResult>(xml)?;
+    let objects: Vec<ListedObject> = listing
+        .contents
+        .into_iter()
+        .filter_map(|c| Some(ListedObject { key: c.key.strip_prefix(key_prefix)?.to_string(), size: c.size }))
+        .collect();
+    let next = if listing.is_truncated { objects.last().map(|o| o.key.clone()) } else { None };
     Some(ObjectPage { objects, next })
 }
 
 /// The uploads of a `ListMultipartUploads` answer, keys without the
 /// `prefix` setting `key_prefix`; `None` when the answer is not such a list.
 fn incomplete_uploads(xml: &[u8], key_prefix: &str) -> Option<Vec<IncompleteUpload>> {
-    if crate::xml::root_name(xml)? != "ListMultipartUploadsResult" {
-        return None;
-    }
-    let mut uploads = Vec::new();
-    for upload in crate::xml::records(xml, "Upload")? {
-        let (Some(key), Some(id)) = (crate::xml::field(&upload, "Key"), crate::xml::field(&upload, "UploadId")) else {
-            return None;
-        };
-        if let Some(key) = key.strip_prefix(key_prefix) {
-            let started_ms = crate::xml::field(&upload, "Initiated").and_then(crate::parse_timestamp_ms).unwrap_or(0);
-            uploads.push(IncompleteUpload { key: key.to_string(), id: id.to_string(), started_ms });
-        }
-    }
-    Some(uploads)
+    let listing = crate::xml::parse::<xml::ListMultipartUploadsResult>(xml)?;
+    let uploads = listing.upload.into_iter().filter_map(|upload| {
+        Some(IncompleteUpload {
+            key: upload.key.strip_prefix(key_prefix)?.to_string(),
+            started_ms: upload.initiated.as_deref().and_then(parse_timestamp_ms).unwrap_or(0),
+            id: upload.upload_id,
+        })
+    });
+    Some(uploads.collect())
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp as S3 writes
+/// them (`2010-11-10T20:48:33.000Z`; any offset, any fraction of a second),
+/// read with the `time` crate. `None` when it is not one, or is before 1970.
+fn parse_timestamp_ms(text: &str) -> Option<u64> {
+    let when = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(when.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// MD5 of `len` bytes of `body` at `offset`, read in bounded chunks.
@@ -898,16 +879,6 @@ fn method_name(method: &Method) -> &str {
     }
 }
 
-/// What an operation makes of a response.
-enum Accept<T> {
-    /// The operation is over.
-    Done(Result<T, UploadError>),
-    /// Not an answer the operation expects: judge it as an S3 error.
-    Other(Response),
-    /// An answer that calls for sending the request again (under the policy), for this reason.
-    Retry(String),
-}
-
 /// What to do about an S3 error response.
 #[derive(Debug, PartialEq, Eq)]
 enum ErrorClass {
@@ -943,62 +914,25 @@ fn hint(status: u16, code: &str) -> &'static str {
     }
 }
 
-/// One retried S3 operation (see [`Call`]).
-struct S3Call<'a, T> {
-    cfg: &'a Config,
-    op: &'static str,
-    key: &'a str,
-    build: Box<dyn FnMut() -> Result<Request, UploadError> + 'a>,
-    accept: Box<dyn FnMut(Response) -> Accept<T> + 'a>,
-}
+impl Service for Config {
+    type State = ();
 
-impl<T> S3Call<'_, T> {
-    /// `Op s3://bucket/key`.
-    fn target(&self) -> String {
-        format!("{} {}", self.op, self.cfg.location(self.key))
-    }
-}
-
-impl<T> Call for S3Call<'_, T> {
-    type Output = T;
-    type Error = UploadError;
-
-    fn request(&mut self) -> Result<Request, UploadError> {
-        (self.build)()
+    /// `s3://bucket/key`, as messages name an object.
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
     }
 
-    fn verdict(&mut self, result: Result<Response, HttpError>) -> Verdict<T, UploadError> {
-        let response = match result {
-            Ok(response) => response,
-            Err(HttpError::Denied) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!(
-                    "{}: the endpoint {} is not permitted: the host's egress allow-list refused the \
-                     request; the host allows the authorities of the URLs in the bucket's settings \
-                     (and `allow_hosts`), so check `endpoint` and `addressing`",
-                    self.target(),
-                    self.cfg.endpoint_authority
-                ))));
-            }
-            Err(HttpError::Invalid(e)) => {
-                return Verdict::Done(Err(UploadError::Permanent(format!("{}: invalid request: {e}", self.target()))));
-            }
-            Err(HttpError::Interrupted(e)) => {
-                return Verdict::Done(Err(UploadError::Transient(format!(
-                    "{}: the object's body broke off {e}; retry later",
-                    self.target()
-                ))));
-            }
-            Err(HttpError::Transport(e)) => {
-                return Verdict::Retry { why: format!("{}: connection error: {e}", self.target()), retry_after: None };
-            }
-        };
-        let response = match (self.accept)(response) {
-            Accept::Done(result) => return Verdict::Done(result),
-            Accept::Retry(why) => {
-                return Verdict::Retry { why: format!("{}: {why}", self.target()), retry_after: None };
-            }
-            Accept::Other(response) => response,
-        };
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn endpoints(&self) -> (String, &'static str) {
+        (self.endpoint_authority.clone(), "`endpoint` and `addressing`")
+    }
+
+    /// An S3 error document's code and message, the operator's hint, and
+    /// [`classify`]'s verdict.
+    fn judge(&self, target: &str, response: Response, _: &mut ()) -> Failure {
         let (code, message) = crate::xml::s3_error(&response.body);
         let status = response.status;
         let code_text = if code.is_empty() {
@@ -1011,33 +945,12 @@ impl<T> Call for S3Call<'_, T> {
             code.clone()
         };
         let message = if message.is_empty() { String::new() } else { format!(": {message}") };
-        let why = format!("{}: HTTP {status} {code_text}{message}{}", self.target(), hint(status, &code));
+        let why = format!("{target}: HTTP {status} {code_text}{message}{}", hint(status, &code));
         match classify(status, &code) {
-            ErrorClass::Retry => Verdict::Retry {
-                why,
-                retry_after: response
-                    .header("retry-after")
-                    .and_then(|v| retry::parse_retry_after(v, crate::unix_now())),
-            },
-            ErrorClass::Transient => Verdict::Done(Err(UploadError::Transient(why))),
-            ErrorClass::Permanent => Verdict::Done(Err(UploadError::Permanent(why))),
+            ErrorClass::Retry => Failure::Retry { why, retry_after: operation::retry_after(&response) },
+            ErrorClass::Transient => Failure::Fail(UploadError::Transient(why)),
+            ErrorClass::Permanent => Failure::Fail(UploadError::Permanent(why)),
         }
-    }
-
-    fn gave_up(&mut self, why: String, attempts: u32, elapsed: Duration) -> UploadError {
-        let p = &self.cfg.policy;
-        UploadError::Transient(format!(
-            "{}: gave up after {attempts} attempt(s) in {:.1} s (retry_max_attempts = {}, \
-             retry_max_elapsed_ms = {}); last failure: {why}",
-            self.target(),
-            elapsed.as_secs_f64(),
-            p.max_attempts,
-            p.max_elapsed.as_millis()
-        ))
-    }
-
-    fn retrying(&mut self, attempt: u32, why: &str, delay: Duration) {
-        crate::log(Level::Debug, &format!("attempt {attempt} failed ({why}); retrying in {} ms", delay.as_millis()));
     }
 }
 
@@ -1145,6 +1058,29 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_as_storage_services_write_them() {
+        assert_eq!(parse_timestamp_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp_ms("2010-11-10T20:48:33.000Z"), Some(1_289_422_113_000));
+        assert_eq!(parse_timestamp_ms("2010-11-10T20:48:33.5Z"), Some(1_289_422_113_500));
+        assert_eq!(parse_timestamp_ms("2010-11-10T20:48:33.123456789Z"), Some(1_289_422_113_123));
+        assert_eq!(parse_timestamp_ms("2010-11-10T21:48:33+01:00"), Some(1_289_422_113_000));
+        assert_eq!(parse_timestamp_ms("2000-02-29T12:00:00Z"), Some(951_825_600_000));
+        assert_eq!(parse_timestamp_ms("2024-12-31T23:59:59.999Z"), Some(1_735_689_599_999));
+        for bad in [
+            "",
+            "2010-11-10",
+            "2010-11-10T20:48:33",
+            "2010-13-10T20:48:33Z",
+            "1969-12-31T23:59:59Z",
+            "x010-11-10T20:48:33Z",
+            "2010-11-10T20:48:33.Z",
+            "2010-11-10T20:48:33+0100",
+        ] {
+            assert_eq!(parse_timestamp_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn version_ids_only_when_sent() {
         let response = |headers: &[(&str, &str)]| Response {
             status: 200,
@@ -1232,7 +1168,7 @@ mod tests {
         let mut joined = Vec::new();
         joined.extend_from_slice(&parts[0]);
         joined.extend_from_slice(&parts[1]);
-        assert_eq!(multipart_etag(&parts), format!("{}-2", crate::hex(&Md5::digest(&joined))));
+        assert_eq!(multipart_etag(&parts), format!("{}-2", hex(&Md5::digest(&joined))));
     }
 
     #[test]

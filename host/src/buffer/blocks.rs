@@ -1,70 +1,14 @@
-//! The block buffer: recent blocks in memory with their
-//! acknowledgement state from the block nodes, pruning, saturation and the
-//! backpressure toward the consensus node.
-//!
-//! - A block enters after it is durable in the store ([`BlockBuffer::insert`]).
-//!   When blocks are streamed to block nodes it stays *unacknowledged* until a
-//!   block node acknowledges it ([`BlockBuffer::acknowledge`]); otherwise
-//!   nothing waits for it and it is acknowledged at once.
-//! - Acknowledged blocks are pruned once older than the TTL, or sooner when the
-//!   acknowledged blocks alone exceed the byte bound; an unacknowledged block is
-//!   never dropped. A block pruned from memory is still in the store.
-//! - Saturation is the larger of unacknowledged blocks ÷ the ideal size
-//!   (TTL ÷ block period) and unacknowledged bytes ÷ the byte bound, in
-//!   percent. At 100 % backpressure engages: ingest stops acknowledging and
-//!   reading the consensus node's stream ([`BlockBuffer::wait_for_capacity`]);
-//!   it is released below the recovery threshold, so it does not flap.
+//! The buffer itself.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::BufferConfig;
 use crate::sync::Locked;
 use bytes::Bytes;
-use serde::Deserialize;
 use tokio::sync::watch;
-
-/// `[buffer]`: recent blocks kept in memory until block nodes acknowledge
-/// them, and the backpressure toward the consensus node.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BufferConfig {
-    /// How long an acknowledged block stays in memory, in seconds.
-    pub ttl_secs: u64,
-    /// The expected time between blocks, in milliseconds; the ideal buffer
-    /// size is `ttl_secs` ÷ this (150 blocks by default).
-    pub block_period_ms: u64,
-    /// Bytes of unacknowledged blocks that count as a full buffer; also the
-    /// most acknowledged blocks are kept in memory.
-    pub max_bytes: u64,
-    /// How often acknowledged blocks past their TTL are pruned, in milliseconds.
-    pub prune_interval_ms: u64,
-    /// Saturation (percent) at which a warning is logged and counted.
-    pub action_stage_percent: f64,
-    /// Saturation (percent) below which backpressure, engaged at 100 %, is released.
-    pub recovery_percent: f64,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        Self {
-            ttl_secs: 300,
-            block_period_ms: 2_000,
-            max_bytes: 1024 * 1024 * 1024,
-            prune_interval_ms: 1_000,
-            action_stage_percent: 50.0,
-            recovery_percent: 85.0,
-        }
-    }
-}
-
-impl BufferConfig {
-    /// The ideal number of blocks in the buffer: TTL ÷ block period (at least 1).
-    pub fn ideal_blocks(&self) -> u64 {
-        (self.ttl_secs * 1000 / self.block_period_ms.max(1)).max(1)
-    }
-}
 
 /// One block as it arrived: its number and its items, byte for byte.
 #[derive(Debug)]
