@@ -10,7 +10,7 @@
 #   scripts/bench.sh store ingest    # only these benches
 #
 # Sizes can be lowered for a quick look: BACKLOG_BLOCKS, BACKLOG_S3_BLOCKS,
-# INGEST_MAINNET_BLOCKS, PUBLISH_BLOCKS, STARTUP_RUNS.
+# INGEST_MAINNET_BLOCKS, PUBLISH_BLOCKS, STARTUP_RUNS, STARTUP_STORE_BLOCKS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

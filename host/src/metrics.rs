@@ -252,7 +252,14 @@ impl Sources {
             &lag,
         )?;
         e.gauge("blockferry_retained_blocks", "Blocks in the local store", load(&self.retained_blocks) as f64)?;
-        if let Some(census) = self.census.get() {
+        let census = self.census.get();
+        e.gauge(
+            "blockferry_store_blocks_counted",
+            "1 once the store's blocks are counted from their .meta files (by the start-up check, which runs after \
+             ready); 0 before: blockferry_store_blocks and blockferry_store_hash_mismatched_blocks are absent until then",
+            if census.is_some() { 1.0 } else { 0.0 },
+        )?;
+        if let Some(census) = census {
             let mut rows = Vec::new();
             for (bucket, c) in &census.buckets {
                 for (state, v) in [

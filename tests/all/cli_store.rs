@@ -308,3 +308,90 @@ fn two_buckets_from_a_config_with_gzip_store() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("bucket a: 5 matching, 0 missing") && t.contains("bucket b: 4 matching, 1 missing"), "{t}");
 }
+
+/// A bucket added to a store whose blocks are all uploaded elsewhere: the
+/// host is ready without reading the store's `.meta` files first; the
+/// start-up check that reads them afterwards queues every block to the new
+/// bucket as it finds it (a torn `.meta` among them is rebuilt, its block
+/// uploaded too) and only then counts the blocks; a bucket added by a reload
+/// gets every block as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_added_to_a_stored_backlog_gets_every_block_found_after_ready() {
+    use crate::common::sidecar::{Sidecar, http_get};
+    use blockferry::store::{BlockStore, BucketStatus, Confirmed};
+    const BLOCKS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlockStore::open(dir.path().join("blocks"), blockferry::config::Compression::None).unwrap();
+    let uploaded = BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: Some(Confirmed::ServerDigest) };
+    for n in 0..BLOCKS {
+        store.write_block(n, &block_bytes(n, 512), &["a".to_string()]).unwrap();
+        store.update_meta(n, |m| drop(m.buckets.insert("a".into(), uploaded.clone()))).unwrap();
+    }
+    let torn = 7;
+    let md5 = store.read_meta(torn).unwrap().md5;
+    fs::write(store.meta_path(torn), b"{\"number\": 7, \"fi").unwrap(); // a power cut tore its first .meta
+    let config = dir.path().join("blockferry.toml");
+    let write_config = |buckets: &[&str]| {
+        let mut text = format!(
+            "[store]\ndir = \"blocks\"\n[plugins]\ncache_dir = {:?}\n[upload]\nlocal_retention_hours = 1000\n\
+             retention_interval_secs = 3600\n",
+            workspace().join("target/test-plugin-cache").display().to_string()
+        );
+        for b in buckets {
+            fs::create_dir_all(dir.path().join(format!("bucket-{b}"))).unwrap();
+            text += &format!(
+                "[[buckets]]\nname = \"{b}\"\nplugin = {:?}\ndirectory = \"bucket-{b}\"\n",
+                plugin_path("blockferry_fs").display().to_string()
+            );
+        }
+        fs::write(&config, text).unwrap();
+    };
+    write_config(&["a", "b"]);
+    let sidecar = Sidecar::start(&config, dir.path(), &[]);
+    let metric = |name: &str| -> Option<f64> {
+        let text = http_get(&sidecar.url("/metrics")).1;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let in_bucket = |b: &str| (0..BLOCKS).all(|n| dir.path().join(format!("bucket-{b}/{n:036}.blk")).exists());
+    let started = std::time::Instant::now();
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "timed out until {what}\n{}",
+                sidecar.log()
+            );
+            // Until counted, the counts are absent, not zero.
+            if metric("blockferry_store_blocks_counted") == Some(0.0) {
+                assert_eq!(metric("blockferry_store_blocks{bucket=\"b\",state=\"pending\"}"), None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    until("ready", &|| http_get(&sidecar.url("/readyz")).0 == 200);
+    until("every block is in the added bucket b", &|| in_bucket("b"));
+    for n in 0..BLOCKS {
+        let object = fs::read(dir.path().join(format!("bucket-b/{n:036}.blk"))).unwrap();
+        assert_eq!(object, block_bytes(n, 512), "block {n} in bucket b");
+    }
+    assert!(!dir.path().join(format!("bucket-a/{:036}.blk", 1)).exists(), "nothing uploaded again to a");
+    let rebuilt = store.read_meta(torn).unwrap();
+    assert_eq!(rebuilt.md5, md5, "the torn .meta is rebuilt the same");
+    until("every block is recorded safe in b", &|| {
+        (0..BLOCKS).all(|n| store.read_meta(n).is_ok_and(|m| m.status("b").is_safe()))
+    });
+    // Counted once, by the start-up check, when every block was still pending in b.
+    until("the blocks are counted", &|| metric("blockferry_store_blocks_counted") == Some(1.0));
+    let state = |b: &str, s: &str| metric(&format!("blockferry_store_blocks{{bucket=\"{b}\",state=\"{s}\"}}"));
+    // The torn block was rebuilt pending everywhere: it is counted pending in a too.
+    assert_eq!(state("a", "confirmed"), Some((BLOCKS - 1) as f64), "{}", sidecar.log());
+    assert_eq!(state("a", "pending"), Some(1.0));
+    assert_eq!(state("b", "pending"), Some(BLOCKS as f64));
+    assert!(sidecar.log().contains("store checked"), "{}", sidecar.log());
+
+    // A bucket added by a reload gets every block too, uploads starting before its scan ends.
+    write_config(&["a", "b", "c"]);
+    sidecar.signal(libc::SIGHUP);
+    until("every block is in the bucket c added by a reload", &|| in_bucket("c"));
+    drop(sidecar.stop());
+}

@@ -23,7 +23,9 @@ use blockferry::plugin::{EngineSettings, PluginRuntime};
 use blockferry::publish::Publisher;
 use blockferry::reload::{self, ConfigInForce, Live, Stages};
 use blockferry::store::BlockStore;
-use blockferry::upload::{BlockNodeAcks, BucketArchive, Census, Target, UploadManager, run_retention, spawn_retention};
+use blockferry::upload::{
+    BlockNodeAcks, BucketArchive, Census, Target, UploadManager, census_of_check, run_retention, spawn_retention,
+};
 use clap::Args;
 
 /// How often the config, credentials and plugin files are checked for changes.
@@ -142,7 +144,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let runtime = plugin_runtime(&config)?;
     let targets = if config.mode.uploads() { open_targets(&runtime, &config).await? } else { Vec::new() };
-    let manager = Arc::new(UploadManager::start(store.clone(), targets.clone(), config.upload.clone())?);
+    // Every .meta is read once, after this, in the background: the start-up
+    // check rebuilds those a power cut tore, queues each block to the buckets
+    // it is not final in, and counts the census.
+    let census = Arc::new(Census::default());
+    let (retention_settings, retention_rx) =
+        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
+    let (count, counted) = {
+        let settings = retention_rx.borrow();
+        census_of_check(census.clone(), settings.buckets.clone(), settings.required)
+    };
+    let manager =
+        Arc::new(UploadManager::start_checking(store.clone(), targets.clone(), config.upload.clone(), count, counted));
 
     let streams = config.streams();
     let buffer = Arc::new(BlockBuffer::new(config.buffer.clone(), streams));
@@ -160,9 +173,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let buffer = buffer.clone();
         move || if streams { BlockNodeAcks::UpTo(buffer.highest_acked()) } else { BlockNodeAcks::NotStreaming }
     };
-    let (retention_settings, retention_rx) =
-        tokio::sync::watch::channel(blockferry::reload::retention_settings(&config));
-    let census = Arc::new(Census::default());
     let retention = spawn_retention(store.clone(), retention_rx.clone(), acks.clone(), census.clone());
 
     let ingest = Ingest::new(store.clone(), buffer.clone(), names.clone(), config.ingest.clone(), manager.notifier())?;
@@ -192,6 +202,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config: in_force.clone(),
     });
     let http = Http::new(sources.clone(), Duration::from_secs(config.http.history_sample_secs));
+    // SIGINT and SIGTERM are caught from before ready on: one sent as soon
+    // as `/readyz` answers 200 shuts down cleanly.
+    let shutdown = shutdown_signal()?;
     started.start(http);
 
     // Buckets, uploads, retention, block nodes and log level follow the config file.
@@ -221,7 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let r = tokio::task::spawn_blocking(move || run_retention(&s, &r.buckets, r.period, r.required, a)).await??;
         println!("retention: {} deleted, {} retained", r.deleted, r.retained);
     } else {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down; unfinished uploads resume at the next start");
     }
     retention.abort();
@@ -271,7 +284,10 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager) -> anyhow::Re
     let names: Vec<String> = manager.stats().into_iter().map(|(name, _)| name).collect();
     tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
         for n in store.numbers()? {
-            let meta = store.read_meta(n)?;
+            let meta = match store.meta(n) {
+                Err(blockferry::store::StoreError::NotFound(_)) => continue,
+                other => other?,
+            };
             if names.iter().any(|b| !meta.status(b).is_final()) {
                 return Ok(false);
             }
@@ -281,13 +297,16 @@ async fn drained(store: &Arc<BlockStore>, manager: &UploadManager) -> anyhow::Re
     .await?
 }
 
-/// Wait for SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Catch SIGINT and SIGTERM from now on: the future ends at the first.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Print what a filesystem bucket holds (objects only, not its bookkeeping).

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/metrics` | every metric, Prometheus (OpenMetrics) text format |
 //! | `/healthz` | 200 while the process serves |
-//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable or refusing blocks, buffer saturated); a ready host also lists warnings (blocks kept because a bucket holds different content) |
+//! | `/readyz` | 200 when ready; 503 with the reasons (plugins not loaded, store not writable or refusing blocks, buffer saturated); a ready host also lists warnings (blocks kept because a bucket holds different content; the store's blocks not counted yet while the start-up check reads every `.meta`, which it does after ready) |
 //! | `/api/status` | the state as JSON (what the status page shows) |
 //! | `/` | the status page: one small HTML file, no build step |
 //!

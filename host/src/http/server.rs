@@ -313,12 +313,19 @@ async fn readyz(State(started): State<Arc<Started>>) -> Response {
 }
 
 /// What an operator must look at though the host may be ready: blocks some
-/// bucket holds with different content. A mismatch does not make the host
+/// bucket holds with different content (or that the store's blocks are not
+/// counted yet, so none can be reported). A mismatch does not make the host
 /// not ready: it keeps taking and storing blocks safely (the mismatched
 /// block is kept locally forever), and refusing traffic would only stop the
 /// stream; the alert and these warnings call the operator.
 fn warnings(s: &Sources) -> Vec<String> {
-    let Some(census) = s.census.get() else { return Vec::new() };
+    let Some(census) = s.census.get() else {
+        return vec![
+            "the store's blocks are not counted yet: the start-up check is reading every .meta (uploads of the \
+             blocks it finds go on meanwhile); hash-mismatch warnings and the per-state counts follow when it is done"
+                .to_string(),
+        ];
+    };
     let mut warnings = Vec::new();
     for (bucket, c) in &census.buckets {
         if c.hash_mismatch > 0 {

@@ -95,6 +95,15 @@ pub struct RecoveryReport {
     pub removed_orphan_meta: u64,
 }
 
+/// What the start-up check of every `.meta` ([`BlockStore::check_metas`]) found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Blocks checked.
+    pub blocks: u64,
+    /// `.meta` files rebuilt from their block file (corrupt, or naming another file).
+    pub rebuilt_meta: u64,
+}
+
 /// The block store in one directory.
 #[derive(Debug)]
 pub struct BlockStore {
@@ -174,7 +183,7 @@ impl BlockStore {
 
     /// The bytes of block `number` as received (decompressed if stored compressed).
     pub fn read_block(&self, number: u64) -> Result<Vec<u8>, StoreError> {
-        let meta = self.read_meta(number)?;
+        let meta = self.meta(number)?;
         let path = self.block_path(&meta);
         let data = fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound(number),
@@ -212,11 +221,23 @@ impl BlockStore {
     /// The metadata of block `number` when it is stored with MD5 `md5`;
     /// `None` when it is not stored; [`StoreError::Conflict`] when it is
     /// stored with other content.
+    /// A corrupt `.meta` (torn by a power cut, not yet rebuilt by the
+    /// start-up check) is rebuilt from the block file first: the block file
+    /// is never replaced.
     fn stored_as(&self, number: u64, md5: &[u8]) -> Result<Option<BlockMeta>, StoreError> {
-        match self.read_meta(number) {
-            Ok(existing) if existing.md5_bytes() == md5 => Ok(Some(existing)),
-            Ok(existing) => Err(StoreError::Conflict { number, stored: existing.md5, received: md5_base64(md5) }),
-            Err(_) => Ok(None),
+        let existing = match self.read_meta(number) {
+            Ok(existing) => existing,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(StoreError::CorruptMeta { .. }) => match self.repair_meta(number)? {
+                Some(existing) => existing,
+                None => return Ok(None),
+            },
+            Err(e) => return Err(e),
+        };
+        if existing.md5_bytes() == md5 {
+            Ok(Some(existing))
+        } else {
+            Err(StoreError::Conflict { number, stored: existing.md5, received: md5_base64(md5) })
         }
     }
 
@@ -283,7 +304,22 @@ impl BlockStore {
         let tmp = temp.keep();
         self.put_in_place(&tmp, meta, started).map(|meta| (meta, true))
     }
-    /// Read block `number`'s metadata.
+    /// Block `number`'s metadata, rebuilt from its block file first when the
+    /// `.meta` is missing or corrupt (torn by a power cut and not yet reached
+    /// by the start-up check, [`check_metas`](Self::check_metas)): what the
+    /// running sidecar reads before it acts on a block. [`StoreError::NotFound`]
+    /// when the block is not in the store.
+    pub fn meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
+        match self.read_meta(number) {
+            Err(StoreError::CorruptMeta { .. } | StoreError::NotFound(_)) => {
+                self.repair_meta(number)?.ok_or(StoreError::NotFound(number))
+            }
+            other => other,
+        }
+    }
+
+    /// Block `number`'s metadata as its `.meta` file holds it (a missing or
+    /// corrupt one is an error, left as it is: read-only commands use this).
     pub fn read_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
         let path = self.meta_path(number);
         let text = match fs::read(&path) {
@@ -298,7 +334,12 @@ impl BlockStore {
     /// and serialised with other updates of the same block.
     pub fn update_meta(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
         let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
-        let mut meta = self.read_meta(number)?;
+        let mut meta = match self.read_meta(number) {
+            Err(StoreError::CorruptMeta { .. }) => {
+                self.rebuild_if_needed(number, &[])?.ok_or(StoreError::NotFound(number))?.0
+            }
+            other => other?,
+        };
         f(&mut meta);
         self.write_meta(&meta)?;
         Ok(meta)
@@ -346,11 +387,15 @@ impl BlockStore {
         Ok(numbers)
     }
 
-    /// Start-up recovery: delete leftover temporary files and orphan `.meta`
-    /// files, and rebuild missing or corrupt `.meta` files from their block
-    /// file (pending in every bucket). A bucket a `.meta` does not name is
-    /// pending there implicitly ([`BlockMeta::status`]): adding a bucket
-    /// rewrites nothing.
+    /// Start-up recovery, what must be done before the store takes blocks:
+    /// delete leftover temporary files and orphan `.meta` files, and rebuild
+    /// the missing `.meta` files from their block file (pending in every
+    /// bucket). It lists the directory but reads no `.meta`, so it takes
+    /// the same time for any number of blocks (but the few rebuilt). A
+    /// `.meta` torn by a power cut is found by [`check_metas`](Self::check_metas),
+    /// which runs after, or rebuilt by [`meta`](Self::meta) when the block
+    /// is used first. A bucket a `.meta` does not name is pending there
+    /// implicitly ([`BlockMeta::status`]): adding a bucket rewrites nothing.
     pub fn recover(&self, buckets: &[String]) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
         let tmp_dir = self.dir.join(TMP_DIR);
@@ -359,7 +404,30 @@ impl BlockStore {
             fs::remove_file(&path).map_err(io_err("deleting leftover", &path))?;
             report.removed_tmp += 1;
         }
-        let mut block_files = std::collections::BTreeMap::new();
+        let (block_files, metas) = self.list()?;
+        for &n in &metas {
+            if !block_files.contains_key(&n) {
+                let path = self.meta_path(n);
+                fs::remove_file(&path).map_err(io_err("deleting orphan", &path))?;
+                report.removed_orphan_meta += 1;
+            }
+        }
+        let metas: std::collections::BTreeSet<u64> = metas.into_iter().collect();
+        for (&number, file) in &block_files {
+            report.blocks += 1;
+            if !metas.contains(&number) {
+                tracing::warn!(block = number, "rebuilding metadata: the block's .meta is missing");
+                self.rebuild_meta(number, file, buckets)?;
+                report.rebuilt_meta += 1;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(report)
+    }
+
+    /// The block files (by number) and the numbers of the `.meta` files in the store.
+    fn list(&self) -> Result<(BTreeMap<u64, String>, Vec<u64>), StoreError> {
+        let mut block_files = BTreeMap::new();
         let mut metas = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))? {
             let name = entry.map_err(io_err("listing", &self.dir))?.file_name().to_string_lossy().into_owned();
@@ -369,28 +437,73 @@ impl BlockStore {
                 metas.push(n);
             }
         }
-        for n in metas {
-            if !block_files.contains_key(&n) {
-                let path = self.meta_path(n);
-                fs::remove_file(&path).map_err(io_err("deleting orphan", &path))?;
-                report.removed_orphan_meta += 1;
-            }
-        }
+        Ok((block_files, metas))
+    }
+
+    /// The second half of start-up recovery, which may run while the store
+    /// takes blocks: read every block's `.meta` once, rebuild each that is
+    /// corrupt (a first `.meta` a power cut tore) or names another file than
+    /// the block's, and hand each block's metadata to `visit`, in ascending
+    /// order, as long as `visit` returns `true`. A block deleted meanwhile
+    /// is skipped.
+    pub fn check_metas(
+        &self,
+        buckets: &[String],
+        mut visit: impl FnMut(&BlockMeta) -> bool,
+    ) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport::default();
+        let (block_files, _) = self.list()?;
         for (&number, file) in &block_files {
-            report.blocks += 1;
-            match self.read_meta(number) {
-                Ok(meta) if meta.file == *file => {}
-                other => {
-                    if let Err(e) = other {
-                        tracing::warn!(block = number, "rebuilding metadata: {e}");
+            let meta = match self.read_meta(number) {
+                Ok(meta) if meta.file == *file => Some(meta),
+                Ok(_) | Err(StoreError::CorruptMeta { .. } | StoreError::NotFound(_)) => {
+                    let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
+                    let checked = self.rebuild_if_needed(number, buckets)?;
+                    if checked.as_ref().is_some_and(|(_, rebuilt)| *rebuilt) {
+                        report.rebuilt_meta += 1;
                     }
-                    self.rebuild_meta(number, file, buckets)?;
-                    report.rebuilt_meta += 1;
+                    checked.map(|(meta, _)| meta)
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(meta) = meta {
+                report.blocks += 1;
+                if !visit(&meta) {
+                    break;
                 }
             }
         }
-        sync_dir(&self.dir)?;
         Ok(report)
+    }
+
+    /// [`rebuild_if_needed`](Self::rebuild_if_needed) under block `number`'s lock.
+    fn repair_meta(&self, number: u64) -> Result<Option<BlockMeta>, StoreError> {
+        let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
+        Ok(self.rebuild_if_needed(number, &[])?.map(|(meta, _)| meta))
+    }
+
+    /// Block `number`'s metadata, rebuilt from its block file (pending in
+    /// `buckets`, and so in every bucket) when the `.meta` is missing,
+    /// corrupt or names another file, with whether it was rebuilt; `None`
+    /// when no block file is there. The caller holds the block's lock.
+    fn rebuild_if_needed(&self, number: u64, buckets: &[String]) -> Result<Option<(BlockMeta, bool)>, StoreError> {
+        let Some(file) =
+            BLOCK_EXTS.iter().map(|ext| format!("{number:0DIGITS$}{ext}")).find(|f| self.dir.join(f).exists())
+        else {
+            return Ok(None);
+        };
+        match self.read_meta(number) {
+            Ok(meta) if meta.file == file => return Ok(Some((meta, false))),
+            Ok(meta) => tracing::warn!(block = number, "rebuilding metadata: it names {} instead of {file}", meta.file),
+            Err(e) => tracing::warn!(block = number, "rebuilding metadata: {e}"),
+        }
+        let meta = match self.rebuild_meta(number, &file, buckets) {
+            // Deleted by retention meanwhile.
+            Err(StoreError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other?,
+        };
+        sync_dir(&self.dir)?;
+        Ok(Some((meta, true)))
     }
 
     /// Rebuild block `number`'s metadata from its file (MD5 read back in
@@ -625,8 +738,20 @@ mod tests {
         fs::write(store.meta_path(2), b"{\"trunc").unwrap(); // corrupt .meta
         fs::remove_file(dir.path().join(format!("{:036}.blk", 3))).unwrap(); // deleted by retention, crash before .meta
         fs::write(dir.path().join(".tmp/leftover"), b"x").unwrap();
+        // Before the store takes blocks: no .meta is read, the missing one is rebuilt.
         let report = store.recover(&buckets()).unwrap();
-        assert_eq!(report, RecoveryReport { blocks: 3, rebuilt_meta: 2, removed_tmp: 1, removed_orphan_meta: 1 });
+        assert_eq!(report, RecoveryReport { blocks: 3, rebuilt_meta: 1, removed_tmp: 1, removed_orphan_meta: 1 });
+        assert!(matches!(store.read_meta(2), Err(StoreError::CorruptMeta { .. })), "not read yet");
+        // The check that follows reads each .meta once and rebuilds the corrupt one.
+        let mut seen = Vec::new();
+        let checked = store
+            .check_metas(&buckets(), |m| {
+                seen.push(m.number);
+                true
+            })
+            .unwrap();
+        assert_eq!(checked, CheckReport { blocks: 3, rebuilt_meta: 1 });
+        assert_eq!(seen, vec![1, 2, 4]);
         for n in [1, 2, 4] {
             let meta = store.read_meta(n).unwrap();
             assert_eq!(meta.md5_bytes(), Md5::digest(format!("block {n}").as_bytes()).to_vec());
@@ -684,8 +809,8 @@ mod tests {
             Err(StoreError::CorruptMeta { detail, .. }) => assert!(detail.contains("../../etc/passwd"), "{detail}"),
             other => panic!("expected a corrupt .meta, got {other:?}"),
         }
-        let report = store.recover(&buckets()).unwrap();
-        assert_eq!(report.rebuilt_meta, 1);
+        assert_eq!(store.recover(&buckets()).unwrap().rebuilt_meta, 0, "recovery reads no .meta");
+        assert_eq!(store.check_metas(&buckets(), |_| true).unwrap().rebuilt_meta, 1);
         assert_eq!(store.read_meta(3).unwrap().file, format!("{:036}.blk", 3));
         // Another block's number, or an MD5 that is not one, is corrupt too.
         for (key, value) in [("number", serde_json::json!(4)), ("md5", serde_json::json!("bm90IGFuIG1kNQ=="))] {
@@ -706,10 +831,56 @@ mod tests {
         let json = fs::read(store.meta_path(5)).unwrap();
         for torn in [&json[..0], &json[..json.len() / 2]] {
             fs::write(store.meta_path(5), torn).unwrap();
-            assert_eq!(store.recover(&buckets()).unwrap().rebuilt_meta, 1);
+            store.recover(&buckets()).unwrap();
+            assert_eq!(store.check_metas(&buckets(), |_| true).unwrap().rebuilt_meta, 1);
             let rebuilt = store.read_meta(5).unwrap();
             assert_eq!((rebuilt.number, &rebuilt.file, rebuilt.size), (5, &written.file, written.size));
             assert_eq!((&rebuilt.md5, &rebuilt.buckets), (&written.md5, &written.buckets));
         }
+    }
+    #[test]
+    fn a_torn_meta_not_checked_yet_is_rebuilt_where_the_block_is_used_first() {
+        // Recovery no longer reads every .meta before the store takes blocks:
+        // a torn one the start-up check has not reached yet is rebuilt by
+        // whatever uses the block first, and its block file is never replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::None).unwrap();
+        let tear = |n: u64| fs::write(store.meta_path(n), b"{\"numb").unwrap();
+        let written: Vec<BlockMeta> =
+            (1..=4).map(|n| store.write_block(n, format!("block {n}").as_bytes(), &buckets()).unwrap()).collect();
+        let block_file = |n: u64| fs::read(dir.path().join(format!("{n:036}.blk"))).unwrap();
+        (1..=4).for_each(tear);
+        store.recover(&buckets()).unwrap();
+        // Received again: the same bytes are recognised, other bytes refused.
+        assert_eq!(store.write_block(1, b"block 1", &buckets()).unwrap().md5, written[0].md5);
+        let err = store.write_block(2, b"other", &buckets()).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { number: 2, .. }), "{err}");
+        assert_eq!(block_file(2), b"block 2", "the stored block is kept");
+        // Read (the publisher), updated (an upload's outcome), looked up (an upload).
+        assert_eq!(store.read_block(3).unwrap(), b"block 3");
+        tear(3);
+        let updated = store
+            .update_meta(3, |m| {
+                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 1, version: None, confirmed: None });
+            })
+            .unwrap();
+        assert_eq!((updated.md5.as_str(), updated.status("a").is_safe()), (written[2].md5.as_str(), true));
+        assert_eq!(store.read_meta(3).unwrap(), updated);
+        assert_eq!(store.meta(4).unwrap().md5, written[3].md5);
+        assert!(matches!(store.meta(9), Err(StoreError::NotFound(9))));
+        // The check finds nothing left to rebuild, and every block whole.
+        let mut seen = Vec::new();
+        assert_eq!(
+            store
+                .check_metas(&buckets(), |m| {
+                    seen.push(m.md5.clone());
+                    true
+                })
+                .unwrap()
+                .rebuilt_meta,
+            0
+        );
+        assert_eq!(seen, written.iter().map(|m| m.md5.clone()).collect::<Vec<_>>());
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }
 }

@@ -30,6 +30,6 @@ pub use config::{BucketConfig, Secrets, UploadConfig, VerifyBeforeDelete, check_
 pub use manager::*;
 #[cfg(feature = "runtime")]
 pub use retention::{
-    BlockCounts, BlockNodeAcks, Census, CensusCounts, RetentionReport, RetentionSettings, count_blocks, run_retention,
-    spawn_retention,
+    BlockCounts, BlockNodeAcks, Census, CensusCounts, RetentionReport, RetentionSettings, census_of_check,
+    count_blocks, run_retention, spawn_retention,
 };

@@ -101,6 +101,38 @@ impl Census {
     }
 }
 
+/// What counts the store's blocks into `census` during the start-up check
+/// of the store ([`UploadManager::start_checking`](super::UploadManager::start_checking)):
+/// the visitor of each block's metadata, and what sets the count once the
+/// check is done (unless a retention pass counted since). Until then the
+/// census is not counted: [`Census::get`] is `None`.
+pub fn census_of_check(
+    census: Arc<Census>,
+    buckets: Vec<String>,
+    required: Confirmed,
+) -> (
+    impl FnMut(&BlockMeta) + Send + 'static,
+    impl FnOnce(Result<crate::store::CheckReport, StoreError>) + Send + 'static,
+) {
+    let counts = Arc::new(Mutex::new(CensusCounts::default()));
+    for b in &buckets {
+        counts.locked().buckets.entry(b.clone()).or_default();
+    }
+    let counting = counts.clone();
+    let visit = move |meta: &BlockMeta| counting.locked().add(meta, &buckets, required);
+    let done = move |checked: Result<_, StoreError>| {
+        if checked.is_ok() {
+            let mut counts = std::mem::take(&mut *counts.locked());
+            counts.at_ms = now_ms();
+            let mut current = census.counts.locked();
+            if current.is_none() {
+                *current = Some(counts);
+            }
+        }
+    };
+    (visit, done)
+}
+
 /// Count the store's blocks per bucket of `buckets` and state, deleting nothing.
 pub fn count_blocks(store: &BlockStore, buckets: &[String], required: Confirmed) -> Result<CensusCounts, StoreError> {
     let mut counts = CensusCounts { at_ms: now_ms(), ..CensusCounts::default() };
@@ -205,9 +237,9 @@ pub struct RetentionSettings {
     pub required: Confirmed,
 }
 
-/// Count the store's blocks into `census` at once, then run retention
-/// passes forever with the settings in force at each pass, each updating
-/// `census`.
+/// Run retention passes forever, the first after one period `every`, with
+/// the settings in force at each pass, each updating `census` (which the
+/// start-up check counts first: [`census_of_check`]).
 pub fn spawn_retention(
     store: Arc<BlockStore>,
     settings: tokio::sync::watch::Receiver<RetentionSettings>,
@@ -215,12 +247,6 @@ pub fn spawn_retention(
     census: Arc<Census>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let (s, r) = (store.clone(), settings.borrow().clone());
-        match tokio::task::spawn_blocking(move || count_blocks(&s, &r.buckets, r.required)).await {
-            Ok(Ok(counts)) => census.set(counts),
-            Ok(Err(e)) => tracing::error!("counting the store's blocks: {e}"),
-            Err(e) => tracing::error!("counting the store's blocks: {e}"),
-        }
         loop {
             let every = settings.borrow().every;
             tokio::time::sleep(every).await;

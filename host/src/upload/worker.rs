@@ -43,9 +43,7 @@ impl Worker {
         store: Arc<BlockStore>,
         mut settings: watch::Receiver<(Target, UploadConfig)>,
         stats: Arc<BucketStats>,
-        initial: Vec<u64>,
     ) -> Self {
-        let pending: BTreeSet<u64> = initial.into_iter().collect();
         let (target, config) = settings.borrow_and_update().clone();
         let worker = Self {
             store,
@@ -53,7 +51,7 @@ impl Worker {
             target,
             config,
             stats,
-            pending,
+            pending: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             consecutive_failures: 0,
             paused_until: None,
@@ -170,7 +168,7 @@ async fn try_upload(
     alert_after: u32,
     n: u64,
 ) -> Result<Attempt, StoreError> {
-    let meta = match blocking(store, move |s| s.read_meta(n)).await {
+    let meta = match blocking(store, move |s| s.meta(n)).await {
         Err(StoreError::NotFound(_)) => {
             tracing::warn!(bucket = %target.name, block = n, "block vanished from the store before upload");
             return Ok(Attempt::Done);
