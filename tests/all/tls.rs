@@ -129,6 +129,7 @@ async fn s3_and_minio_upload_and_read_over_https_with_a_private_ca() {
         "blockferry_s3",
         s3_settings(&front.endpoint(), "reading"),
         tls.clone(),
+        &["access_key_id", "secret_access_key"],
         &["concurrent-create"],
     )
     .await;
