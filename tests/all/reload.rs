@@ -207,9 +207,17 @@ async fn a_plugin_replaced_while_uploads_run_lands_every_block_exactly_once() {
     let report = stream.await.unwrap().unwrap();
     assert!(report.complete(), "{}", report.summary());
     wait_for("every block uploaded", &sidecar, || objects(&d.join("a")).len() as u64 == BLOCKS).await;
+    // An object exists a moment before the host records its outcome: wait for the outcomes.
+    let labels = "{bucket=\"a\",provider=\"fs\"}";
+    let outcomes = || {
+        ["succeeded", "already_present"]
+            .iter()
+            .map(|o| metric(&sidecar, &format!("blockferry_upload_{o}_total{labels}")).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    wait_for("every outcome recorded", &sidecar, || outcomes() >= BLOCKS as f64).await;
 
     assert!(at_swap < BLOCKS, "the swap happened while blocks were still arriving ({at_swap} uploaded)");
-    let labels = "{bucket=\"a\",provider=\"fs\"}";
     assert_eq!(metric(&sidecar, &format!("blockferry_upload_succeeded_total{labels}")), Some(BLOCKS as f64));
     assert_eq!(
         metric(&sidecar, &format!("blockferry_upload_already_present_total{labels}")),
