@@ -17,7 +17,7 @@ use md5::{Digest, Md5};
 const MIB: usize = 1 << 20;
 
 /// Settings for `bucket` at `endpoint`: path-style, us-east-1, the test keys, plus `extra`.
-fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn settings(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     settings_with(
         &[
             ("endpoint", endpoint),

@@ -25,20 +25,8 @@ use futures::StreamExt;
 
 /// Settings of an S3-style bucket at `endpoint` (path-style, test keys, fast retries).
 fn s3_settings(endpoint: &str, bucket: &str) -> Vec<(String, String)> {
-    settings_with(
-        &[
-            ("endpoint", endpoint),
-            ("bucket", bucket),
-            ("region", "us-east-1"),
-            ("addressing", "path"),
-            ("access_key_id", ACCESS_KEY),
-            ("secret_access_key", SECRET_KEY),
-            ("retry_max_attempts", "3"),
-            ("retry_base_delay_ms", "20"),
-            ("retry_max_delay_ms", "100"),
-        ],
-        &[],
-    )
+    let retries = [("retry_max_attempts", "3"), ("retry_base_delay_ms", "20"), ("retry_max_delay_ms", "100")];
+    crate::s3_provider::settings(endpoint, bucket, &retries)
 }
 
 /// Opens bucket `name` with `plugin`, `settings` and the TLS client `tls`.
