@@ -23,9 +23,14 @@ export CARGO_INCREMENTAL=0
 # plugin crates linted as they are built).
 scripts/build-plugins.sh
 
-# Every target of the host, the protocol crate and the simulators: linted,
-# and built for the test run below (benches included, so they are linted too).
-cargo build -p blockferry -p blockferry-proto -p blockferry-sim --all-targets
+# The crates tested natively: the host, the protocol crate, the simulators,
+# and the providers' own unit tests. One package set for the build and the
+# test run, so that features unify the same way and nothing is built twice.
+native=(-p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs)
+
+# Every target of those crates: linted, and built for the test run below
+# (benches included, so they are linted too).
+cargo build "${native[@]}" --all-targets
 # The library without the plugin runtime, as the fuzz targets build it.
 cargo check -p blockferry --no-default-features --lib
 
@@ -33,7 +38,7 @@ cargo check -p blockferry --no-default-features --lib
 scripts/install-test-servers.sh
 
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs "$@"
+cargo nextest run --no-fail-fast "${native[@]}" "$@"
 unset RUSTC_WORKSPACE_WRAPPER CARGO_INCREMENTAL
 
 # The short fuzzing run: every cargo-fuzz target for 10 s, on the
