@@ -1,4 +1,4 @@
-//! Streaming to block nodes (seed 003), against the block-node simulator
+//! Streaming to block nodes, against the block-node simulator
 //! over real gRPC: one test per row of the EndOfStream and BehindPublisher
 //! tables, per response kind, the rate limit, the timeouts, priority
 //! switch-over and switch-back, packing at the soft limit, the hard-limit

@@ -1,4 +1,4 @@
-//! One `ROW` line per figure of the benchmark table (issue 9): the figure, its
+//! One `ROW` line per figure of the benchmark table: the figure, its
 //! baseline measured in the same run, the ratio and the target, and whether
 //! the target is met. `scripts/bench.sh` runs every bench and collects these
 //! lines into the table it prints (and BENCHMARKS.md records).
