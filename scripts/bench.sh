@@ -10,17 +10,24 @@
 #   scripts/bench.sh store ingest    # only these benches
 #
 # Sizes can be lowered for a quick look: BACKLOG_BLOCKS, BACKLOG_S3_BLOCKS,
+# DRAIN_ROUNDS, DRAIN_SMALL_BLOCKS, DRAIN_LARGE_BLOCKS,
 # INGEST_MAINNET_BLOCKS, PUBLISH_BLOCKS, STARTUP_RUNS, STARTUP_STORE_BLOCKS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-    benches=(plugin_runtime store s3_throughput backlog publish ingest startup)
+    benches=(plugin_runtime store s3_throughput drain backlog publish ingest startup)
 fi
 
 scripts/build-plugins.sh >/dev/null
 scripts/install-test-servers.sh >/dev/null
+# The drain bench's peer uploader: Debian's rclone.
+if ! command -v rclone >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq
+    DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq rclone >/dev/null
+fi
 cargo bench -p blockferry --no-run "${benches[@]/#/--bench=}" 2>&1 | tail -1
 
 logs=target/bench-logs
