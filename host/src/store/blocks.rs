@@ -333,6 +333,21 @@ impl BlockStore {
     /// Replace block `number`'s metadata with `f` applied to it, atomically
     /// and serialised with other updates of the same block.
     pub fn update_meta(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
+        self.update_meta_with(number, f, Sync::Durable)
+    }
+
+    /// [`update_meta`](Self::update_meta) for an upload's outcome, without an
+    /// fsync: the outcome is recorded only after the bucket holds the object
+    /// durably, so a power cut that loses the update leaves the block pending
+    /// (uploaded again, found `already-present`), and one that tears the file
+    /// leaves a `.meta` the start-up check rebuilds (pending again). Neither
+    /// can record a block safe that is not; one fsync fewer per upload.
+    pub fn record_outcome(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
+        self.update_meta_with(number, f, Sync::Rebuildable)
+    }
+
+    /// Read, change with `f`, and write back block `number`'s metadata, synced as `sync` says.
+    fn update_meta_with(&self, number: u64, f: impl FnOnce(&mut BlockMeta), sync: Sync) -> Result<BlockMeta, StoreError> {
         let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
         let mut meta = match self.read_meta(number) {
             Err(StoreError::CorruptMeta { .. }) => {
@@ -341,7 +356,7 @@ impl BlockStore {
             other => other?,
         };
         f(&mut meta);
-        self.write_meta(&meta)?;
+        self.write_meta_with(&meta, sync)?;
         Ok(meta)
     }
 

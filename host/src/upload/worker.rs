@@ -240,7 +240,7 @@ async fn try_upload(
     let name = target.name.clone();
     let mismatch = matches!(status, BucketStatus::HashMismatch { .. });
     blocking(store, move |s| {
-        s.update_meta(n, |m| {
+        s.record_outcome(n, |m| {
             m.buckets.insert(name, status);
             m.hash_mismatch |= mismatch;
         })
