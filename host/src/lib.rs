@@ -8,6 +8,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod credentials;
 #[cfg(feature = "runtime")]
 pub mod conformance;
 pub mod http;

@@ -64,6 +64,7 @@ pub fn spec(name: &str) -> BucketSpec {
         secrets: Vec::new(),
         log_lines_per_minute: 600,
         tls: Default::default(),
+        credentials: None,
     }
 }
 
