@@ -15,6 +15,7 @@ use blockferry::plugin::{
 };
 use md5::{Digest, Md5};
 
+pub mod metadata;
 pub mod metrics_list;
 pub mod powercut;
 pub mod servers;
