@@ -195,7 +195,10 @@ impl Host for StoreState {
             return Ok(Ok(IssuedCredentials { values: Vec::new(), expires_ms: 0 }));
         };
         Ok(match broker.current().await {
-            Ok(issued) => Ok(IssuedCredentials { values: issued.values, expires_ms: issued.expires_ms }),
+            Ok(issued) => {
+                self.log.redact_issued(issued.values.iter().map(|(_, v)| v.as_str()));
+                Ok(IssuedCredentials { values: issued.values, expires_ms: issued.expires_ms })
+            }
             Err(CredentialsError::Transient(e)) => Err(UploadError::Transient(e)),
             Err(CredentialsError::Permanent(e)) => Err(UploadError::Permanent(e)),
         })
