@@ -85,7 +85,7 @@ pub async fn send(
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
-        Ok(Answer { status, body })
+        Ok::<_, String>(Answer { status, body })
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
