@@ -75,7 +75,8 @@ fn keys_used(proxy: &FaultProxy) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     for request in proxy.seen() {
         let id = signed_key_id(&request);
-        let n: usize = id.strip_prefix("ASIAFAKE").unwrap_or_else(|| panic!("not an issued key: {id}")).parse().unwrap();
+        let n: usize =
+            id.strip_prefix("ASIAFAKE").unwrap_or_else(|| panic!("not an issued key: {id}")).parse().unwrap();
         assert_eq!(header(&request, "x-amz-security-token"), Some(format!("session-{n}").as_str()), "{id}");
         if keys.last() != Some(&id) {
             keys.push(id);
@@ -92,7 +93,8 @@ async fn aws_instance_credentials_sign_uploads_and_rotate_mid_stream_without_a_f
     let proxy = FaultProxy::start(moto.addr(), |_, _, _| None);
     let runtime = runtime();
     let broker = broker("imds", source(CredentialsSource::AwsInstance, fake.url()));
-    let client = open(&runtime, "blockferry_s3", brokered_spec("imds", s3_settings(&proxy.endpoint(), "imds"), broker)).await;
+    let client =
+        open(&runtime, "blockferry_s3", brokered_spec("imds", s3_settings(&proxy.endpoint(), "imds"), broker)).await;
 
     // Uploads for 5 s while the credentials (2 s lifetime, replaced after 1 s) rotate.
     let started = Instant::now();
@@ -134,7 +136,8 @@ async fn expired_credentials_are_replaced_before_the_next_request() {
     let runtime = runtime();
     let broker = broker("expiry", source(CredentialsSource::AwsInstance, fake.url()));
     let client =
-        open(&runtime, "blockferry_s3", brokered_spec("expiry", s3_settings(&proxy.endpoint(), "expiry"), broker)).await;
+        open(&runtime, "blockferry_s3", brokered_spec("expiry", s3_settings(&proxy.endpoint(), "expiry"), broker))
+            .await;
     assert_eq!(put(&client, 1, "e/1.blk", b"one").await.unwrap(), Outcome::Uploaded);
     assert_eq!(fake.issued(), 1);
     // Past the expiry of the first credentials: the next request asks for new ones first.
@@ -159,7 +162,12 @@ async fn aws_ecs_credentials_are_asked_with_the_authorization_token_from_its_fil
         authorization_token_file: Some(token_file.clone()),
         ..source(CredentialsSource::AwsEcs, format!("{}{ECS_PATH}", fake.url()))
     };
-    let client = open(&runtime, "blockferry_s3", brokered_spec("ecs", s3_settings(&proxy.endpoint(), "ecs"), broker("ecs", settings))).await;
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        brokered_spec("ecs", s3_settings(&proxy.endpoint(), "ecs"), broker("ecs", settings)),
+    )
+    .await;
     assert_eq!(put(&client, 1, "ecs/1.blk", b"task role").await.unwrap(), Outcome::Uploaded);
     assert_eq!(keys_used(&proxy), [key_id(1)]);
     assert_eq!(fake.refused(), 0);
@@ -169,7 +177,12 @@ async fn aws_ecs_credentials_are_asked_with_the_authorization_token_from_its_fil
         authorization_token_file: Some(dir.path().join("missing")),
         ..source(CredentialsSource::AwsEcs, format!("{}{ECS_PATH}", fake.url()))
     };
-    let client = open(&runtime, "blockferry_s3", brokered_spec("ecs2", s3_settings(&proxy.endpoint(), "ecs"), broker("ecs2", wrong))).await;
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        brokered_spec("ecs2", s3_settings(&proxy.endpoint(), "ecs"), broker("ecs2", wrong)),
+    )
+    .await;
     let message = permanent(put(&client, 2, "ecs/2.blk", b"x").await.unwrap_err());
     for needle in ["aws-ecs", "cannot read the authorization token file", "missing", "task role"] {
         assert!(message.contains(needle), "{needle:?} missing from: {message}");
@@ -191,9 +204,12 @@ async fn aws_web_identity_assumes_the_role_with_the_token_file_read_again_at_eac
         web_identity_token_file: Some(token_file.clone()),
         ..source(CredentialsSource::AwsWebIdentity, format!("{}{STS_PATH}", fake.url()))
     };
-    let client =
-        open(&runtime, "blockferry_s3", brokered_spec("irsa", s3_settings(&proxy.endpoint(), "irsa"), broker("irsa", settings)))
-            .await;
+    let client = open(
+        &runtime,
+        "blockferry_s3",
+        brokered_spec("irsa", s3_settings(&proxy.endpoint(), "irsa"), broker("irsa", settings)),
+    )
+    .await;
     assert_eq!(put(&client, 1, "irsa/1.blk", b"one").await.unwrap(), Outcome::Uploaded);
     // The platform rotates the projected token; the next refresh presents the new one.
     std::fs::write(&token_file, "jwt-two").unwrap();
@@ -248,7 +264,8 @@ async fn a_source_answering_404_or_garbage_is_a_permanent_error_naming_it_and_a_
 
     fake.set_mode(Mode::NotFound);
     let message = permanent(put(&imds, 1, "k", b"x").await.unwrap_err());
-    for needle in ["credentials_source = \"aws-instance\"", &fake.url(), "HTTP 404", "instance profile", "bucket imds"] {
+    for needle in ["credentials_source = \"aws-instance\"", &fake.url(), "HTTP 404", "instance profile", "bucket imds"]
+    {
         assert!(message.contains(needle), "{needle:?} missing from: {message}");
     }
     let message = permanent(put(&gce, 1, "k", b"x").await.unwrap_err());
@@ -270,8 +287,10 @@ async fn a_source_answering_404_or_garbage_is_a_permanent_error_naming_it_and_a_
     assert_eq!(fake.requests() - before, 3, "three attempts");
 
     // A source nobody listens on is transient too.
-    let closed = broker("gone", source(CredentialsSource::AwsInstance, format!("http://127.0.0.1:{}", servers_free_port())));
-    let gone = open(&runtime, "blockferry_s3", brokered_spec("gone", s3_settings("http://127.0.0.1:9", "none"), closed)).await;
+    let closed =
+        broker("gone", source(CredentialsSource::AwsInstance, format!("http://127.0.0.1:{}", servers_free_port())));
+    let gone =
+        open(&runtime, "blockferry_s3", brokered_spec("gone", s3_settings("http://127.0.0.1:9", "none"), closed)).await;
     let message = transient(put(&gone, 1, "k", b"x").await.unwrap_err());
     assert!(message.contains("aws-instance") && message.contains("cannot connect"), "{message}");
 }
@@ -304,11 +323,8 @@ async fn the_plugin_itself_cannot_reach_the_metadata_address_the_host_uses() {
     assert_eq!(fake.issued(), 1);
 
     // A plugin of a bucket with the same broker tries the metadata service itself.
-    let mut rogue = deny(brokered_spec(
-        "rogue",
-        Vec::new(),
-        broker("rogue", source(CredentialsSource::AwsInstance, fake.url())),
-    ));
+    let mut rogue =
+        deny(brokered_spec("rogue", Vec::new(), broker("rogue", source(CredentialsSource::AwsInstance, fake.url()))));
     rogue.allow_hosts = vec![fake.addr.to_string(), "169.254.169.254:80".into()];
     let rogue = open(&runtime, "blockferry_misbehave", rogue).await;
     for url in [

@@ -140,15 +140,14 @@ impl Config {
         config.resolve_paths(base);
         config.validate(path)?;
         for (i, b) in config.buckets.iter_mut().enumerate() {
-            b.resolved_source =
-                b.source_settings().resolve(&b.name, |name| std::env::var(name).ok()).map_err(|e| {
-                    ConfigError::Invalid {
-                        path: path.to_path_buf(),
-                        key: format!("buckets[{i}].{}", e.key),
-                        problem: e.problem,
-                        fix: e.fix,
-                    }
-                })?;
+            b.resolved_source = b.source_settings().resolve(&b.name, |name| std::env::var(name).ok()).map_err(|e| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("buckets[{i}].{}", e.key),
+                    problem: e.problem,
+                    fix: e.fix,
+                }
+            })?;
         }
         #[cfg(feature = "runtime")]
         for (i, b) in config.buckets.iter_mut().enumerate() {

@@ -37,7 +37,9 @@ pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
     })?;
     let roles = String::from_utf8_lossy(&roles.body);
     let Some(role) = roles.lines().map(str::trim).find(|l| !l.is_empty()) else {
-        return Err(Failure::Permanent(format!("GET {roles_url} named no role (the instance has no IAM instance profile)")));
+        return Err(Failure::Permanent(format!(
+            "GET {roles_url} named no role (the instance has no IAM instance profile)"
+        )));
     };
     if !role.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c)) {
         return Err(Failure::Permanent(format!("GET {roles_url} answered {role:?}, which is not a role name")));

@@ -229,11 +229,14 @@ impl SourceSettings {
                     .unwrap_or_else(|| format!("blockferry-{bucket}"));
             }
             CredentialsSource::AwsEcs => {
-                resolved.authorization = match (&self.authorization_token_file, env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")) {
-                    (Some(file), _) => ContainerAuth::File(file.clone()),
-                    (None, Some(file)) => ContainerAuth::File(file.into()),
-                    (None, None) => env("AWS_CONTAINER_AUTHORIZATION_TOKEN").map_or(ContainerAuth::None, ContainerAuth::Token),
-                };
+                resolved.authorization =
+                    match (&self.authorization_token_file, env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")) {
+                        (Some(file), _) => ContainerAuth::File(file.clone()),
+                        (None, Some(file)) => ContainerAuth::File(file.into()),
+                        (None, None) => {
+                            env("AWS_CONTAINER_AUTHORIZATION_TOKEN").map_or(ContainerAuth::None, ContainerAuth::Token)
+                        }
+                    };
             }
             _ => {}
         }
@@ -264,7 +267,10 @@ mod tests {
         assert_eq!(r.endpoint, "http://127.0.0.1:7");
         let e = SourceSettings { source: CredentialsSource::AwsEcs, ..Default::default() };
         let r = e
-            .resolve("b", env(&[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/x"), ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "t")]))
+            .resolve(
+                "b",
+                env(&[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/x"), ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "t")]),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(r.endpoint, "http://169.254.170.2/v2/x");
@@ -279,7 +285,10 @@ mod tests {
         assert_eq!(w.resolve("b", env(&[])).unwrap_err().key, "role_arn");
         let w = SourceSettings { role_arn: Some("arn:aws:iam::1:role/r".into()), ..w };
         assert_eq!(w.resolve("b", env(&[])).unwrap_err().key, "web_identity_token_file");
-        let r = w.resolve("b", env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_REGION", "eu-west-1")])).unwrap().unwrap();
+        let r = w
+            .resolve("b", env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_REGION", "eu-west-1")]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.endpoint, "https://sts.eu-west-1.amazonaws.com");
         assert_eq!(r.role_session_name, "blockferry-b");
         let s = SourceSettings { role_arn: Some("x".into()), ..Default::default() };

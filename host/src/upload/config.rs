@@ -197,8 +197,11 @@ impl BucketConfig {
     pub fn static_credential_keys(&self) -> Vec<String> {
         let keys = crate::credentials::STATIC_CREDENTIAL_KEYS;
         let in_settings = self.settings.keys().filter(|k| keys.contains(&k.as_str())).map(|k| format!("settings.{k}"));
-        let in_secrets =
-            self.secrets.pairs().filter(|(k, _)| keys.contains(&k.as_str())).map(|(k, _)| format!("`{k}` of the credentials file"));
+        let in_secrets = self
+            .secrets
+            .pairs()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(k, _)| format!("`{k}` of the credentials file"));
         in_settings.chain(in_secrets).collect()
     }
 

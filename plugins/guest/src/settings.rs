@@ -50,7 +50,10 @@ pub fn setting<'s>(settings: &'s [(String, String)], key: &str) -> Option<&'s st
 /// (setting `credentials_source`, which the host passes: `aws-instance`,
 /// `aws-ecs`, `aws-web-identity`, `gcp-metadata`); `None` for static
 /// credentials. Fails when static keys among `static_keys` are set too.
-pub fn credentials_source<'s>(settings: &'s [(String, String)], static_keys: &[&str]) -> Result<Option<&'s str>, String> {
+pub fn credentials_source<'s>(
+    settings: &'s [(String, String)],
+    static_keys: &[&str],
+) -> Result<Option<&'s str>, String> {
     let Some(source) = setting(settings, "credentials_source").filter(|s| *s != "static") else {
         return Ok(None);
     };

@@ -5,9 +5,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 
 use crate::sigv4::Credentials;
+use blockferry_guest::UploadError;
 use blockferry_guest::http::Timeouts;
 use blockferry_guest::retry::Policy;
-use blockferry_guest::UploadError;
 use blockferry_guest::settings::{
     Endpoint, RetryDefaults, credentials_source, number, parse_endpoint, retry_settings, setting,
 };
@@ -235,7 +235,8 @@ impl Config {
             }
         };
 
-        let credentials = match credentials_source(settings, &["access_key_id", "secret_access_key", "session_token"])? {
+        let credentials = match credentials_source(settings, &["access_key_id", "secret_access_key", "session_token"])?
+        {
             Some(source) => Keys::Host(source.to_string()),
             None => {
                 let access_key_id = get("access_key_id")

@@ -253,7 +253,11 @@ fn answer(
             .collect();
         let field = |k: &str| form.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone()).unwrap_or_default();
         if field("Action") != "AssumeRoleWithWebIdentity" || field("RoleArn").is_empty() {
-            return (400, "text/xml", "<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>".into());
+            return (
+                400,
+                "text/xml",
+                "<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>".into(),
+            );
         }
         if field("WebIdentityToken").is_empty() {
             s.issued -= 1;
