@@ -6,7 +6,8 @@
 #   wasm = "library"     # guest code the components share
 #
 # This is the one list of plugins: scripts/build-plugins.sh builds the
-# components and scripts/test.sh lints every wasm crate from it. A new plugin
+# components (scripts/test.sh lints them, and the libraries they use, as they
+# are built). A new plugin
 # crate needs that table (every crate under plugins/ must have it: this script
 # fails naming one that does not) and its line in the workspace's `members`.
 #

@@ -6,27 +6,40 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
-
-# The wasm32-wasip2 target and every plugin component the tests load.
-scripts/build-plugins.sh
+rustup component add clippy rustfmt
 
 cargo fmt --all --check
-cargo clippy -p blockferry -p blockferry-proto -p blockferry-sim --all-targets -- -D warnings
+
+# Lints run while compiling: the workspace's own crates are compiled by
+# clippy-driver with warnings as errors (scripts/clippy-rustc.sh), so every
+# dependency is compiled once, for lints and tests alike, instead of checked
+# by `cargo clippy` and then built again. The lints are clippy's, the same as
+# `cargo clippy -- -D warnings`. Incremental compilation is off: a clean build
+# gains nothing from it.
+export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/clippy-rustc.sh"
+export CARGO_INCREMENTAL=0
+
+# The wasm32-wasip2 target and every plugin component the tests load (the
+# plugin crates linted as they are built).
+scripts/build-plugins.sh
+
+# The crates tested natively: the host, the protocol crate, the simulators,
+# and the providers' own unit tests. One package set for the build and the
+# test run, so that features unify the same way and nothing is built twice.
+native=(-p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs)
+
+# Every target of those crates: linted, and built for the test run below
+# (benches included, so they are linted too).
+cargo build "${native[@]}" --all-targets
 # The library without the plugin runtime, as the fuzz targets build it.
-cargo clippy -p blockferry --no-default-features --lib -- -D warnings
-# Assigned first, so that a failure of plugins.sh stops the script.
-wasm_packages=$(scripts/plugins.sh packages)
-wasm_crates=()
-for package in $wasm_packages; do
-    wasm_crates+=(-p "$package")
-done
-cargo clippy --target wasm32-wasip2 --profile plugin "${wasm_crates[@]}" -- -D warnings
+cargo check -p blockferry --no-default-features --lib
 
 # The emulators the S3 and MinIO provider tests start (moto, s3s-fs).
 scripts/install-test-servers.sh
 
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast -p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs "$@"
+cargo nextest run --no-fail-fast "${native[@]}" "$@"
+unset RUSTC_WORKSPACE_WRAPPER CARGO_INCREMENTAL
 
 # The short fuzzing run: every cargo-fuzz target for 10 s, on the
 # nightly toolchain with AddressSanitizer (its first build takes ~10 minutes on

@@ -797,3 +797,89 @@ async fn s3s_fs_keeping_a_body_it_answered_bad_digest_for_is_a_mismatch() {
     let remote = mismatch(put_reported(&client, 1, "d.blk", &bytes).await);
     assert_eq!(remote.md5, Some(Md5::digest(&kept).to_vec()), "the server's digest of what it kept");
 }
+
+/// The CRC-32C of `bytes` as S3 writes it: big-endian, base64.
+fn crc32c_b64(bytes: &[u8]) -> String {
+    B64.encode(crc32c::crc32c(bytes).to_be_bytes())
+}
+
+/// The value of header `name` of a request the proxy saw.
+fn seen_header<'a>(request: &'a crate::common::servers::SeenRequest, name: &str) -> Option<&'a str> {
+    request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn under_sse_kms_the_checksum_s3s_fs_verified_and_echoed_confirms_the_write() {
+    // The proxy makes s3s-fs's answers say SSE-KMS, whose ETags are no digests
+    // of the content: the additional checksum (sent by default under SSE-KMS,
+    // verified and echoed by s3s-fs) is then the only evidence of what was stored.
+    let server = S3sFs::start("kms");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap(), |_, _, _| {
+        Some(Fault::SetResponseHeader("x-amz-server-side-encryption", "aws:kms".into()))
+    });
+    let runtime = runtime();
+    let kms = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "kms", &[("sse", "aws:kms")])).await;
+    let bytes = crate::common::bytes(64 * 1024, 26);
+    let report = put_reported(&kms, 1, "k/1.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, Some(Confirmation::ServerDigest)));
+    let put = proxy.seen().into_iter().find(|r| r.method == "PUT").unwrap();
+    assert_eq!(seen_header(&put, "x-amz-checksum-crc32c"), Some(crc32c_b64(&bytes).as_str()));
+    assert_eq!(std::fs::read(server.root.join("kms/k/1.blk")).unwrap(), bytes);
+
+    // Without the checksum, nothing the server said proves the content.
+    let unchecked = settings(&proxy.endpoint(), "kms", &[("sse", "aws:kms"), ("checksum", "none")]);
+    let unchecked = open(&runtime, "blockferry_s3", unchecked).await;
+    let report = put_reported(&unchecked, 2, "k/2.blk", &bytes).await.unwrap();
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, None));
+}
+
+#[tokio::test]
+async fn a_checksum_echo_that_differs_is_a_mismatch_never_uploaded() {
+    // The server's echo of the checksum disagrees with what was sent (as a
+    // server that stored other bytes would answer): never `uploaded`.
+    let server = S3sFs::start("echo");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap(), |_, method, _| {
+        (method == "PUT").then(|| Fault::SetResponseHeader("x-amz-checksum-sha256", B64.encode([0u8; 32])))
+    });
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "echo", &[("checksum", "sha256")])).await;
+    let bytes = crate::common::bytes(8 * 1024, 27);
+    let remote = mismatch(put_reported(&client, 1, "e.blk", &bytes).await);
+    assert_eq!(remote.size, bytes.len() as u64);
+}
+
+#[tokio::test]
+async fn a_multipart_upload_sends_part_checksums_and_a_part_whose_echo_differs_is_sent_again() {
+    let server = S3sFs::start("crc");
+    let once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = once.clone();
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap(), move |_, method, target| {
+        if method == "POST" && target.contains("uploadId=") {
+            // The completion says SSE-KMS: its ETag proves nothing, only a composite checksum could.
+            return Some(Fault::SetResponseHeader("x-amz-server-side-encryption", "aws:kms".into()));
+        }
+        (method == "PUT" && is_part(target, 2) && !first.swap(true, std::sync::atomic::Ordering::SeqCst))
+            .then(|| Fault::SetResponseHeader("x-amz-checksum-crc32c", "AAAAAA==".into()))
+    });
+    let runtime = runtime();
+    let multipart = [
+        ("multipart_threshold", "5242880"),
+        ("part_size", "5242880"),
+        ("retry_base_delay_ms", "10"),
+        ("checksum", "crc32c"),
+    ];
+    let client = open(&runtime, "blockferry_s3", settings(&proxy.endpoint(), "crc", &multipart)).await;
+    let bytes = crate::common::bytes(12 * MIB, 28);
+    let report = put_reported(&client, 1, "big.blk", &bytes).await.unwrap();
+    // s3s-fs answers a completion with no checksum (AWS S3 gives the composite
+    // `base64-N`, which the plugin compares): nothing proves the object then.
+    assert_eq!((report.outcome, report.confirmed), (Outcome::Uploaded, None));
+    let seen = proxy.seen();
+    let create = seen.iter().find(|r| r.method == "POST" && r.target.contains("uploads")).unwrap();
+    assert_eq!(seen_header(create, "x-amz-checksum-algorithm"), Some("CRC32C"));
+    let parts: Vec<_> = seen.iter().filter(|r| r.method == "PUT" && is_part(&r.target, 2)).collect();
+    assert_eq!(parts.len(), 2, "part 2 was sent again");
+    let part_2 = &bytes[5 * MIB..10 * MIB];
+    assert_eq!(seen_header(parts[1], "x-amz-checksum-crc32c"), Some(crc32c_b64(part_2).as_str()));
+    assert_eq!(std::fs::read(server.root.join("crc/big.blk")).unwrap(), bytes);
+}

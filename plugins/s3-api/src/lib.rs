@@ -40,7 +40,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 use wasip2::http::types::Method;
 
-pub use settings::{Addressing, Config, Defaults, Keys, Sse};
+pub use settings::{Addressing, Checksum, Config, Defaults, Keys, Sse};
 
 use blockferry_guest::block::{checked_size, existing_outcome};
 use blockferry_guest::http::{Body, Request, Response};
@@ -90,6 +90,9 @@ struct Written {
     /// Whether that ETag is a digest of the content (it is not under SSE-KMS
     /// or SSE-C, whatever its form).
     etag_is_digest: bool,
+    /// The additional checksum it echoed (base64, `-N` for a completed
+    /// multipart upload), if one was sent and echoed.
+    checksum: Option<String>,
 }
 
 impl Written {
@@ -100,13 +103,14 @@ impl Written {
             version: version_id(response),
             etag: etag.or_else(|| response.header("etag").map(str::to_string)),
             etag_is_digest: !encrypted_opaquely(response),
+            checksum: None,
         }
     }
 }
 
 /// What the server's digest says of a write.
-#[derive(Debug, PartialEq, Eq)]
-enum EtagCheck {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DigestCheck {
     /// It equals the content's: the server stored the block's bytes.
     Confirmed,
     /// The server gave no digest of the content (no ETag, or SSE-KMS/SSE-C).
@@ -120,18 +124,39 @@ enum EtagCheck {
 /// upload of them. A plain 32-hex ETag is compared with `md5` (S3 gives it to
 /// single-part objects; some S3-compatible servers to completed multipart
 /// uploads too), a `hex-N` one with `multipart`; any other form says nothing.
-fn check_etag(written: &Written, md5: &str, multipart: Option<&str>) -> EtagCheck {
+fn check_etag(written: &Written, md5: &str, multipart: Option<&str>) -> DigestCheck {
     let Some(etag) = written.etag.as_deref().filter(|_| written.etag_is_digest).map(unquote_etag) else {
-        return EtagCheck::Unknown;
+        return DigestCheck::Unknown;
     };
     let expected = if md5_of_etag(etag).is_some() {
         md5
     } else if let Some(multipart) = multipart.filter(|_| is_multipart_etag(etag)) {
         multipart
     } else {
-        return EtagCheck::Unknown;
+        return DigestCheck::Unknown;
     };
-    if etag.eq_ignore_ascii_case(expected) { EtagCheck::Confirmed } else { EtagCheck::Differs }
+    if etag.eq_ignore_ascii_case(expected) { DigestCheck::Confirmed } else { DigestCheck::Differs }
+}
+
+/// Compares the additional checksum a write echoed with the one sent
+/// (both base64; `None` when none was sent or none echoed: it says nothing).
+fn check_checksum(echoed: Option<&str>, sent: Option<&str>) -> DigestCheck {
+    match (echoed.map(str::trim), sent) {
+        (Some(echoed), Some(sent)) if echoed == sent => DigestCheck::Confirmed,
+        (Some(_), Some(_)) => DigestCheck::Differs,
+        _ => DigestCheck::Unknown,
+    }
+}
+
+impl DigestCheck {
+    /// Both verdicts together: any difference wins, then any confirmation.
+    fn and(self, other: DigestCheck) -> DigestCheck {
+        match (self, other) {
+            (DigestCheck::Differs, _) | (_, DigestCheck::Differs) => DigestCheck::Differs,
+            (DigestCheck::Confirmed, _) | (_, DigestCheck::Confirmed) => DigestCheck::Confirmed,
+            _ => DigestCheck::Unknown,
+        }
+    }
 }
 
 /// Whether `etag` (unquoted) has the form of a multipart ETag: 32 hex digits, `-`, a count.
@@ -176,23 +201,41 @@ impl<F: Flavor> GuestBucket for S3Bucket<F> {
     fn put_block(&self, block: BlockInfo, body: &BlockBody) -> Result<Outcome, UploadError> {
         let key = self.full_key(&block.key)?;
         let size = checked_size("PutObject", &self.cfg.location(&key), &block, body)?;
-        let (created, multipart) = if size > self.cfg.multipart_threshold {
-            let (created, multipart) = self.put_multipart(&block, body, &key)?;
-            (created, Some(multipart))
+        let (created, expected) = if size > self.cfg.multipart_threshold {
+            self.put_multipart(&block, body, &key)?
         } else {
-            (self.put_single(&block, body, &key)?, None)
+            self.put_single(&block, body, &key)?
         };
         match created {
             Created::Written(written) => {
-                let md5 = hex(&block.md5);
-                let digest = check_etag(&written, &md5, multipart.as_deref().filter(|m| !m.is_empty()));
-                if digest == EtagCheck::Differs {
-                    return Err(self.stored_wrong(&block, &key, &written, multipart.as_deref().unwrap_or(&md5)));
+                let etag = check_etag(&written, &expected.md5, expected.multipart.as_deref());
+                let checksum = check_checksum(written.checksum.as_deref(), expected.checksum.as_deref());
+                if etag == DigestCheck::Differs {
+                    let got = written.etag.as_deref().map(unquote_etag).unwrap_or_default();
+                    let want = expected.multipart.as_deref().unwrap_or(&expected.md5);
+                    return Err(self.stored_wrong(
+                        &block,
+                        &key,
+                        &written,
+                        &format!("its ETag is {got}, the block's bytes give {want}"),
+                    ));
                 }
+                if checksum == DigestCheck::Differs {
+                    let header = self.cfg.checksum.map(Checksum::header).unwrap_or_default();
+                    let got = written.checksum.as_deref().unwrap_or_default();
+                    let want = expected.checksum.as_deref().unwrap_or_default();
+                    return Err(self.stored_wrong(
+                        &block,
+                        &key,
+                        &written,
+                        &format!("its {header} is {got}, the block's bytes give {want}"),
+                    ));
+                }
+                let digest = etag.and(checksum);
                 if let Some(version) = &written.version {
                     object_version(&block.key, version);
                 }
-                if digest == EtagCheck::Confirmed {
+                if digest == DigestCheck::Confirmed {
                     object_confirmed(&block.key, Confirmation::ServerDigest);
                 }
                 log(
@@ -486,17 +529,16 @@ impl<F: Flavor> S3Bucket<F> {
     }
 
     /// The error of a write the server stored with other bytes than the
-    /// block's (its ETag is not `expected`). In a versioned bucket the
+    /// block's (`evidence` says which digest differs). In a versioned bucket the
     /// version this call created is deleted (by its id, so nothing else can
     /// be deleted) and the error is transient: the host retries. Otherwise
     /// the object cannot be proven to be this call's own write, so it is
     /// left alone and reported as a hash mismatch: the host keeps its block.
-    fn stored_wrong(&self, block: &BlockInfo, key: &str, written: &Written, expected: &str) -> UploadError {
+    fn stored_wrong(&self, block: &BlockInfo, key: &str, written: &Written, evidence: &str) -> UploadError {
         let location = self.cfg.location(key);
-        let got = written.etag.as_deref().map(unquote_etag).unwrap_or_default().to_string();
         let what = format!(
-            "{location}: the server stored other bytes than the block's: its ETag is {got}, the block's bytes give \
-             {expected} (something between this host and the server changed the body)"
+            "{location}: the server stored other bytes than the block's: {evidence} (something between this host \
+             and the server changed the body)"
         );
         log(Level::Error, &what);
         if let Some(version) = &written.version {
@@ -509,7 +551,8 @@ impl<F: Flavor> S3Bucket<F> {
                 Err(e) => log(Level::Error, &format!("{location}: could not delete version {version}: {e:?}")),
             }
         }
-        UploadError::HashMismatch(RemoteObject { size: block.size, md5: md5_of_etag(&got), etag: written.etag.clone() })
+        let md5 = written.etag.as_deref().filter(|_| written.etag_is_digest).and_then(md5_of_etag);
+        UploadError::HashMismatch(RemoteObject { size: block.size, md5, etag: written.etag.clone() })
     }
 
     /// `DeleteObject` of version `version` of `key` (with `If-Match` on the
@@ -532,15 +575,29 @@ impl<F: Flavor> S3Bucket<F> {
         call.run()
     }
 
-    /// One conditional PUT of the whole body, streamed from the host.
-    fn put_single(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<Created, UploadError> {
+    /// One conditional PUT of the whole body, streamed from the host (read
+    /// once before when the bucket sends an additional checksum). With what
+    /// was created, the digests the server should give.
+    fn put_single(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<(Created, Expected), UploadError> {
         let cfg = &self.cfg;
+        let checksum = match cfg.checksum {
+            Some(algorithm) => hash_part(body, 0, block.size, false, Some(algorithm))
+                .map_err(|e| {
+                    UploadError::Transient(format!("PutObject {}: reading the block body: {e}", cfg.location(key)))
+                })?
+                .checksum
+                .map(|raw| B64.encode(raw)),
+            None => None,
+        };
         let mut call = cfg.call(
             "PutObject",
             key,
             |_| {
                 let mut headers = cfg.object_headers(block);
                 headers.push(("content-md5".into(), B64.encode(&block.md5)));
+                if let (Some(algorithm), Some(checksum)) = (cfg.checksum, &checksum) {
+                    headers.push((algorithm.header().into(), checksum.clone()));
+                }
                 headers.push(("if-none-match".into(), "*".into()));
                 let stream = body.stream(0).map_err(|e| {
                     UploadError::Transient(format!(
@@ -551,29 +608,38 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size })
             },
             |response| match response.status {
-                200..=299 => Accept::Done(Ok(Created::Written(Written::of(&response, None)))),
+                200..=299 => {
+                    let mut written = Written::of(&response, None);
+                    written.checksum = cfg.checksum.and_then(|c| response.header(c.header())).map(str::to_string);
+                    Accept::Done(Ok(Created::Written(written)))
+                }
                 412 => Accept::Done(Ok(Created::Exists)),
                 _ => Accept::Other(response),
             },
         );
-        call.run()
+        let created = call.run()?;
+        drop(call);
+        Ok((created, Expected { md5: hex(&block.md5), multipart: None, checksum }))
     }
 
     /// Multipart upload; aborted on any failure (and when the key turns out
     /// taken). With what was created, the ETag the parts sent should give.
-    fn put_multipart(&self, block: &BlockInfo, body: &BlockBody, key: &str) -> Result<(Created, String), UploadError> {
+    fn put_multipart(
+        &self,
+        block: &BlockInfo,
+        body: &BlockBody,
+        key: &str,
+    ) -> Result<(Created, Expected), UploadError> {
         let cfg = &self.cfg;
         let mut create = cfg.call(
             "CreateMultipartUpload",
             key,
             |_| {
-                cfg.request(
-                    Method::Post,
-                    key,
-                    &[("uploads".into(), String::new())],
-                    cfg.object_headers(block),
-                    Body::Empty,
-                )
+                let mut headers = cfg.object_headers(block);
+                if let Some(algorithm) = cfg.checksum {
+                    headers.push(("x-amz-checksum-algorithm".into(), algorithm.algorithm().into()));
+                }
+                cfg.request(Method::Post, key, &[("uploads".into(), String::new())], headers, Body::Empty)
             },
             |response| {
                 if !(200..300).contains(&response.status) {
@@ -614,7 +680,7 @@ impl<F: Flavor> S3Bucket<F> {
         body: &BlockBody,
         key: &str,
         upload_id: &str,
-    ) -> Result<(Created, String), UploadError> {
+    ) -> Result<(Created, Expected), UploadError> {
         let cfg = &self.cfg;
         let part_size = cfg.part_size_for(block.size);
         let count = block.size.div_ceil(part_size).max(1);
@@ -627,7 +693,7 @@ impl<F: Flavor> S3Bucket<F> {
                 cfg.parts_in_flight
             ),
         );
-        let mut parts: Vec<Operation<'_, Config, (String, bool)>> = (0..count)
+        let mut parts: Vec<Operation<'_, Config, SentPart>> = (0..count)
             .map(|index| {
                 let number = index + 1;
                 let offset = index * part_size;
@@ -636,22 +702,28 @@ impl<F: Flavor> S3Bucket<F> {
                     ("partNumber".to_string(), number.to_string()),
                     ("uploadId".to_string(), upload_id.to_string()),
                 ];
-                let md5: Rc<std::cell::RefCell<Option<Vec<u8>>>> = Rc::default();
-                let sent = md5.clone();
+                let digests: Rc<std::cell::RefCell<Option<Digests>>> = Rc::default();
+                let sent = digests.clone();
                 cfg.call(
                     "UploadPart",
                     key,
                     move |_| {
-                        if md5.borrow().is_none() {
-                            *md5.borrow_mut() = Some(hash_part(body, offset, len).map_err(|e| {
-                                UploadError::Transient(format!(
-                                    "UploadPart {} part {number}: reading the block body: {e}",
-                                    cfg.location(key)
-                                ))
-                            })?);
+                        if digests.borrow().is_none() {
+                            *digests.borrow_mut() =
+                                Some(hash_part(body, offset, len, true, cfg.checksum).map_err(|e| {
+                                    UploadError::Transient(format!(
+                                        "UploadPart {} part {number}: reading the block body: {e}",
+                                        cfg.location(key)
+                                    ))
+                                })?);
                         }
+                        let digests = digests.borrow();
+                        let digests = digests.as_ref().expect("hashed above");
                         let mut headers = cfg.sse_c_headers();
-                        headers.push(("content-md5".into(), B64.encode(md5.borrow().as_deref().unwrap_or_default())));
+                        headers.push(("content-md5".into(), B64.encode(digests.md5.as_deref().unwrap_or_default())));
+                        if let (Some(algorithm), Some(checksum)) = (cfg.checksum, &digests.checksum) {
+                            headers.push((algorithm.header().into(), B64.encode(checksum)));
+                        }
                         let stream = body.stream(offset).map_err(|e| {
                             UploadError::Transient(format!(
                                 "UploadPart {} part {number}: cannot stream the block body: {e}",
@@ -663,15 +735,34 @@ impl<F: Flavor> S3Bucket<F> {
                     move |response| match (response.status, response.header("etag")) {
                         (200..=299, Some(etag)) => {
                             let written = Written::of(&response, Some(etag.to_string()));
-                            let expected = sent.borrow().as_deref().map(hex).unwrap_or_default();
-                            if check_etag(&written, &expected, None) == EtagCheck::Differs {
-                                // Our own upload's part: sending it again replaces it.
+                            let sent = sent.borrow();
+                            let sent = sent.as_ref();
+                            let expected = sent.and_then(|d| d.md5.as_deref()).map(hex).unwrap_or_default();
+                            // Our own upload's part: sending it again replaces it.
+                            if check_etag(&written, &expected, None) == DigestCheck::Differs {
                                 return Accept::Retry(format!(
                                     "part {number}: the server stored other bytes (ETag {}, the part's MD5 {expected})",
                                     unquote_etag(etag)
                                 ));
                             }
-                            Accept::Done(Ok((etag.to_string(), written.etag_is_digest)))
+                            let checksum = sent.and_then(|d| d.checksum.clone());
+                            if let Some(algorithm) = cfg.checksum {
+                                let echoed = response.header(algorithm.header());
+                                let want = checksum.as_ref().map(|c| B64.encode(c));
+                                if check_checksum(echoed, want.as_deref()) == DigestCheck::Differs {
+                                    return Accept::Retry(format!(
+                                        "part {number}: the server stored other bytes ({} {}, the part's {})",
+                                        algorithm.header(),
+                                        echoed.unwrap_or_default(),
+                                        want.unwrap_or_default()
+                                    ));
+                                }
+                            }
+                            Accept::Done(Ok(SentPart {
+                                etag: etag.to_string(),
+                                etag_is_digest: written.etag_is_digest,
+                                checksum,
+                            }))
                         }
                         _ => Accept::Other(response),
                     },
@@ -680,41 +771,45 @@ impl<F: Flavor> S3Bucket<F> {
             .collect();
         let results = retry::run(&mut parts, cfg.parts_in_flight, &cfg.policy, true);
         drop(parts);
-        let mut etags = Vec::with_capacity(results.len());
-        // The parts' MD5s as the server computed them (checked equal to
-        // those sent); empty when some part's ETag is not a digest.
-        let mut part_md5s = Vec::with_capacity(results.len());
-        let mut digests = true;
+        let mut sent = Vec::with_capacity(results.len());
         for result in results {
             match result {
-                Some(Ok((etag, is_digest))) => {
-                    match md5_of_etag(&etag).filter(|_| is_digest) {
-                        Some(md5) => part_md5s.push(md5),
-                        None => digests = false,
-                    }
-                    etags.push(etag);
-                }
+                Some(Ok(part)) => sent.push(part),
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
         }
-        // Not a digest: the completed upload's ETag cannot be checked.
-        let expected = if digests { multipart_etag(&part_md5s) } else { String::new() };
-        if etags.len() as u64 != count {
+        if sent.len() as u64 != count {
             return Err(UploadError::Transient(format!(
                 "UploadPart {}: only {} of {count} parts were uploaded",
                 cfg.location(key),
-                etags.len()
+                sent.len()
             )));
         }
+        // The parts' MD5s as the server computed them (checked equal to
+        // those sent); none when some part's ETag is not a digest, and then
+        // the completed upload's ETag cannot be checked.
+        let part_md5s: Option<Vec<Vec<u8>>> =
+            sent.iter().map(|part| md5_of_etag(&part.etag).filter(|_| part.etag_is_digest)).collect();
+        let digests = part_md5s.is_some();
+        let part_checksums: Option<Vec<Vec<u8>>> = sent.iter().map(|part| part.checksum.clone()).collect();
+        let expected = Expected {
+            md5: hex(&block.md5),
+            multipart: part_md5s.map(|md5s| multipart_etag(&md5s)),
+            checksum: cfg.checksum.zip(part_checksums).map(|(algorithm, raw)| composite_checksum(algorithm, &raw)),
+        };
 
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (i, etag) in etags.iter().enumerate() {
+        for (i, part) in sent.iter().enumerate() {
             xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>",
                 i + 1,
-                crate::xml::escape(etag)
+                crate::xml::escape(&part.etag)
             ));
+            if let (Some(algorithm), Some(checksum)) = (cfg.checksum, &part.checksum) {
+                xml.push_str(&format!("<{0}>{1}</{0}>", algorithm.element(), B64.encode(checksum)));
+            }
+            xml.push_str("</Part>");
         }
         xml.push_str("</CompleteMultipartUpload>");
         let query = vec![("uploadId".to_string(), upload_id.to_string())];
@@ -730,11 +825,13 @@ impl<F: Flavor> S3Bucket<F> {
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
                 200..=299 if crate::xml::root_name(&response.body).as_deref() != Some("Error") => {
-                    let mut written = Written::of(
-                        &response,
-                        crate::xml::parse::<xml::CompleteMultipartUploadResult>(&response.body).and_then(|r| r.etag),
-                    );
+                    let result = crate::xml::parse::<xml::CompleteMultipartUploadResult>(&response.body);
+                    let checksum = cfg.checksum.and_then(|algorithm| result.as_ref()?.checksum(algorithm));
+                    let mut written = Written::of(&response, result.and_then(|r| r.etag));
                     written.etag_is_digest &= digests;
+                    // Only the composite form (`base64-N`, from the parts'
+                    // checksums) can be compared; a full-object one says nothing here.
+                    written.checksum = checksum.filter(|c| c.contains('-'));
                     Accept::Done(Ok(Created::Written(written)))
                 }
                 412 => Accept::Done(Ok(Created::Exists)),
@@ -803,9 +900,89 @@ fn parse_timestamp_ms(text: &str) -> Option<u64> {
     u64::try_from(when.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// MD5 of `len` bytes of `body` at `offset`, read in bounded chunks.
-fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-    let mut md5 = Md5::new();
+/// The digests the server should give of what a write sent.
+struct Expected {
+    /// The block's MD5, lower-case hex (a single-part ETag).
+    md5: String,
+    /// The `hex-N` ETag of a multipart upload of it, where the parts' ETags were digests.
+    multipart: Option<String>,
+    /// The additional checksum sent, base64 (`base64-N` for a multipart upload).
+    checksum: Option<String>,
+}
+
+/// One uploaded part of a multipart upload.
+struct SentPart {
+    /// The ETag the server gave it.
+    etag: String,
+    /// Whether that ETag is a digest of the part.
+    etag_is_digest: bool,
+    /// The part's additional checksum as sent (raw), if the bucket sends one.
+    checksum: Option<Vec<u8>>,
+}
+
+/// Digests of a stretch of a block's body (raw bytes).
+struct Digests {
+    /// Its MD5, if asked for.
+    md5: Option<Vec<u8>>,
+    /// Its additional checksum, if asked for.
+    checksum: Option<Vec<u8>>,
+}
+
+/// A running additional checksum.
+enum Hasher {
+    /// CRC-32C so far.
+    Crc32c(u32),
+    /// SHA-256 so far.
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    /// A new one of `algorithm`.
+    fn new(algorithm: Checksum) -> Self {
+        match algorithm {
+            Checksum::Crc32c => Hasher::Crc32c(0),
+            Checksum::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    /// Adds `data`.
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Crc32c(crc) => *crc = crc32c::crc32c_append(*crc, data),
+            Hasher::Sha256(sha) => sha.update(data),
+        }
+    }
+
+    /// The checksum's bytes as S3 encodes them (CRC big-endian).
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Crc32c(crc) => crc.to_be_bytes().to_vec(),
+            Hasher::Sha256(sha) => sha.finalize().to_vec(),
+        }
+    }
+}
+
+/// The checksum S3 gives a multipart upload whose parts' checksums are
+/// `parts`: the checksum of their concatenation, base64, `-` and the count.
+fn composite_checksum(algorithm: Checksum, parts: &[Vec<u8>]) -> String {
+    let mut hasher = Hasher::new(algorithm);
+    for part in parts {
+        hasher.update(part);
+    }
+    format!("{}-{}", B64.encode(hasher.finish()), parts.len())
+}
+
+/// The MD5 (when `md5`) and the `checksum` of `len` bytes of `body` at
+/// `offset`, read once in bounded chunks.
+fn hash_part(
+    body: &BlockBody,
+    offset: u64,
+    len: u64,
+    md5: bool,
+    checksum: Option<Checksum>,
+) -> Result<Digests, String> {
+    let mut md5 = md5.then(Md5::new);
+    let mut checksum = checksum.map(Hasher::new);
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(u64::from(HASH_CHUNK)) as u32;
@@ -813,10 +990,15 @@ fn hash_part(body: &BlockBody, offset: u64, len: u64) -> Result<Vec<u8>, String>
         if chunk.is_empty() {
             return Err(format!("the body ended at {} of {}", offset + done, offset + len));
         }
-        md5.update(&chunk);
+        if let Some(md5) = &mut md5 {
+            md5.update(&chunk);
+        }
+        if let Some(checksum) = &mut checksum {
+            checksum.update(&chunk);
+        }
         done += chunk.len() as u64;
     }
-    Ok(md5.finalize().to_vec())
+    Ok(Digests { md5: md5.map(|m| m.finalize().to_vec()), checksum: checksum.map(Hasher::finish) })
 }
 
 /// What a HEAD response says about the object.
@@ -1141,26 +1323,57 @@ mod tests {
         };
         let md5 = "9e107d9d372bb6826bd81d3542a419d6";
         let plain = Written::of(&response(&[("etag", &format!("\"{md5}\""))]), None);
-        assert_eq!(check_etag(&plain, md5, None), EtagCheck::Confirmed);
-        assert_eq!(check_etag(&plain, "00000000000000000000000000000000", None), EtagCheck::Differs);
+        assert_eq!(check_etag(&plain, md5, None), DigestCheck::Confirmed);
+        assert_eq!(check_etag(&plain, "00000000000000000000000000000000", None), DigestCheck::Differs);
         // The ETag of a completed multipart upload comes in its XML body, escaped.
         let multipart = Written::of(&response(&[]), Some(format!("&quot;{md5}-2&quot;")));
-        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
-        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-3"))), EtagCheck::Differs);
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-2"))), DigestCheck::Confirmed);
+        assert_eq!(check_etag(&multipart, "ignored", Some(&format!("{md5}-3"))), DigestCheck::Differs);
         // Servers that give a completed multipart upload the MD5 of its content.
-        assert_eq!(check_etag(&plain, md5, Some(&format!("{md5}-2"))), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&plain, md5, Some(&format!("{md5}-2"))), DigestCheck::Confirmed);
         // An ETag of another form is no evidence either way.
         let opaque = Written::of(&response(&[("etag", "\"v1-abc\"")]), None);
-        assert_eq!(check_etag(&opaque, md5, Some(&format!("{md5}-2"))), EtagCheck::Unknown);
+        assert_eq!(check_etag(&opaque, md5, Some(&format!("{md5}-2"))), DigestCheck::Unknown);
         // SSE-KMS and SSE-C ETags are not digests; no ETag, nothing to check.
         let kms = Written::of(&response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption", "aws:kms")]), None);
-        assert_eq!(check_etag(&kms, md5, None), EtagCheck::Unknown);
+        assert_eq!(check_etag(&kms, md5, None), DigestCheck::Unknown);
         let sse_c = response(&[("etag", "\"0123\""), ("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
-        assert_eq!(check_etag(&Written::of(&sse_c, None), md5, None), EtagCheck::Unknown);
-        assert_eq!(check_etag(&Written::of(&response(&[]), None), md5, None), EtagCheck::Unknown);
+        assert_eq!(check_etag(&Written::of(&sse_c, None), md5, None), DigestCheck::Unknown);
+        assert_eq!(check_etag(&Written::of(&response(&[]), None), md5, None), DigestCheck::Unknown);
         // SSE-S3 keeps ETags MD5s.
         let sse_s3 = Written::of(&response(&[("etag", md5), ("x-amz-server-side-encryption", "AES256")]), None);
-        assert_eq!(check_etag(&sse_s3, md5, None), EtagCheck::Confirmed);
+        assert_eq!(check_etag(&sse_s3, md5, None), DigestCheck::Confirmed);
+    }
+
+    #[test]
+    fn checksum_echoes_are_compared_and_combined_with_the_etag() {
+        assert_eq!(check_checksum(Some("AAAAAA=="), Some("AAAAAA==")), DigestCheck::Confirmed);
+        assert_eq!(check_checksum(Some("AAAAAA=="), Some("4waSgw==")), DigestCheck::Differs);
+        // Nothing sent, or nothing echoed (a server that ignores the header): no evidence.
+        assert_eq!(check_checksum(None, Some("4waSgw==")), DigestCheck::Unknown);
+        assert_eq!(check_checksum(Some("4waSgw=="), None), DigestCheck::Unknown);
+        use DigestCheck::*;
+        assert_eq!(Unknown.and(Confirmed), Confirmed);
+        assert_eq!(Confirmed.and(Differs), Differs);
+        assert_eq!(Differs.and(Unknown), Differs);
+        assert_eq!(Unknown.and(Unknown), Unknown);
+    }
+
+    #[test]
+    fn checksums_are_encoded_as_s3_does() {
+        // The CRC-32C check value of "123456789" is 0xE3069283, sent big-endian.
+        let mut crc = Hasher::new(Checksum::Crc32c);
+        crc.update(b"1234");
+        crc.update(b"56789");
+        assert_eq!(crc.finish(), vec![0xE3, 0x06, 0x92, 0x83]);
+        let mut sha = Hasher::new(Checksum::Sha256);
+        sha.update(b"hello world");
+        assert_eq!(B64.encode(sha.finish()), "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
+        // A composite checksum: the checksum of the parts' checksums, then `-N`.
+        let parts = vec![vec![0xE3, 0x06, 0x92, 0x83], vec![0, 0, 0, 1]];
+        let mut whole = Hasher::new(Checksum::Crc32c);
+        whole.update(&[0xE3, 0x06, 0x92, 0x83, 0, 0, 0, 1]);
+        assert_eq!(composite_checksum(Checksum::Crc32c, &parts), format!("{}-2", B64.encode(whole.finish())));
     }
 
     #[test]

@@ -102,6 +102,60 @@ impl std::fmt::Debug for Sse {
     }
 }
 
+/// An additional checksum sent with every write (`checksum` setting): S3
+/// computes it over the bytes it received, refuses the write when it differs
+/// (`BadDigest`) and echoes it, which confirms the object where the ETag is
+/// not a digest of the content (SSE-KMS, SSE-C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// CRC-32C (Castagnoli): `x-amz-checksum-crc32c`.
+    Crc32c,
+    /// SHA-256: `x-amz-checksum-sha256`.
+    Sha256,
+}
+
+impl Checksum {
+    /// The request and response header carrying it.
+    pub fn header(self) -> &'static str {
+        match self {
+            Checksum::Crc32c => "x-amz-checksum-crc32c",
+            Checksum::Sha256 => "x-amz-checksum-sha256",
+        }
+    }
+
+    /// Its name in `x-amz-checksum-algorithm`.
+    pub fn algorithm(self) -> &'static str {
+        match self {
+            Checksum::Crc32c => "CRC32C",
+            Checksum::Sha256 => "SHA256",
+        }
+    }
+
+    /// Its element in a `CompleteMultipartUpload` part.
+    pub fn element(self) -> &'static str {
+        match self {
+            Checksum::Crc32c => "ChecksumCRC32C",
+            Checksum::Sha256 => "ChecksumSHA256",
+        }
+    }
+}
+
+/// Reads the `checksum` setting: `auto` (the default) sends CRC-32C when the
+/// bucket's encryption makes ETags no digests of the content (SSE-KMS, SSE-C)
+/// and none otherwise (the ETag is checked then).
+fn parse_checksum(value: Option<&str>, sse: &Sse) -> Result<Option<Checksum>, String> {
+    match value.unwrap_or("auto") {
+        "auto" => Ok(matches!(sse, Sse::Kms { .. } | Sse::CustomerKey { .. }).then_some(Checksum::Crc32c)),
+        "none" => Ok(None),
+        "crc32c" => Ok(Some(Checksum::Crc32c)),
+        "sha256" => Ok(Some(Checksum::Sha256)),
+        other => Err(format!(
+            "setting `checksum` = {other:?} is not supported: use `auto` (CRC-32C when SSE-KMS or SSE-C \
+             make ETags no digests, the default), `crc32c`, `sha256` or `none`"
+        )),
+    }
+}
+
 /// Defaults of the `retry_*` and `request_timeout_ms` settings (those of [`Policy::default`]).
 const RETRY_DEFAULTS: RetryDefaults = RetryDefaults {
     max_attempts: 5,
@@ -149,6 +203,8 @@ pub struct Config {
     pub part_size: Option<u64>,
     /// Parts uploaded at once.
     pub parts_in_flight: usize,
+    /// The additional checksum sent with every write, if any.
+    pub checksum: Option<Checksum>,
     /// Retry policy of every request.
     pub policy: Policy,
     /// Time limits of each attempt.
@@ -170,6 +226,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "sse",
     "sse_kms_key_id",
     "sse_customer_key",
+    "checksum",
     "multipart_threshold",
     "part_size",
     "parts_in_flight",
@@ -273,6 +330,7 @@ impl Config {
         }
 
         let sse = parse_sse(get("sse"), get("sse_kms_key_id"), get("sse_customer_key"))?;
+        let checksum = parse_checksum(get("checksum"), &sse)?;
 
         let multipart_threshold =
             number(get("multipart_threshold"), "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD)?;
@@ -315,6 +373,7 @@ impl Config {
                 multipart_threshold,
                 part_size,
                 parts_in_flight: parts_in_flight as usize,
+                checksum,
                 policy,
                 timeouts,
             },
@@ -434,6 +493,7 @@ mod tests {
             (("bucket", "Bad_Bucket"), "`bucket`"),
             (("storage_class", "cheap"), "`storage_class`"),
             (("multipart_threshold", "0"), "`multipart_threshold`"),
+            (("checksum", "md5"), "`checksum`"),
         ] {
             let err = Config::parse(&settings(&[pair]), &MINIO).unwrap_err();
             assert!(err.contains(key), "{pair:?}: {err}");
@@ -447,6 +507,18 @@ mod tests {
         assert!(matches!(c.sse, Sse::CustomerKey { .. }));
         let short = B64.encode([7u8; 16]);
         assert!(Config::parse(&settings(&[("sse", "sse-c"), ("sse_customer_key", &short)]), &MINIO).is_err());
+    }
+
+    #[test]
+    fn checksum_is_crc32c_by_default_only_where_etags_are_no_digests() {
+        let checksum = |pairs: &[(&str, &str)]| Config::parse(&settings(pairs), &MINIO).unwrap().0.checksum;
+        assert_eq!(checksum(&[]), None);
+        assert_eq!(checksum(&[("sse", "aes256")]), None);
+        assert_eq!(checksum(&[("sse", "aws:kms")]), Some(Checksum::Crc32c));
+        let key = B64.encode([7u8; 32]);
+        assert_eq!(checksum(&[("sse", "sse-c"), ("sse_customer_key", &key)]), Some(Checksum::Crc32c));
+        assert_eq!(checksum(&[("checksum", "sha256")]), Some(Checksum::Sha256));
+        assert_eq!(checksum(&[("sse", "aws:kms"), ("checksum", "none")]), None);
     }
 
     #[test]

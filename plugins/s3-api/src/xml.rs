@@ -9,6 +9,8 @@ use quick_xml::reader::{NsReader, Reader};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::settings::Checksum;
+
 /// The name of the document's root element, if the text is XML.
 pub fn root_name(xml: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(xml).ok()?;
@@ -78,6 +80,22 @@ pub struct CompleteMultipartUploadResult {
     /// The completed object's ETag, quoted, if sent.
     #[serde(rename = "ETag")]
     pub etag: Option<String>,
+    /// The completed object's CRC-32C (`base64-N` when composite), if sent.
+    #[serde(rename = "ChecksumCRC32C")]
+    pub checksum_crc32c: Option<String>,
+    /// The completed object's SHA-256 (`base64-N` when composite), if sent.
+    #[serde(rename = "ChecksumSHA256")]
+    pub checksum_sha256: Option<String>,
+}
+
+impl CompleteMultipartUploadResult {
+    /// The checksum of `algorithm` it carries, if any.
+    pub fn checksum(&self, algorithm: Checksum) -> Option<String> {
+        match algorithm {
+            Checksum::Crc32c => self.checksum_crc32c.clone(),
+            Checksum::Sha256 => self.checksum_sha256.clone(),
+        }
+    }
 }
 
 impl Document for CompleteMultipartUploadResult {

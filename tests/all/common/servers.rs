@@ -302,6 +302,9 @@ pub enum Fault {
     /// the body's length) inverted, as a faulty network path or middlebox
     /// would, leaving its headers (`Content-MD5` too) as they were.
     FlipByte(usize),
+    /// Forward the request, then relay the response with this header set
+    /// (replaced, or added), as a server that said otherwise would have.
+    SetResponseHeader(&'static str, String),
 }
 
 /// The request line and headers of one request seen by the proxy.
@@ -451,6 +454,21 @@ pub async fn read_body(client: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, un
     Ok(())
 }
 
+/// `response` (a whole HTTP/1.1 response) with header `name` set to `value`.
+fn with_header(response: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&response[..end]);
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|line| !line.split(':').next().unwrap_or_default().trim().eq_ignore_ascii_case(name))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{name}: {value}"));
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(&response[end..]);
+    out
+}
+
 /// Reads one request from `client`, applies the plan, forwards or fails it.
 async fn serve(
     mut client: tokio::net::TcpStream,
@@ -497,7 +515,7 @@ async fn serve(
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::FlipByte(at)) if length > 0 => buf[head_end + at % length] ^= 0xff,
-        Some(Fault::FlipByte(_)) | None => {}
+        Some(Fault::FlipByte(_) | Fault::SetResponseHeader(..)) | None => {}
     }
     // Forward with `connection: close`, then relay the whole response.
     let mut forwarded = format!("{request_line}\r\n");
@@ -512,6 +530,9 @@ async fn serve(
     server.write_all(&buf[head_end..head_end + length]).await?;
     let mut response = Vec::new();
     server.read_to_end(&mut response).await?;
+    if let Some(Fault::SetResponseHeader(name, value)) = &fault {
+        response = with_header(&response, name, value);
+    }
     client.write_all(&response).await?;
     client.shutdown().await?;
     Ok(())
