@@ -275,7 +275,7 @@ async fn a_source_answering_404_or_garbage_is_a_permanent_error_naming_it_and_a_
 
     fake.set_mode(Mode::Garbage);
     let message = permanent(put(&imds, 1, "k", b"x").await.unwrap_err());
-    assert!(message.contains("aws-instance") && message.contains("not credentials JSON"), "{message}");
+    assert!(message.contains("aws-instance") && message.contains("captive portal"), "{message}");
     let message = permanent(put(&gce, 1, "k", b"x").await.unwrap_err());
     assert!(message.contains("gcp-metadata") && message.contains("captive portal"), "{message}");
 
