@@ -8,9 +8,9 @@
 
 pub mod buffer;
 pub mod config;
-pub mod credentials;
 #[cfg(feature = "runtime")]
 pub mod conformance;
+pub mod credentials;
 pub mod http;
 pub mod ingest;
 #[cfg(feature = "runtime")]

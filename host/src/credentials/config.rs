@@ -141,7 +141,7 @@ impl SourceSettings {
                 ];
                 if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
                     return Err(SourceProblem {
-                        key: *key,
+                        key,
                         problem: "is set but `credentials_source` is \"static\" (the default)".into(),
                         fix: "set `credentials_source` to the source it belongs to, or remove it".into(),
                     });
