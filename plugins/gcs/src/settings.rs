@@ -200,6 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn the_platform_token_of_the_host_needs_no_key_and_allows_none() {
+        let host = [("bucket".to_string(), "blocks".to_string()), ("credentials_source".into(), "gcp-metadata".into())];
+        let (c, _) = Config::parse(&host).unwrap();
+        assert!(matches!(&c.auth, Auth::Host(source) if source == "gcp-metadata"));
+        let err =
+            Config::parse(&settings(&[("credentials_source", "gcp-metadata"), ("bearer_token", "t")])).err().unwrap();
+        assert!(err.contains("`credentials_source`") && err.contains("`bearer_token`"), "{err}");
+    }
+
+    #[test]
     fn bad_settings_name_the_key() {
         for (pair, key) in [
             (("endpoint", "storage.googleapis.com"), "`endpoint`"),

@@ -501,6 +501,22 @@ mod tests {
     }
 
     #[test]
+    fn host_credentials_replace_the_keys_and_exclude_them() {
+        let host: Vec<(String, String)> = [("endpoint", "http://127.0.0.1:9000"), ("bucket", "blocks")]
+            .iter()
+            .chain(&[("credentials_source", "aws-instance")])
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (c, unknown) = Config::parse(&host, &MINIO).unwrap();
+        assert!(matches!(&c.credentials, Keys::Host(source) if source == "aws-instance"), "{:?}", c.credentials);
+        assert!(unknown.is_empty());
+        let err = Config::parse(&settings(&[("credentials_source", "aws-ecs")]), &MINIO).unwrap_err();
+        assert!(err.contains("`credentials_source`") && err.contains("`access_key_id`"), "{err}");
+        let (c, _) = Config::parse(&settings(&[("credentials_source", "static")]), &MINIO).unwrap();
+        assert!(matches!(c.credentials, Keys::Static(_)));
+    }
+
+    #[test]
     fn sse_c_key_is_checked_and_hashed() {
         let key = B64.encode([7u8; 32]);
         let (c, _) = Config::parse(&settings(&[("sse", "sse-c"), ("sse_customer_key", &key)]), &MINIO).unwrap();
