@@ -138,11 +138,16 @@ async fn expired_credentials_are_replaced_before_the_next_request() {
     let client =
         open(&runtime, "blockferry_s3", brokered_spec("expiry", s3_settings(&proxy.endpoint(), "expiry"), broker))
             .await;
-    assert_eq!(put(&client, 1, "e/1.blk", b"one").await.unwrap(), Outcome::Uploaded);
+    // Four uploads at once: one refresh in flight, the others wait for it.
+    let keys: Vec<String> = (1..=4).map(|n| format!("e/{n}.blk")).collect();
+    let first = keys.iter().zip(1..).map(|(key, n)| put(&client, n, key, b"one"));
+    for outcome in futures::future::join_all(first).await {
+        assert_eq!(outcome.unwrap(), Outcome::Uploaded);
+    }
     assert_eq!(fake.issued(), 1);
     // Past the expiry of the first credentials: the next request asks for new ones first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(put(&client, 2, "e/2.blk", b"two").await.unwrap(), Outcome::Uploaded);
+    assert_eq!(put(&client, 5, "e/5.blk", b"two").await.unwrap(), Outcome::Uploaded);
     assert_eq!(fake.issued(), 2);
     assert_eq!(keys_used(&proxy), [key_id(1), key_id(2)]);
 }
@@ -287,16 +292,12 @@ async fn a_source_answering_404_or_garbage_is_a_permanent_error_naming_it_and_a_
     assert_eq!(fake.requests() - before, 3, "three attempts");
 
     // A source nobody listens on is transient too.
-    let closed =
-        broker("gone", source(CredentialsSource::AwsInstance, format!("http://127.0.0.1:{}", servers_free_port())));
+    let port = crate::common::servers::free_port();
+    let closed = broker("gone", source(CredentialsSource::AwsInstance, format!("http://127.0.0.1:{port}")));
     let gone =
         open(&runtime, "blockferry_s3", brokered_spec("gone", s3_settings("http://127.0.0.1:9", "none"), closed)).await;
     let message = transient(put(&gone, 1, "k", b"x").await.unwrap_err());
     assert!(message.contains("aws-instance") && message.contains("cannot connect"), "{message}");
-}
-
-fn servers_free_port() -> u16 {
-    crate::common::servers::free_port()
 }
 
 #[tokio::test]
