@@ -156,6 +156,7 @@ async fn target(
         secrets: Vec::new(),
         log_lines_per_minute: blockferry::plugin::logs::DEFAULT_LINES_PER_MINUTE,
         tls: Default::default(),
+        credentials: None,
     };
     let client = BucketClient::open(runtime.load(&path, None).unwrap(), spec)
         .await

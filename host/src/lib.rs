@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod conformance;
+pub mod credentials;
 pub mod http;
 pub mod ingest;
 #[cfg(feature = "runtime")]

@@ -246,7 +246,7 @@ async fn a_provider_built_before_the_reader_keeps_uploading_and_says_what_it_can
     assert!(t.contains("blockferry:uploader/provider@0.1.0"), "{t}");
     assert!(t.contains("reads:    no") && t.contains("restore"), "{t}");
     let out = blockferry(&["plugin", "check", plugin_path("blockferry_s3").to_str().unwrap()]);
-    assert!(text(&out).contains("reading-provider@0.1.2") && text(&out).contains("reads:    yes"), "{}", text(&out));
+    assert!(text(&out).contains("reading-provider@0.1.3") && text(&out).contains("reads:    yes"), "{}", text(&out));
 
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime();

@@ -12,9 +12,9 @@ fn plugin_check_accepts_the_bundled_providers() {
         let t = text(&out);
         assert!(out.status.success(), "{name}: {t}");
         let world = if provider == "fs" { "reading-provider" } else { "provider" };
-        assert!(t.contains(&format!("blockferry:uploader/{world}@0.1.2")), "{t}");
+        assert!(t.contains(&format!("blockferry:uploader/{world}@0.1.3")), "{t}");
         assert!(t.contains(&format!("provider: {provider}")), "{t}");
-        assert!(t.contains("blockferry:uploader/host@0.1.2"), "lists imports: {t}");
+        assert!(t.contains("blockferry:uploader/host@0.1.3"), "lists imports: {t}");
         assert!(t.contains(if provider == "fs" { "reads:    yes" } else { "reads:    no" }), "{t}");
     }
 }

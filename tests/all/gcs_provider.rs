@@ -309,7 +309,7 @@ fn plugin_check_accepts_the_component() {
     let text = text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("provider: gcs"), "{text}");
-    assert!(text.contains("blockferry:uploader/reading-provider@0.1.2"), "{text}");
+    assert!(text.contains("blockferry:uploader/reading-provider@0.1.3"), "{text}");
 }
 
 #[tokio::test]

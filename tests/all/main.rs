@@ -15,6 +15,7 @@ mod cli_store;
 mod config;
 mod conformance;
 mod crash;
+mod credentials;
 mod disk_full;
 mod fault_rates;
 mod fs_provider;

@@ -306,7 +306,7 @@ fn wrong_version_is_refused_naming_both_versions() {
     let err = runtime.load(&plugin_path("blockferry_wrong_version"), None).unwrap_err();
     assert!(matches!(err, LoadError::Incompatible { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("0.2.0") && msg.contains("0.1.2"), "{msg}");
+    assert!(msg.contains("0.2.0") && msg.contains("0.1.3"), "{msg}");
 }
 
 #[test]

@@ -95,7 +95,7 @@ fn plugin_check_accepts_both_components() {
         let text = text(&out);
         assert!(out.status.success(), "{name}: {text}");
         assert!(text.contains(&format!("provider: {provider}")), "{text}");
-        assert!(text.contains("blockferry:uploader/reading-provider@0.1.2"), "{text}");
+        assert!(text.contains("blockferry:uploader/reading-provider@0.1.3"), "{text}");
     }
 }
 

@@ -119,6 +119,7 @@ fn test_spec(args: &TestArgs) -> anyhow::Result<(BucketSpec, Vec<String>)> {
         secrets: keys.clone(),
         log_lines_per_minute: DEFAULT_LINES_PER_MINUTE,
         tls: Default::default(),
+        credentials: None,
     };
     Ok((spec, keys))
 }

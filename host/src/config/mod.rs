@@ -126,6 +126,9 @@ impl Config {
             };
             b.secrets = secrets;
         }
+        for (i, b) in self.buckets.iter().enumerate() {
+            self.validate_credentials_source(path, i, b)?;
+        }
         Ok(())
     }
 
@@ -136,6 +139,16 @@ impl Config {
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         config.resolve_paths(base);
         config.validate(path)?;
+        for (i, b) in config.buckets.iter_mut().enumerate() {
+            b.resolved_source = b.source_settings().resolve(&b.name, |name| std::env::var(name).ok()).map_err(|e| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("buckets[{i}].{}", e.key),
+                    problem: e.problem,
+                    fix: e.fix,
+                }
+            })?;
+        }
         #[cfg(feature = "runtime")]
         for (i, b) in config.buckets.iter_mut().enumerate() {
             b.tls = b.tls_settings().load().map_err(|e| ConfigError::Invalid {
@@ -164,8 +177,11 @@ impl Config {
         resolve(&mut self.plugins.cache_dir);
         for b in &mut self.buckets {
             resolve(&mut b.plugin);
-            if let Some(d) = &mut b.directory {
-                resolve(d);
+            for path in [&mut b.directory, &mut b.web_identity_token_file, &mut b.container_authorization_token_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
             }
             for file in
                 [&mut b.tls_ca_file, &mut b.tls_client_cert_file, &mut b.tls_client_key_file].into_iter().flatten()

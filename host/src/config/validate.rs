@@ -159,6 +159,7 @@ impl Config {
                     ));
                 }
             }
+            self.validate_credentials_source(path, i, b)?;
             if let Err(problem) = check_key_template(&b.key_template) {
                 return Err(invalid(
                     key("key_template"),
@@ -180,6 +181,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Check that bucket `i`, when its credentials come from a platform
+    /// source, has no static keys too (in its settings or, once merged, the
+    /// credentials file).
+    pub(super) fn validate_credentials_source(
+        &self,
+        path: &Path,
+        i: usize,
+        b: &crate::upload::BucketConfig,
+    ) -> Result<(), ConfigError> {
+        if b.credentials_source.is_static() {
+            return Ok(());
+        }
+        match b.static_credential_keys().first() {
+            None => Ok(()),
+            Some(key) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("buckets[{i}].credentials_source"),
+                problem: format!(
+                    "= \"{}\" and the static credentials {key} are both set for bucket {:?}",
+                    b.credentials_source.name(),
+                    b.name
+                ),
+                fix: "keep one: remove the static keys to use the platform's credentials, or remove \
+                      `credentials_source` to sign with the static keys"
+                    .into(),
+            }),
+        }
     }
 
     /// Check `[ingest]` and `[buffer]`.

@@ -18,7 +18,7 @@ pub const READER_INTERFACE: &str = "bucket-reader";
 pub const READER_FEATURES: &str = "restore, verify --deep, serving old blocks to block nodes, \
      bucket health checks and cleanup of abandoned uploads";
 /// The version of the WIT package this host implements.
-pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 2);
+pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 3);
 
 /// What a component implements, as `blockferry plugin check` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

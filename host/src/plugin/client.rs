@@ -57,6 +57,9 @@ pub struct BucketSpec {
     pub log_lines_per_minute: u32,
     /// The TLS client of the bucket's HTTPS connections (trusted CAs, client certificate).
     pub tls: super::tls::BucketTls,
+    /// The broker of the bucket's platform credentials (`host.credentials`);
+    /// `None` when its credentials are static.
+    pub credentials: Option<Arc<crate::credentials::Broker>>,
 }
 
 /// Shows setting names only: setting values include the bucket's secrets.
@@ -227,6 +230,7 @@ impl BucketClient {
             directory: spec.directory.clone(),
             memory_limit: spec.memory_limit,
             log,
+            credentials: spec.credentials.clone(),
         };
         let mut client = Self {
             plugin,
@@ -593,6 +597,7 @@ mod tests {
             secrets: Vec::new(),
             log_lines_per_minute: 60,
             tls: Default::default(),
+            credentials: None,
         }
     }
 

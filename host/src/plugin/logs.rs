@@ -20,11 +20,17 @@ pub const REDACTED: &str = "[redacted]";
 /// Secrets shorter than this are not redacted (they would mangle every line).
 const MIN_SECRET: usize = 4;
 
+/// Short-lived secrets the host issued (`host.credentials`) kept for redaction:
+/// the latest ones, enough for the credentials in use and those before them.
+const MAX_ISSUED: usize = 16;
+
 /// One bucket's plugin log: shared by all of the bucket's instances.
 #[derive(Debug)]
 pub struct PluginLog {
     label: String,
     secrets: Vec<String>,
+    /// Values of the credentials the host issued to the plugin lately.
+    issued: Mutex<Vec<String>>,
     budget: Mutex<Budget>,
 }
 
@@ -67,13 +73,27 @@ impl PluginLog {
         let capacity = f64::from(lines_per_minute.max(1));
         let budget =
             Budget { tokens: capacity, capacity, per_second: capacity / 60.0, refilled: Instant::now(), dropped: 0 };
-        Self { label: label.to_string(), secrets, budget: Mutex::new(budget) }
+        Self { label: label.to_string(), secrets, issued: Mutex::new(Vec::new()), budget: Mutex::new(budget) }
+    }
+
+    /// Redact `values` too from now on: credentials the host issued to the
+    /// plugin (the latest [`MAX_ISSUED`] values are kept).
+    pub fn redact_issued<'a>(&self, values: impl IntoIterator<Item = &'a str>) {
+        let mut issued = self.issued.locked();
+        for value in values.into_iter().filter(|v| v.len() >= MIN_SECRET) {
+            if !issued.iter().any(|known| known == value) {
+                issued.push(value.to_string());
+            }
+        }
+        let excess = issued.len().saturating_sub(MAX_ISSUED);
+        issued.drain(..excess);
     }
 
     /// `text` with every secret of the bucket replaced by [`REDACTED`].
     pub fn redact(&self, text: &str) -> String {
         let mut text = text.to_string();
-        for secret in &self.secrets {
+        let issued = self.issued.locked().clone();
+        for secret in self.secrets.iter().chain(&issued) {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), REDACTED);
             }

@@ -86,6 +86,7 @@ impl Plugin {
             directory: None,
             memory_limit: 64 << 20,
             log: Arc::new(logs::PluginLog::new(&label, [], logs::DEFAULT_LINES_PER_MINUTE)),
+            credentials: None,
         };
         let fail = |detail: String| CallError::Instantiate { plugin: label.clone(), detail };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -15,10 +15,11 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::blockferry::uploader::host::Host;
-use super::bindings::{Confirmation, Level};
+use super::bindings::blockferry::uploader::host::{Host, IssuedCredentials};
+use super::bindings::{Confirmation, Level, UploadError};
 use super::egress::{EgressHooks, EgressPolicy};
 use super::logs::PluginLog;
+use crate::credentials::{Broker, CredentialsError};
 
 /// Guest path at which a bucket's directory is preopened (filesystem providers only).
 pub const BUCKET_DIR_GUEST_PATH: &str = "/bucket";
@@ -47,6 +48,8 @@ pub struct Sandbox {
     pub memory_limit: u64,
     /// Where what the plugin says goes (cut, redacted, rate-limited).
     pub log: Arc<PluginLog>,
+    /// The broker of the bucket's platform credentials, if it has one.
+    pub credentials: Option<Arc<Broker>>,
 }
 
 /// The state of one plugin instance's store.
@@ -65,6 +68,8 @@ pub struct StoreState {
     /// How the plugin confirmed the object of the current call
     /// (`host.object-confirmed`), with its key.
     object_confirmed: Option<(String, Confirmation)>,
+    /// The broker `host.credentials` asks.
+    credentials: Option<Arc<Broker>>,
 }
 
 impl StoreState {
@@ -95,6 +100,7 @@ impl StoreState {
             streams: Arc::new(AtomicUsize::new(0)),
             object_version: None,
             object_confirmed: None,
+            credentials: sandbox.credentials.clone(),
         })
     }
 
@@ -182,6 +188,20 @@ impl Host for StoreState {
             self.object_confirmed = Some((key, by));
         }
         Ok(())
+    }
+
+    async fn credentials(&mut self) -> wasmtime::Result<Result<IssuedCredentials, UploadError>> {
+        let Some(broker) = self.credentials.clone() else {
+            return Ok(Ok(IssuedCredentials { values: Vec::new(), expires_ms: 0 }));
+        };
+        Ok(match broker.current().await {
+            Ok(issued) => {
+                self.log.redact_issued(issued.values.iter().map(|(_, v)| v.as_str()));
+                Ok(IssuedCredentials { values: issued.values, expires_ms: issued.expires_ms })
+            }
+            Err(CredentialsError::Transient(e)) => Err(UploadError::Transient(e)),
+            Err(CredentialsError::Permanent(e)) => Err(UploadError::Permanent(e)),
+        })
     }
 }
 

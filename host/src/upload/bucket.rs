@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{BucketConfig, UploadConfig};
+use crate::credentials::Broker;
 use crate::plugin::{BucketClient, BucketSpec, CallError, Confirmation, LoadError, PluginRuntime};
 use crate::store::Confirmed;
 use crate::sync::{Locked, ReadWrite};
@@ -197,6 +198,7 @@ pub(super) fn write(buckets: &Buckets) -> std::sync::RwLockWriteGuard<'_, Vec<Ru
 impl BucketConfig {
     /// What the host grants this bucket's plugin.
     pub fn spec(&self, denied_networks: Vec<IpNet>) -> BucketSpec {
+        let tls = crate::plugin::tls::LoadedTls::client_of(self.tls.as_ref());
         BucketSpec {
             name: self.name.clone(),
             settings: self.settings_list(),
@@ -208,7 +210,11 @@ impl BucketConfig {
             max_concurrency: self.concurrency,
             secrets: self.secrets.pairs().map(|(name, _)| name).collect(),
             log_lines_per_minute: self.log_lines_per_minute,
-            tls: crate::plugin::tls::LoadedTls::client_of(self.tls.as_ref()),
+            credentials: self
+                .resolved_source
+                .clone()
+                .map(|source| Arc::new(Broker::new(&self.name, source, tls.config.clone()))),
+            tls,
         }
     }
 }

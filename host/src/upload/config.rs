@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::credentials::{CredentialsSource, ResolvedSource, SourceSettings};
 use crate::store::Confirmed;
 
 /// `[upload]`: retries and local retention.
@@ -130,6 +131,30 @@ pub struct BucketConfig {
     #[cfg(feature = "runtime")]
     #[serde(skip)]
     pub tls: Option<crate::plugin::tls::LoadedTls>,
+    /// Where the bucket's credentials come from: `static` (keys in its
+    /// settings and the credentials file) or a platform source the host asks
+    /// (`aws-instance`, `aws-ecs`, `aws-web-identity`, `gcp-metadata`).
+    #[serde(default)]
+    pub credentials_source: CredentialsSource,
+    /// URL of the credentials source, replacing the platform's default (and its environment variable).
+    #[serde(default)]
+    pub credentials_endpoint: Option<String>,
+    /// IAM role assumed by `aws-web-identity` (default: `AWS_ROLE_ARN`).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// Session name given to STS by `aws-web-identity` (default: `AWS_ROLE_SESSION_NAME`, else `blockferry-NAME`).
+    #[serde(default)]
+    pub role_session_name: Option<String>,
+    /// Web identity token file of `aws-web-identity` (default: `AWS_WEB_IDENTITY_TOKEN_FILE`).
+    #[serde(default)]
+    pub web_identity_token_file: Option<PathBuf>,
+    /// File holding the container endpoint's authorization token for `aws-ecs`
+    /// (default: `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, else `AWS_CONTAINER_AUTHORIZATION_TOKEN`).
+    #[serde(default)]
+    pub container_authorization_token_file: Option<PathBuf>,
+    /// The credentials source with the environment's defaults, resolved when the config was loaded.
+    #[serde(skip)]
+    pub resolved_source: Option<ResolvedSource>,
     /// Provider-specific settings, passed to the plugin as they are.
     #[serde(default)]
     pub settings: toml::Table,
@@ -148,7 +173,36 @@ impl BucketConfig {
             };
             (k.clone(), v)
         });
-        plain.chain(self.secrets.pairs()).collect()
+        // A provider learns from `credentials_source` to ask the host for credentials.
+        let source = (!self.credentials_source.is_static())
+            .then(|| ("credentials_source".to_string(), self.credentials_source.name().to_string()));
+        plain.chain(self.secrets.pairs()).chain(source).collect()
+    }
+
+    /// The bucket's credentials keys.
+    pub fn source_settings(&self) -> SourceSettings {
+        SourceSettings {
+            source: self.credentials_source,
+            endpoint: self.credentials_endpoint.clone(),
+            role_arn: self.role_arn.clone(),
+            role_session_name: self.role_session_name.clone(),
+            web_identity_token_file: self.web_identity_token_file.clone(),
+            authorization_token_file: self.container_authorization_token_file.clone(),
+        }
+    }
+
+    /// The static-credential keys among its settings and secrets (which a
+    /// bucket with a non-static `credentials_source` must not have), as
+    /// `settings.KEY` or `credentials file KEY`.
+    pub fn static_credential_keys(&self) -> Vec<String> {
+        let keys = crate::credentials::STATIC_CREDENTIAL_KEYS;
+        let in_settings = self.settings.keys().filter(|k| keys.contains(&k.as_str())).map(|k| format!("settings.{k}"));
+        let in_secrets = self
+            .secrets
+            .pairs()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(k, _)| format!("`{k}` of the credentials file"));
+        in_settings.chain(in_secrets).collect()
     }
 
     /// The bucket's `tls_*` keys.

@@ -38,6 +38,9 @@ pub enum Auth {
     Bearer(String),
     /// Access tokens obtained with a service-account key.
     ServiceAccount(Box<ServiceAccount>),
+    /// Access tokens the host obtains from the platform (`host.credentials`,
+    /// its `bearer_token`), from the source named by setting `credentials_source`.
+    Host(String),
 }
 
 /// A parsed service-account key and its cached access token.
@@ -139,6 +142,16 @@ impl Auth {
             Auth::ServiceAccount(account) => {
                 account.access_token(policy, timeouts).map(|t| Some(format!("Bearer {t}")))
             }
+            Auth::Host(source) => {
+                let target = "authorising the request";
+                match blockferry_guest::host_credentials(target, source, &["bearer_token"])?.pop().flatten() {
+                    Some(token) => Ok(Some(format!("Bearer {token}"))),
+                    None => Err(UploadError::Permanent(format!(
+                        "{target}: the host's credentials from `credentials_source` = {source:?} have no \
+                         `bearer_token`: use `gcp-metadata` for a GCS bucket"
+                    ))),
+                }
+            }
         }
     }
 
@@ -159,6 +172,10 @@ impl Auth {
             Auth::ServiceAccount(_) => {
                 "; check that the service account of `service_account_json` may create objects in the bucket \
                  (roles/storage.objectCreator and objectViewer)"
+            }
+            Auth::Host(_) => {
+                "; check that the platform's service account (the VM's, or the Google service account the GKE \
+                 workload is bound to) may create objects in the bucket (roles/storage.objectCreator and objectViewer)"
             }
         }
     }

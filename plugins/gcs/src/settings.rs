@@ -3,7 +3,7 @@
 use blockferry_guest::http::Timeouts;
 use blockferry_guest::retry::Policy;
 pub use blockferry_guest::settings::Endpoint;
-use blockferry_guest::settings::{RetryDefaults, number, retry_settings, setting};
+use blockferry_guest::settings::{RetryDefaults, credentials_source, number, retry_settings, setting};
 
 use crate::auth::Auth;
 
@@ -29,6 +29,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "prefix",
     "service_account_json",
     "bearer_token",
+    "credentials_source",
     "resumable_threshold",
     "chunk_size",
     "retry_max_attempts",
@@ -92,21 +93,23 @@ impl Config {
             ));
         }
 
-        let auth = match (get("service_account_json"), get("bearer_token")) {
-            (Some(_), Some(_)) => {
+        let host = credentials_source(settings, &["service_account_json", "bearer_token"])?;
+        let auth = match (host, get("service_account_json"), get("bearer_token")) {
+            (Some(source), _, _) => Auth::Host(source.to_string()),
+            (None, Some(_), Some(_)) => {
                 return Err("settings `service_account_json` and `bearer_token` are both set: keep one \
                             (a service-account key is refreshed automatically, a bearer token is not)"
                     .into());
             }
-            (Some(json), None) => Auth::service_account(json)?,
-            (None, Some(token)) => Auth::Bearer(token.to_string()),
-            (None, None) if endpoint.authority == "storage.googleapis.com" => {
+            (None, Some(json), None) => Auth::service_account(json)?,
+            (None, None, Some(token)) => Auth::Bearer(token.to_string()),
+            (None, None, None) if endpoint.authority == "storage.googleapis.com" => {
                 return Err("no credentials for storage.googleapis.com: set `service_account_json` to the \
                             service account's JSON key (in the bucket's credentials) or `bearer_token` to \
                             an OAuth 2 access token; only an emulator `endpoint` works without credentials"
                     .into());
             }
-            (None, None) => Auth::None,
+            (None, None, None) => Auth::None,
         };
 
         let resumable_threshold =
@@ -194,6 +197,16 @@ mod tests {
         assert!(err.contains("`service_account_json`"), "{err}");
         let (c, _) = Config::parse(&[("bucket".into(), "blocks".into()), ("bearer_token".into(), "t".into())]).unwrap();
         assert_eq!(c.endpoint, Endpoint { https: true, authority: "storage.googleapis.com".into() });
+    }
+
+    #[test]
+    fn the_platform_token_of_the_host_needs_no_key_and_allows_none() {
+        let host = [("bucket".to_string(), "blocks".to_string()), ("credentials_source".into(), "gcp-metadata".into())];
+        let (c, _) = Config::parse(&host).unwrap();
+        assert!(matches!(&c.auth, Auth::Host(source) if source == "gcp-metadata"));
+        let err =
+            Config::parse(&settings(&[("credentials_source", "gcp-metadata"), ("bearer_token", "t")])).err().unwrap();
+        assert!(err.contains("`credentials_source`") && err.contains("`bearer_token`"), "{err}");
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::blockferry::uploader::host::{BlockBody, BlockSink, log, object_confirmed, object_version};
+pub use bindings::blockferry::uploader::host::{
+    BlockBody, BlockSink, IssuedCredentials, credentials, log, object_confirmed, object_version,
+};
 pub use bindings::blockferry::uploader::types::{
     BlockInfo, Confirmation, IncompleteUpload, Level, ListedObject, ObjectPage, Outcome, RemoteObject, UploadError,
 };
@@ -86,4 +88,25 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
 /// The current time in seconds since the Unix epoch (from `wasi:clocks/wall-clock`).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The host's current credentials for a bucket whose setting
+/// `credentials_source` names a platform source (`host.credentials`, asked
+/// for each request: the host caches and refreshes them): the values of
+/// `keys`, in order, `None` for a key not issued. `target` (the operation
+/// and object) prefixes the errors: the host's (transient or permanent, as
+/// it classified them), and a permanent one when it issued nothing.
+pub fn host_credentials(target: &str, source: &str, keys: &[&str]) -> Result<Vec<Option<String>>, UploadError> {
+    let issued = credentials().map_err(|e| match e {
+        UploadError::Transient(m) => UploadError::Transient(format!("{target}: {m}")),
+        UploadError::Permanent(m) => UploadError::Permanent(format!("{target}: {m}")),
+        other => other,
+    })?;
+    if issued.values.is_empty() {
+        return Err(UploadError::Permanent(format!(
+            "{target}: setting `credentials_source` = {source:?} but the host brokers no credentials for this \
+             bucket: set `credentials_source` in the bucket's [[buckets]] table (not under `settings`)"
+        )));
+    }
+    Ok(keys.iter().map(|key| issued.values.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())).collect())
 }

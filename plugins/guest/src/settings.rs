@@ -46,6 +46,26 @@ pub fn setting<'s>(settings: &'s [(String, String)], key: &str) -> Option<&'s st
     settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
 }
 
+/// The platform source the host brokers the bucket's credentials from
+/// (setting `credentials_source`, which the host passes: `aws-instance`,
+/// `aws-ecs`, `aws-web-identity`, `gcp-metadata`); `None` for static
+/// credentials. Fails when static keys among `static_keys` are set too.
+pub fn credentials_source<'s>(
+    settings: &'s [(String, String)],
+    static_keys: &[&str],
+) -> Result<Option<&'s str>, String> {
+    let Some(source) = setting(settings, "credentials_source").filter(|s| *s != "static") else {
+        return Ok(None);
+    };
+    if let Some(key) = static_keys.iter().find(|k| setting(settings, k).is_some()) {
+        return Err(format!(
+            "settings `credentials_source` = {source:?} and `{key}` are both set: keep one (the host's \
+             platform credentials, or static keys)"
+        ));
+    }
+    Ok(Some(source))
+}
+
 /// Parses a number setting, or returns `default` when unset.
 pub fn number(value: Option<&str>, key: &str, default: u64) -> Result<u64, String> {
     match value {

@@ -40,7 +40,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 use wasip2::http::types::Method;
 
-pub use settings::{Addressing, Checksum, Config, Defaults, Sse};
+pub use settings::{Addressing, Checksum, Config, Defaults, Keys, Sse};
 
 use blockferry_guest::block::{checked_size, existing_outcome};
 use blockferry_guest::http::{Body, Request, Response};
@@ -286,7 +286,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
             "GetObject",
             &key,
             |_| {
-                let mut request = cfg.request(Method::Get, &key, &[], cfg.sse_c_headers(), Body::Empty);
+                let mut request = cfg.request(Method::Get, &key, &[], cfg.sse_c_headers(), Body::Empty)?;
                 request.sink = Some(out.clone());
                 Ok(request)
             },
@@ -318,7 +318,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "ListObjectsV2",
             &full_prefix,
-            |_| Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |_| cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty),
             |response| match (response.status, object_page(&response.body, &cfg.prefix)) {
                 (200..=299, Some(page)) => Accept::Done(Ok(page)),
                 _ => Accept::Other(response),
@@ -334,7 +334,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "HeadBucket",
             "",
-            |_| Ok(cfg.request(Method::Head, "", &[], Vec::new(), Body::Empty)),
+            |_| cfg.request(Method::Head, "", &[], Vec::new(), Body::Empty),
             |response| match response.status {
                 200..=299 => Accept::Done(Ok(())),
                 404 => Accept::Done(Err(UploadError::Permanent(format!(
@@ -368,7 +368,7 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
         let mut call = cfg.call(
             "ListMultipartUploads",
             &full_prefix,
-            |_| Ok(cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty)),
+            |_| cfg.request(Method::Get, "", &query, Vec::new(), Body::Empty),
             |response| match (response.status, incomplete_uploads(&response.body, &cfg.prefix)) {
                 (200..=299, Some(uploads)) => Accept::Done(Ok(uploads)),
                 // A service without multipart listing (e.g. s3s-fs) has nothing
@@ -389,7 +389,8 @@ impl<F: Flavor> GuestReader for S3Bucket<F> {
 
 impl Config {
     /// Builds and signs a request on `key` (the full key, prefix included;
-    /// empty for a request on the bucket itself).
+    /// empty for a request on the bucket itself), with the bucket's static
+    /// keys or the host's current credentials (asked for each request).
     fn request(
         &self,
         method: Method,
@@ -397,7 +398,8 @@ impl Config {
         query: &[(String, String)],
         mut headers: Vec<(String, String)>,
         body: Body,
-    ) -> Request {
+    ) -> Result<Request, UploadError> {
+        let credentials = self.credentials.current(|| format!("{} {}", method_name(&method), self.location(key)))?;
         let (authority, path) = match self.addressing {
             Addressing::Path if key.is_empty() => (self.endpoint_authority.clone(), format!("/{}", self.bucket)),
             Addressing::Path => (self.endpoint_authority.clone(), format!("/{}/{key}", self.bucket)),
@@ -412,7 +414,7 @@ impl Config {
         let date = sigv4::amz_date(unix_now());
         headers.push(("x-amz-date".into(), date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
-        if let Some(token) = &self.credentials.session_token {
+        if let Some(token) = &credentials.session_token {
             headers.push(("x-amz-security-token".into(), token.clone()));
         }
         let mut signed = headers.clone();
@@ -426,7 +428,7 @@ impl Config {
                 headers: &signed,
                 payload_hash: &payload_hash,
             },
-            &self.credentials,
+            &credentials,
             &self.region,
             "s3",
             &date,
@@ -434,7 +436,7 @@ impl Config {
         headers.push(("authorization".into(), authorization));
         let path_and_query =
             if query.is_empty() { canonical_uri } else { format!("{canonical_uri}?{}", sigv4::canonical_query(query)) };
-        Request {
+        Ok(Request {
             method,
             https: self.https,
             authority,
@@ -443,7 +445,7 @@ impl Config {
             body,
             timeouts: self.timeouts,
             sink: None,
-        }
+        })
     }
 
     /// Headers of a new object (single PUT or CreateMultipartUpload):
@@ -516,7 +518,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "HeadObject",
             key,
-            |_| Ok(cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty)),
+            |_| cfg.request(Method::Head, key, &[], cfg.sse_c_headers(), Body::Empty),
             |response| match response.status {
                 200..=299 => Accept::Done(Ok(Some(remote_object_with_source(&response)))),
                 404 => Accept::Done(Ok(None)),
@@ -563,7 +565,7 @@ impl<F: Flavor> S3Bucket<F> {
             key,
             |_| {
                 let headers = etag.map(|e| vec![("if-match".to_string(), e.to_string())]).unwrap_or_default();
-                Ok(cfg.request(Method::Delete, key, &query, headers, Body::Empty))
+                cfg.request(Method::Delete, key, &query, headers, Body::Empty)
             },
             |response| match response.status {
                 200..=299 | 404 => Accept::Done(Ok(())),
@@ -603,7 +605,7 @@ impl<F: Flavor> S3Bucket<F> {
                         cfg.location(key)
                     ))
                 })?;
-                Ok(cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size }))
+                cfg.request(Method::Put, key, &[], headers, Body::Stream { stream, len: block.size })
             },
             |response| match response.status {
                 200..=299 => {
@@ -637,7 +639,7 @@ impl<F: Flavor> S3Bucket<F> {
                 if let Some(algorithm) = cfg.checksum {
                     headers.push(("x-amz-checksum-algorithm".into(), algorithm.algorithm().into()));
                 }
-                Ok(cfg.request(Method::Post, key, &[("uploads".into(), String::new())], headers, Body::Empty))
+                cfg.request(Method::Post, key, &[("uploads".into(), String::new())], headers, Body::Empty)
             },
             |response| {
                 if !(200..300).contains(&response.status) {
@@ -728,7 +730,7 @@ impl<F: Flavor> S3Bucket<F> {
                                 cfg.location(key)
                             ))
                         })?;
-                        Ok(cfg.request(Method::Put, key, &query, headers, Body::Stream { stream, len }))
+                        cfg.request(Method::Put, key, &query, headers, Body::Stream { stream, len })
                     },
                     move |response| match (response.status, response.header("etag")) {
                         (200..=299, Some(etag)) => {
@@ -818,7 +820,7 @@ impl<F: Flavor> S3Bucket<F> {
                 let mut headers = cfg.sse_c_headers();
                 headers.push(("if-none-match".into(), "*".into()));
                 headers.push(("content-type".into(), "application/xml".into()));
-                Ok(cfg.request(Method::Post, key, &query, headers, Body::Bytes(xml.clone().into_bytes())))
+                cfg.request(Method::Post, key, &query, headers, Body::Bytes(xml.clone().into_bytes()))
             },
             |response| match response.status {
                 // A 200 may still carry an <Error> document.
@@ -847,7 +849,7 @@ impl<F: Flavor> S3Bucket<F> {
         let mut call = cfg.call(
             "AbortMultipartUpload",
             key,
-            |_| Ok(cfg.request(Method::Delete, key, &query, Vec::new(), Body::Empty)),
+            |_| cfg.request(Method::Delete, key, &query, Vec::new(), Body::Empty),
             |response| match response.status {
                 200..=299 | 404 => Accept::Done(Ok(())),
                 _ => Accept::Other(response),
@@ -1190,7 +1192,7 @@ mod tests {
     fn requests_are_addressed_and_signed() {
         let query = vec![("partNumber".to_string(), "2".to_string()), ("uploadId".to_string(), "a/b".to_string())];
         let virtual_hosted = config(&[("session_token", "TOKEN")]);
-        let r = virtual_hosted.request(Method::Put, "dir/a b.blk", &query, Vec::new(), Body::Empty);
+        let r = virtual_hosted.request(Method::Put, "dir/a b.blk", &query, Vec::new(), Body::Empty).unwrap();
         assert!(r.https);
         assert_eq!(r.authority, "blocks.s3.eu-west-1.amazonaws.com");
         assert_eq!(r.path_and_query, "/dir/a%20b.blk?partNumber=2&uploadId=a%2Fb");
@@ -1202,16 +1204,16 @@ mod tests {
         assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"), "{auth}");
 
         let path_style = config(&[("addressing", "path"), ("endpoint", "http://127.0.0.1:9000/")]);
-        let r = path_style.request(Method::Head, "k", &[], path_style.sse_c_headers(), Body::Empty);
+        let r = path_style.request(Method::Head, "k", &[], path_style.sse_c_headers(), Body::Empty).unwrap();
         assert!(!r.https);
         assert_eq!((r.authority.as_str(), r.path_and_query.as_str()), ("127.0.0.1:9000", "/blocks/k"));
         assert_eq!(header(&r, "x-amz-security-token"), None);
 
         // Requests on the bucket itself (HeadBucket, listings).
         let query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), "a b/".to_string())];
-        let r = path_style.request(Method::Get, "", &query, Vec::new(), Body::Empty);
+        let r = path_style.request(Method::Get, "", &query, Vec::new(), Body::Empty).unwrap();
         assert_eq!(r.path_and_query, "/blocks?list-type=2&prefix=a%20b%2F");
-        let r = virtual_hosted.request(Method::Head, "", &[], Vec::new(), Body::Empty);
+        let r = virtual_hosted.request(Method::Head, "", &[], Vec::new(), Body::Empty).unwrap();
         assert_eq!((r.authority.as_str(), r.path_and_query.as_str()), ("blocks.s3.eu-west-1.amazonaws.com", "/"));
     }
 

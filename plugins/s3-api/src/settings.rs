@@ -5,9 +5,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 
 use crate::sigv4::Credentials;
+use blockferry_guest::UploadError;
 use blockferry_guest::http::Timeouts;
 use blockferry_guest::retry::Policy;
-use blockferry_guest::settings::{Endpoint, RetryDefaults, number, parse_endpoint, retry_settings, setting};
+use blockferry_guest::settings::{
+    Endpoint, RetryDefaults, credentials_source, number, parse_endpoint, retry_settings, setting,
+};
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
@@ -21,6 +24,42 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
 /// Bodies above this size use multipart upload unless the settings say otherwise.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 100 * MIB;
+
+/// Where the signing keys come from.
+#[derive(Clone, Debug)]
+pub enum Keys {
+    /// The bucket's own settings (`access_key_id`, ...).
+    Static(Credentials),
+    /// The host's platform credentials (`host.credentials`), from the source
+    /// named by setting `credentials_source`.
+    Host(String),
+}
+
+impl Keys {
+    /// The keys to sign one request with; `target` names the request in errors.
+    pub fn current(&self, target: impl FnOnce() -> String) -> Result<Credentials, UploadError> {
+        let source = match self {
+            Keys::Static(credentials) => return Ok(credentials.clone()),
+            Keys::Host(source) => source,
+        };
+        let target = target();
+        let mut values = blockferry_guest::host_credentials(
+            &target,
+            source,
+            &["access_key_id", "secret_access_key", "session_token"],
+        )?
+        .into_iter();
+        match (values.next().flatten(), values.next().flatten(), values.next().flatten()) {
+            (Some(access_key_id), Some(secret_access_key), session_token) => {
+                Ok(Credentials { access_key_id, secret_access_key, session_token })
+            }
+            _ => Err(UploadError::Permanent(format!(
+                "{target}: the host's credentials from `credentials_source` = {source:?} have no \
+                 `access_key_id` and `secret_access_key`: use an AWS source for an S3 bucket"
+            ))),
+        }
+    }
+}
 
 /// How the bucket appears in request URLs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +190,7 @@ pub struct Config {
     /// Path-style or virtual-hosted URLs.
     pub addressing: Addressing,
     /// Signing credentials.
-    pub credentials: Credentials,
+    pub credentials: Keys,
     /// Prepended to every key when non-empty.
     pub prefix: String,
     /// `x-amz-storage-class` of new objects, if set.
@@ -181,6 +220,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "access_key_id",
     "secret_access_key",
     "session_token",
+    "credentials_source",
     "prefix",
     "storage_class",
     "sse",
@@ -252,14 +292,25 @@ impl Config {
             }
         };
 
-        let access_key_id = get("access_key_id")
-            .ok_or("setting `access_key_id` is missing: put the access key id in the bucket's credentials")?
-            .to_string();
-        let secret_access_key = get("secret_access_key")
-            .ok_or("setting `secret_access_key` is missing: put the secret access key in the bucket's credentials")?
-            .to_string();
-        let credentials =
-            Credentials { access_key_id, secret_access_key, session_token: get("session_token").map(str::to_string) };
+        let credentials = match credentials_source(settings, &["access_key_id", "secret_access_key", "session_token"])?
+        {
+            Some(source) => Keys::Host(source.to_string()),
+            None => {
+                let access_key_id = get("access_key_id")
+                    .ok_or(
+                        "setting `access_key_id` is missing: put the access key id in the bucket's credentials, \
+                         or set the bucket's `credentials_source` (e.g. \"aws-instance\") for the platform's",
+                    )?
+                    .to_string();
+                let secret_access_key = get("secret_access_key")
+                    .ok_or(
+                        "setting `secret_access_key` is missing: put the secret access key in the bucket's credentials",
+                    )?
+                    .to_string();
+                let session_token = get("session_token").map(str::to_string);
+                Keys::Static(Credentials { access_key_id, secret_access_key, session_token })
+            }
+        };
 
         let prefix = settings.iter().rev().find(|(k, _)| k == "prefix").map(|(_, v)| v.clone()).unwrap_or_default();
         if prefix.starts_with('/') {
@@ -447,6 +498,22 @@ mod tests {
             let err = Config::parse(&settings(&[pair]), &MINIO).unwrap_err();
             assert!(err.contains(key), "{pair:?}: {err}");
         }
+    }
+
+    #[test]
+    fn host_credentials_replace_the_keys_and_exclude_them() {
+        let host: Vec<(String, String)> = [("endpoint", "http://127.0.0.1:9000"), ("bucket", "blocks")]
+            .iter()
+            .chain(&[("credentials_source", "aws-instance")])
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (c, unknown) = Config::parse(&host, &MINIO).unwrap();
+        assert!(matches!(&c.credentials, Keys::Host(source) if source == "aws-instance"), "{:?}", c.credentials);
+        assert!(unknown.is_empty());
+        let err = Config::parse(&settings(&[("credentials_source", "aws-ecs")]), &MINIO).unwrap_err();
+        assert!(err.contains("`credentials_source`") && err.contains("`access_key_id`"), "{err}");
+        let (c, _) = Config::parse(&settings(&[("credentials_source", "static")]), &MINIO).unwrap();
+        assert!(matches!(c.credentials, Keys::Static(_)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use blockferry::plugin::{
 };
 use md5::{Digest, Md5};
 
+pub mod metadata;
 pub mod metrics_list;
 pub mod powercut;
 pub mod servers;
@@ -64,6 +65,7 @@ pub fn spec(name: &str) -> BucketSpec {
         secrets: Vec::new(),
         log_lines_per_minute: 600,
         tls: Default::default(),
+        credentials: None,
     }
 }
 

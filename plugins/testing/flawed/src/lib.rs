@@ -30,8 +30,8 @@ mod bindings {
             "wasi:io/error@0.2.12": wasip2::io::error,
             "wasi:io/poll@0.2.12": wasip2::io::poll,
             "wasi:io/streams@0.2.12": wasip2::io::streams,
-            "blockferry:uploader/types@0.1.2": blockferry_guest::bindings::blockferry::uploader::types,
-            "blockferry:uploader/host@0.1.2": blockferry_guest::bindings::blockferry::uploader::host,
+            "blockferry:uploader/types@0.1.3": blockferry_guest::bindings::blockferry::uploader::types,
+            "blockferry:uploader/host@0.1.3": blockferry_guest::bindings::blockferry::uploader::host,
         },
     });
 }

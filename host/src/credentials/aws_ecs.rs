@@ -1,0 +1,26 @@
+//! `aws-ecs`: the task role's credentials from the ECS container
+//! credentials endpoint (also EKS Pod Identity), authorised with the token
+//! the platform gives, read again at each refresh when it is a file.
+
+use http::Method;
+
+use super::broker::{Broker, Failure, Issued, aws_json, exchange};
+use super::config::ContainerAuth;
+
+/// Fetch the task role's current credentials.
+pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
+    let mut headers = Vec::new();
+    match &broker.source.authorization {
+        ContainerAuth::None => {}
+        ContainerAuth::Token(token) => headers.push(("authorization", token.clone())),
+        ContainerAuth::File(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                Failure::Permanent(format!("cannot read the authorization token file {}: {e}", path.display()))
+            })?;
+            headers.push(("authorization", token.trim().to_string()));
+        }
+    }
+    let url = &broker.source.endpoint;
+    let answer = exchange(broker, Method::GET, url, &headers, None).await?;
+    aws_json(&format!("GET {url}"), &answer)
+}
