@@ -28,9 +28,11 @@ scripts/build-plugins.sh
 # test run, so that features unify the same way and nothing is built twice.
 native=(-p blockferry -p blockferry-proto -p blockferry-sim -p blockferry-fs -p blockferry-guest -p blockferry-s3-api -p blockferry-gcs)
 
-# Every target of those crates: linted, and built for the test run below
-# (benches included, so they are linted too).
-cargo build "${native[@]}" --all-targets
+# Every target of those crates, as the tests build them (the plugin crates'
+# libraries as test harnesses: natively, a component's export names do not
+# link): linted, and built for the test run below; benches included, so that
+# they are linted too.
+cargo test --no-run "${native[@]}" --all-targets
 # The library without the plugin runtime, as the fuzz targets build it.
 cargo check -p blockferry --no-default-features --lib
 

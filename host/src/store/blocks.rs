@@ -347,7 +347,12 @@ impl BlockStore {
     }
 
     /// Read, change with `f`, and write back block `number`'s metadata, synced as `sync` says.
-    fn update_meta_with(&self, number: u64, f: impl FnOnce(&mut BlockMeta), sync: Sync) -> Result<BlockMeta, StoreError> {
+    fn update_meta_with(
+        &self,
+        number: u64,
+        f: impl FnOnce(&mut BlockMeta),
+        sync: Sync,
+    ) -> Result<BlockMeta, StoreError> {
         let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
         let mut meta = match self.read_meta(number) {
             Err(StoreError::CorruptMeta { .. }) => {
