@@ -4,8 +4,9 @@
 # fuzz on the nightly toolchain, both installed here if missing. A finding
 # fails the run; its input is in fuzz/artifacts/<target>/ (replay it with
 # `cargo +nightly fuzz run <target> <file>` from fuzz/).
-#   scripts/fuzz.sh 20       the short run of scripts/test.sh
+#   scripts/fuzz.sh 10       the short run of scripts/test.sh
 #   scripts/fuzz.sh 3600     the long run (RELIABILITY.md)
+#   scripts/fuzz.sh build    only build the targets (the runs then reuse the build)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-30}"
@@ -14,6 +15,9 @@ rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly -
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 cd fuzz
+if [ "$seconds" = build ]; then
+    exec cargo +nightly fuzz build
+fi
 for target in ingest_request config meta; do
     mkdir -p "corpus/$target" "seeds/$target"
     echo "fuzzing $target for ${seconds}s"

@@ -39,13 +39,31 @@ cargo check -p blockferry --no-default-features --lib
 # The emulators the S3 and MinIO provider tests start (moto, s3s-fs).
 scripts/install-test-servers.sh
 
+# The short fuzzing run (below) is built beside the test run, which leaves a
+# core idle much of the time: every cargo-fuzz target, on the nightly
+# toolchain with AddressSanitizer, without the lint wrapper (clippy-driver is
+# the stable toolchain's). Skipped only when a test filter was given: a
+# partial run.
+fuzz_build=
+if [ $# -eq 0 ]; then
+    env -u RUSTC_WORKSPACE_WRAPPER -u CARGO_INCREMENTAL scripts/fuzz.sh build >target/fuzz-build.log 2>&1 &
+    fuzz_build=$!
+fi
+
 # The host suite, plus the providers' own unit tests (natively).
-cargo nextest run --no-fail-fast "${native[@]}" "$@"
+tests=0
+cargo nextest run --no-fail-fast "${native[@]}" "$@" || tests=$?
 unset RUSTC_WORKSPACE_WRAPPER CARGO_INCREMENTAL
 
-# The short fuzzing run: every cargo-fuzz target for 10 s, on the
-# nightly toolchain with AddressSanitizer (its first build takes ~10 minutes on
-# 2 cores). Skipped only when a test filter was given: a partial run.
+if [ -n "$fuzz_build" ] && ! wait "$fuzz_build"; then
+    cat target/fuzz-build.log
+    echo "the fuzz targets did not build (log above)" >&2
+    exit 1
+fi
+if [ "$tests" -ne 0 ]; then
+    exit "$tests"
+fi
+# Every fuzz target for 10 s.
 if [ $# -eq 0 ]; then
     scripts/fuzz.sh 10
 fi
