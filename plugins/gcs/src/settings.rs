@@ -171,12 +171,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = [("endpoint", "http://127.0.0.1:4443"), ("bucket", "blocks")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        all.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        all
+        blockferry_guest::settings::owned_settings(
+            &[("endpoint", "http://127.0.0.1:4443"), ("bucket", "blocks")],
+            pairs,
+        )
     }
 
     #[test]

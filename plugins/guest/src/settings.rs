@@ -30,6 +30,12 @@ pub struct RetryDefaults {
     pub request_timeout_ms: u64,
 }
 
+/// Owned settings: the pairs of `base`, then those of `extra` (the form a
+/// bucket's settings reach `bucket.open` in); for building settings in tests.
+pub fn owned_settings(base: &[(&str, &str)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    base.iter().chain(extra).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 /// Logs (as a warning) the settings `unknown` that `provider` ignores, with
 /// the `known` ones: a misspelt key is seen, not silently dropped.
 pub fn warn_unknown(provider: &str, unknown: &[String], known: &[&str]) {

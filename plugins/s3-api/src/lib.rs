@@ -1169,17 +1169,14 @@ mod tests {
     }
 
     fn config(extra: &[(&str, &str)]) -> Config {
-        let mut settings: Vec<(String, String)> = [
+        let base = [
             ("endpoint", "https://s3.eu-west-1.amazonaws.com"),
             ("region", "eu-west-1"),
             ("bucket", "blocks"),
             ("access_key_id", "AK"),
             ("secret_access_key", "SK"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        ];
+        let settings = blockferry_guest::settings::owned_settings(&base, extra);
         let defaults = Defaults { provider: "s3", addressing: Addressing::Virtual, region: None };
         Config::parse(&settings, &defaults).unwrap().0
     }

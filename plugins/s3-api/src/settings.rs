@@ -445,17 +445,13 @@ mod tests {
     const MINIO: Defaults = Defaults { provider: "minio", addressing: Addressing::Path, region: Some("us-east-1") };
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = [
+        let base = [
             ("endpoint", "http://127.0.0.1:9000"),
             ("bucket", "blocks"),
             ("access_key_id", "AK"),
             ("secret_access_key", "SK"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        all.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        all
+        ];
+        blockferry_guest::settings::owned_settings(&base, pairs)
     }
 
     #[test]
