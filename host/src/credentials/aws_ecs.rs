@@ -4,13 +4,13 @@
 
 use http::Method;
 
-use super::broker::{Broker, Failure, Issued, aws_json, exchange};
 use super::config::ContainerAuth;
+use super::source::{Failure, Issued, SourceClient, aws_json, exchange};
 
 /// Fetch the task role's current credentials.
-pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
+pub(super) async fn fetch(client: &SourceClient) -> Result<Issued, Failure> {
     let mut headers = Vec::new();
-    match &broker.source.authorization {
+    match &client.source.authorization {
         ContainerAuth::None => {}
         ContainerAuth::Token(token) => headers.push(("authorization", token.clone())),
         ContainerAuth::File(path) => {
@@ -20,7 +20,7 @@ pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
             headers.push(("authorization", token.trim().to_string()));
         }
     }
-    let url = &broker.source.endpoint;
-    let answer = exchange(broker, Method::GET, url, &headers, None).await?;
+    let url = &client.source.endpoint;
+    let answer = exchange(client, Method::GET, url, &headers, None).await?;
     aws_json(&format!("GET {url}"), &answer)
 }

@@ -4,7 +4,7 @@
 
 use http::Method;
 
-use super::broker::{Broker, Failure, Issued, aws_json, exchange};
+use super::source::{Failure, Issued, SourceClient, aws_json, exchange};
 
 /// Lifetime asked for an IMDSv2 session token, in seconds (a new one is taken at each refresh).
 const SESSION_TTL_SECS: &str = "300";
@@ -12,11 +12,11 @@ const SESSION_TTL_SECS: &str = "300";
 const CREDENTIALS_PATH: &str = "/latest/meta-data/iam/security-credentials/";
 
 /// Fetch the role's current credentials.
-pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
-    let base = broker.source.endpoint.trim_end_matches('/');
+pub(super) async fn fetch(client: &SourceClient) -> Result<Issued, Failure> {
+    let base = client.source.endpoint.trim_end_matches('/');
     let token_url = format!("{base}/latest/api/token");
     let token = exchange(
-        broker,
+        client,
         Method::PUT,
         &token_url,
         &[("x-aws-ec2-metadata-token-ttl-seconds", SESSION_TTL_SECS.into())],
@@ -29,7 +29,7 @@ pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
     }
     let header = [("x-aws-ec2-metadata-token", token)];
     let roles_url = format!("{base}{CREDENTIALS_PATH}");
-    let roles = exchange(broker, Method::GET, &roles_url, &header, None).await.map_err(|f| match f {
+    let roles = exchange(client, Method::GET, &roles_url, &header, None).await.map_err(|f| match f {
         Failure::Permanent(why) if why.contains("HTTP 404") => {
             Failure::Permanent(format!("{why} (the instance has no IAM instance profile)"))
         }
@@ -45,6 +45,6 @@ pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
         return Err(Failure::Permanent(format!("GET {roles_url} answered {role:?}, which is not a role name")));
     }
     let url = format!("{roles_url}{role}");
-    let answer = exchange(broker, Method::GET, &url, &header, None).await?;
+    let answer = exchange(client, Method::GET, &url, &header, None).await?;
     aws_json(&format!("GET {url}"), &answer)
 }

@@ -5,15 +5,15 @@
 use bytes::Bytes;
 use http::Method;
 
-use super::broker::{Broker, Failure, Issued, exchange};
+use super::source::{Failure, Issued, SourceClient, exchange};
 use crate::telemetry::now_ms;
 
 /// Lifetime asked for the role's session, in seconds (STS's default).
 const SESSION_SECS: u32 = 3600;
 
 /// Assume the role.
-pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
-    let source = &broker.source;
+pub(super) async fn fetch(client: &SourceClient) -> Result<Issued, Failure> {
+    let source = &client.source;
     let file = &source.web_identity_token_file;
     let token = std::fs::read_to_string(file)
         .map_err(|e| Failure::Permanent(format!("cannot read the web identity token file {}: {e}", file.display())))?;
@@ -36,7 +36,7 @@ pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
     let url = format!("{}/", source.endpoint.trim_end_matches('/'));
     let what = format!("STS AssumeRoleWithWebIdentity at {url} for {}", source.role_arn);
     let answer = exchange(
-        broker,
+        client,
         Method::POST,
         &url,
         &[("content-type", "application/x-www-form-urlencoded; charset=utf-8".into()), ("accept", "text/xml".into())],

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::config::{CredentialsSource, ResolvedSource};
-use super::http::{self, Answer};
+use super::source::{Failure, Issued, SourceClient};
 use crate::telemetry::now_ms;
 
 /// Attempts of one refresh (the first included) before a transient failure is returned.
@@ -17,50 +15,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// After a refresh failed while the credentials held were still valid, the
 /// next refresh is not tried for this long (the held ones are used).
 const RETRY_REFRESH_AFTER_MS: u64 = 5_000;
-/// Refresh at most this long before expiry (when 80 % of the lifetime is later).
-const REFRESH_MARGIN_MS: u64 = 5 * 60 * 1000;
-/// Lifetime assumed for a token whose answer gives none.
-const DEFAULT_LIFETIME_MS: u64 = 5 * 60 * 1000;
-
-/// Credentials a source issued: the settings they stand for and their expiry.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Issued {
-    /// Key/value pairs named as the providers name their settings
-    /// (`access_key_id`, `secret_access_key`, `session_token`; `bearer_token`).
-    pub values: Vec<(String, String)>,
-    /// When they expire, in Unix milliseconds.
-    pub expires_ms: u64,
-    /// When to replace them, in Unix milliseconds.
-    refresh_ms: u64,
-}
-
-/// Shows the keys and the expiry only.
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("keys", &self.values.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
-            .field("expires_ms", &self.expires_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Issued {
-    /// Credentials issued at `now_ms` that expire at `expires_ms` (`None`: the
-    /// source said nothing; a default lifetime is assumed).
-    pub(super) fn new(values: Vec<(String, String)>, now_ms: u64, expires_ms: Option<u64>) -> Self {
-        let expires_ms = expires_ms.unwrap_or(now_ms + DEFAULT_LIFETIME_MS);
-        let lifetime = expires_ms.saturating_sub(now_ms);
-        let at_80 = lifetime * 4 / 5;
-        let margin_before = lifetime.saturating_sub(REFRESH_MARGIN_MS);
-        let after = at_80.min(margin_before).max(lifetime / 2).max(1_000.min(lifetime));
-        Issued { values, expires_ms, refresh_ms: now_ms + after }
-    }
-
-    /// The value of `key`, if issued.
-    pub fn value(&self, key: &str) -> Option<&str> {
-        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
 
 /// Why no credentials could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,43 +26,6 @@ pub enum CredentialsError {
     /// Worth trying again later (no connection, a 5xx, a timeout).
     #[error("{0}")]
     Transient(String),
-}
-
-/// One failed step of a source, before the broker names the bucket and source.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// Only an operator can fix it.
-    Permanent(String),
-    /// Worth trying again.
-    Transient(String),
-}
-
-impl Failure {
-    /// What a non-2xx `answer` to `what` means: 5xx, 408 and 429 are
-    /// transient, any other status permanent.
-    pub(super) fn of_status(what: &str, answer: &Answer) -> Failure {
-        let text = format!("{what} answered HTTP {}: {}", answer.status, answer.excerpt());
-        match answer.status {
-            500..=599 | 408 | 429 => Failure::Transient(text),
-            _ => Failure::Permanent(text),
-        }
-    }
-}
-
-/// Sends one request of a source: a failure to exchange is transient, a
-/// non-2xx status judged by [`Failure::of_status`]; the 2xx answer otherwise.
-pub(super) async fn exchange(
-    broker: &Broker,
-    method: ::http::Method,
-    url: &str,
-    headers: &[(&str, String)],
-    body: Option<Bytes>,
-) -> Result<Answer, Failure> {
-    let what = format!("{method} {url}");
-    let answer = http::send(method, url, headers, body, &broker.tls)
-        .await
-        .map_err(|e| Failure::Transient(format!("{what}: {e}")))?;
-    if (200..300).contains(&answer.status) { Ok(answer) } else { Err(Failure::of_status(&what, &answer)) }
 }
 
 /// What the broker holds.
@@ -123,28 +40,29 @@ struct Held {
 pub struct Broker {
     /// The bucket's name, for messages.
     bucket: String,
-    /// The source and where it answers.
-    pub(super) source: ResolvedSource,
-    /// The TLS client of HTTPS endpoints (STS).
-    tls: Arc<rustls::ClientConfig>,
+    /// The source, where it answers and how it is reached.
+    client: SourceClient,
     held: tokio::sync::Mutex<Held>,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("bucket", &self.bucket).field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("bucket", &self.bucket)
+            .field("source", &self.client.source)
+            .finish_non_exhaustive()
     }
 }
 
 impl Broker {
     /// The broker of `bucket` for `source`; HTTPS endpoints are reached with `tls`.
     pub fn new(bucket: &str, source: ResolvedSource, tls: Arc<rustls::ClientConfig>) -> Self {
-        Broker { bucket: bucket.to_string(), source, tls, held: Default::default() }
+        Broker { bucket: bucket.to_string(), client: SourceClient { source, tls }, held: Default::default() }
     }
 
     /// The source.
     pub fn source(&self) -> CredentialsSource {
-        self.source.source
+        self.client.source.source
     }
 
     /// The current credentials: those held while they are fresh, else new
@@ -161,7 +79,7 @@ impl Broker {
             Ok(issued) => {
                 tracing::info!(
                     bucket = %self.bucket,
-                    source = self.source.source.name(),
+                    source = self.client.source.source.name(),
                     expires_in_s = issued.expires_ms.saturating_sub(now_ms()) / 1000,
                     "obtained credentials"
                 );
@@ -211,11 +129,11 @@ impl Broker {
     }
 
     async fn fetch(&self) -> Result<Issued, Failure> {
-        match self.source.source {
-            CredentialsSource::AwsInstance => super::aws_instance::fetch(self).await,
-            CredentialsSource::AwsEcs => super::aws_ecs::fetch(self).await,
-            CredentialsSource::AwsWebIdentity => super::aws_web_identity::fetch(self).await,
-            CredentialsSource::GcpMetadata => super::gcp_metadata::fetch(self).await,
+        match self.client.source.source {
+            CredentialsSource::AwsInstance => super::aws_instance::fetch(&self.client).await,
+            CredentialsSource::AwsEcs => super::aws_ecs::fetch(&self.client).await,
+            CredentialsSource::AwsWebIdentity => super::aws_web_identity::fetch(&self.client).await,
+            CredentialsSource::GcpMetadata => super::gcp_metadata::fetch(&self.client).await,
             CredentialsSource::Static => Err(Failure::Permanent("a static bucket has no credentials source".into())),
         }
     }
@@ -225,14 +143,14 @@ impl Broker {
         format!(
             "credentials of bucket {} (credentials_source = \"{}\", {})",
             self.bucket,
-            self.source.source.name(),
-            self.source.endpoint
+            self.client.source.source.name(),
+            self.client.source.endpoint
         )
     }
 
     /// What an operator checks when the source refuses.
     fn fix(&self) -> &'static str {
-        match self.source.source {
+        match self.client.source.source {
             CredentialsSource::AwsInstance => {
                 "check that the instance has an IAM instance profile (a role) attached and that IMDSv2 answers \
                  this host (in a container, the instance's metadata hop limit must be at least 2), or point \
@@ -254,81 +172,6 @@ impl Broker {
                  points at the metadata server"
             }
             CredentialsSource::Static => "set `credentials_source`",
-        }
-    }
-}
-
-/// The JSON the AWS instance and container endpoints answer with.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AwsJson {
-    code: Option<String>,
-    message: Option<String>,
-    access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    token: Option<String>,
-    expiration: Option<String>,
-}
-
-/// Reads the AWS credentials JSON of `what` (IMDS, ECS).
-pub(super) fn aws_json(what: &str, answer: &Answer) -> Result<Issued, Failure> {
-    let malformed = |why: &str| Failure::Permanent(format!("{what} answered {why}: {}", answer.excerpt()));
-    let json: AwsJson =
-        serde_json::from_slice(&answer.body).map_err(|e| malformed(&format!("what is not credentials JSON ({e})")))?;
-    if let Some(code) = json.code.as_deref().filter(|c| *c != "Success") {
-        return Err(Failure::Permanent(format!(
-            "{what} answered code {code:?}: {}",
-            json.message.as_deref().unwrap_or("(no message)")
-        )));
-    }
-    let (Some(id), Some(secret)) =
-        (json.access_key_id.filter(|s| !s.is_empty()), json.secret_access_key.filter(|s| !s.is_empty()))
-    else {
-        return Err(malformed("JSON without `AccessKeyId` and `SecretAccessKey`"));
-    };
-    let expires = match json.expiration.as_deref() {
-        Some(text) => Some(
-            super::parse_rfc3339_ms(text)
-                .ok_or_else(|| malformed(&format!("an `Expiration` that is not an RFC 3339 time ({text:?})")))?,
-        ),
-        None => None,
-    };
-    let mut values = vec![("access_key_id".to_string(), id), ("secret_access_key".to_string(), secret)];
-    if let Some(token) = json.token.filter(|t| !t.is_empty()) {
-        values.push(("session_token".into(), token));
-    }
-    Ok(Issued::new(values, now_ms(), expires))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refreshes_at_80_percent_or_5_minutes_before_expiry() {
-        let hour = 3_600_000;
-        // 6 h: 80 % (4.8 h) is sooner than 5 min before (5 h 55 min).
-        assert_eq!(Issued::new(vec![], 0, Some(6 * hour)).refresh_ms, 6 * hour * 4 / 5);
-        // 15 min: 5 min before (10 min) is sooner than 80 % (12 min).
-        assert_eq!(Issued::new(vec![], 0, Some(15 * 60_000)).refresh_ms, 10 * 60_000);
-        // 10 s: never sooner than half the lifetime.
-        assert_eq!(Issued::new(vec![], 1_000, Some(11_000)).refresh_ms, 6_000);
-        // Already expired: replaced at the next call.
-        assert_eq!(Issued::new(vec![], 5_000, Some(1_000)).refresh_ms, 5_000);
-    }
-
-    #[test]
-    fn reads_aws_json_and_refuses_garbage() {
-        let answer = |body: &str| Answer { status: 200, body: Bytes::from(body.to_string()) };
-        let ok = aws_json(
-            "GET x",
-            &answer(r#"{"Code":"Success","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2099-01-01T00:00:00Z"}"#),
-        )
-        .unwrap();
-        assert_eq!(ok.value("access_key_id"), Some("ASIA1"));
-        assert_eq!(ok.value("session_token"), Some("t"));
-        for bad in ["<html>", r#"{"AccessKeyId":"A"}"#, r#"{"Code":"Failed","Message":"no role"}"#] {
-            assert!(matches!(aws_json("GET x", &answer(bad)), Err(Failure::Permanent(_))), "{bad}");
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use super::broker::{Broker, Failure, Issued, exchange};
+use super::source::{Failure, Issued, SourceClient, exchange};
 use crate::telemetry::now_ms;
 
 /// The token of the default service account.
@@ -17,9 +17,9 @@ struct TokenJson {
 }
 
 /// Fetch a current access token.
-pub(super) async fn fetch(broker: &Broker) -> Result<Issued, Failure> {
-    let url = format!("{}{TOKEN_PATH}", broker.source.endpoint.trim_end_matches('/'));
-    let answer = exchange(broker, Method::GET, &url, &[("metadata-flavor", "Google".into())], None).await?;
+pub(super) async fn fetch(client: &SourceClient) -> Result<Issued, Failure> {
+    let url = format!("{}{TOKEN_PATH}", client.source.endpoint.trim_end_matches('/'));
+    let answer = exchange(client, Method::GET, &url, &[("metadata-flavor", "Google".into())], None).await?;
     let malformed = |why: String| Failure::Permanent(format!("GET {url} answered {why}: {}", answer.excerpt()));
     let json: TokenJson =
         serde_json::from_slice(&answer.body).map_err(|e| malformed(format!("what is not a token JSON ({e})")))?;

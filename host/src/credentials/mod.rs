@@ -36,8 +36,12 @@ mod broker;
 mod gcp_metadata;
 #[cfg(feature = "runtime")]
 mod http;
+#[cfg(feature = "runtime")]
+mod source;
 mod time;
 
 #[cfg(feature = "runtime")]
-pub use broker::{Broker, CredentialsError, Issued};
+pub use broker::{Broker, CredentialsError};
+#[cfg(feature = "runtime")]
+pub use source::Issued;
 pub use time::parse_rfc3339_ms;

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use blockferry_guest::http::{self, Body, Request, Response, Timeouts};
 use blockferry_guest::operation::{self, Accept, Failure, Service};
 use blockferry_guest::retry::Policy;
+use blockferry_guest::settings::Endpoint;
 use blockferry_guest::{Level, UploadError};
 use blockferry_guest::{unix_now, uri_encode};
 use rsa::RsaPrivateKey;
@@ -20,8 +21,6 @@ use rsa::pkcs8::DecodePrivateKey;
 use rsa::signature::{SignatureEncoding, Signer};
 use sha2::Sha256;
 use wasip2::http::types::Method;
-
-use crate::settings::{Endpoint, parse_endpoint};
 
 /// The OAuth scope asked for: read and write objects, nothing else.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
@@ -301,6 +300,12 @@ impl Service for TokenEndpoint<'_> {
              `service_account_json` is current (not deleted or disabled) and the machine's clock is right"
         )))
     }
+}
+
+/// Splits the URL of setting `key` into scheme and authority (a missing
+/// default port is left out, as the host's allow-list normalises it).
+pub fn parse_endpoint(key: &str, url: &str) -> Result<Endpoint, String> {
+    blockferry_guest::settings::parse_endpoint(key, url, "a local emulator")
 }
 
 /// Splits `token_uri` into its endpoint and its path with query.

@@ -5,7 +5,7 @@ use blockferry_guest::retry::Policy;
 pub use blockferry_guest::settings::Endpoint;
 use blockferry_guest::settings::{RetryDefaults, credentials_source, number, retry_settings, setting};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, parse_endpoint};
 
 /// 256 KiB: resumable chunks (all but the last) are multiples of it.
 pub const CHUNK_QUANTUM: u64 = 256 * 1024;
@@ -157,12 +157,6 @@ pub const RETRY_DEFAULTS: RetryDefaults = RetryDefaults {
     max_elapsed_ms: 20_000,
     request_timeout_ms: 15_000,
 };
-
-/// Splits the URL of setting `key` into scheme and authority (a missing
-/// default port is left out, as the host's allow-list normalises it).
-pub fn parse_endpoint(key: &str, url: &str) -> Result<Endpoint, String> {
-    blockferry_guest::settings::parse_endpoint(key, url, "a local emulator")
-}
 
 #[cfg(test)]
 mod tests {
