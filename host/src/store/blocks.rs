@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,11 @@ use crate::sync::Locked;
 const DIGITS: usize = 36;
 /// Subdirectory of temporary files (same filesystem, so renames are atomic).
 const TMP_DIR: &str = ".tmp";
-/// Lock stripes serialising `.meta` updates of the same block.
+/// Lock stripes serialising `.meta` updates and reads of the same block.
 const STRIPES: usize = 64;
+/// Largest `.meta` an outcome is written into in place: one page, which
+/// the kernel copies whole or not at all (a kill cannot stop it halfway).
+const IN_PLACE_MAX: usize = 4096;
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -321,13 +325,36 @@ impl BlockStore {
     /// Block `number`'s metadata as its `.meta` file holds it (a missing or
     /// corrupt one is an error, left as it is: read-only commands use this).
     pub fn read_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
+        let _guard = self.lock(number);
+        self.load_meta(number)
+    }
+
+    /// The lock serialising the updates and reads of block `number`'s `.meta`.
+    fn lock(&self, number: u64) -> std::sync::MutexGuard<'_, ()> {
+        self.stripes[(number % STRIPES as u64) as usize].locked()
+    }
+
+    /// [`read_meta`](Self::read_meta) for a caller holding the block's lock.
+    /// A `.meta` that does not parse is read once more after a moment: an
+    /// outcome is written in place ([`record_outcome`](Self::record_outcome)),
+    /// and another process (`blockferry status`, `verify`) may read it in
+    /// the microseconds of that write.
+    fn load_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
         let path = self.meta_path(number);
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(number)),
-            Err(e) => return Err(io_err("reading", &path)(e)),
+        let read = || match fs::read(&path) {
+            Ok(text) => {
+                BlockMeta::parse(&text, number).map_err(|detail| StoreError::CorruptMeta { path: path.clone(), detail })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(number)),
+            Err(e) => Err(io_err("reading", &path)(e)),
         };
-        BlockMeta::parse(&text, number).map_err(|detail| StoreError::CorruptMeta { path, detail })
+        match read() {
+            Err(StoreError::CorruptMeta { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                read()
+            }
+            other => other,
+        }
     }
 
     /// Replace block `number`'s metadata with `f` applied to it, atomically
@@ -336,12 +363,13 @@ impl BlockStore {
         self.update_meta_with(number, f, Sync::Durable)
     }
 
-    /// [`update_meta`](Self::update_meta) for an upload's outcome, without an
-    /// fsync: the outcome is recorded only after the bucket holds the object
-    /// durably, so a power cut that loses the update leaves the block pending
-    /// (uploaded again, found `already-present`), and one that tears the file
-    /// leaves a `.meta` the start-up check rebuilds (pending again). Neither
-    /// can record a block safe that is not; one fsync fewer per upload.
+    /// [`update_meta`](Self::update_meta) for an upload's outcome: written
+    /// over the `.meta` in place, without an fsync. The outcome is recorded
+    /// only after the bucket holds the object durably, so a power cut that
+    /// loses the update leaves the block pending (uploaded again, found
+    /// `already-present`), and one that tears the file leaves a `.meta` the
+    /// start-up check rebuilds (pending again). Neither can record a block
+    /// safe that is not. No temporary file, rename or fsync per upload.
     pub fn record_outcome(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<BlockMeta, StoreError> {
         self.update_meta_with(number, f, Sync::Rebuildable)
     }
@@ -353,16 +381,44 @@ impl BlockStore {
         f: impl FnOnce(&mut BlockMeta),
         sync: Sync,
     ) -> Result<BlockMeta, StoreError> {
-        let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
-        let mut meta = match self.read_meta(number) {
+        let _guard = self.lock(number);
+        let mut meta = match self.load_meta(number) {
             Err(StoreError::CorruptMeta { .. }) => {
                 self.rebuild_if_needed(number, &[])?.ok_or(StoreError::NotFound(number))?.0
             }
             other => other?,
         };
         f(&mut meta);
-        self.write_meta_with(&meta, sync)?;
+        match sync {
+            Sync::Durable => self.write_meta_with(&meta, sync)?,
+            Sync::Rebuildable => self.overwrite_meta(&meta)?,
+        }
         Ok(meta)
+    }
+
+    /// Write `meta` over its `.meta` in place, not synced, in one write at
+    /// offset 0, padded with spaces to the old length (JSON ignores them),
+    /// so the file is the old text or the new one to any reader holding the
+    /// block's lock and to a kill. A `.meta` over [`IN_PLACE_MAX`] (old or
+    /// new), or missing, is replaced whole instead (temporary file, rename).
+    fn overwrite_meta(&self, meta: &BlockMeta) -> Result<(), StoreError> {
+        let path = self.meta_path(meta.number);
+        let mut json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.write_meta_with(meta, Sync::Rebuildable),
+            Err(e) => return Err(io_err("opening", &path)(e)),
+        };
+        let old_len = file.metadata().map_err(io_err("reading the size of", &path))?.len();
+        if json.len() > IN_PLACE_MAX || old_len > IN_PLACE_MAX as u64 {
+            return self.write_meta_with(meta, Sync::Rebuildable);
+        }
+        json.resize(json.len().max(old_len as usize), b' ');
+        match file.write_at(&json, 0).map_err(io_err("writing", &path))? {
+            n if n == json.len() => Ok(()),
+            // A short write (the disk filling up as the file grew): replace it whole.
+            _ => self.write_meta_with(meta, Sync::Rebuildable),
+        }
     }
 
     /// Write `meta` atomically (temporary file, fsync, rename). The directory
@@ -477,7 +533,7 @@ impl BlockStore {
             let meta = match self.read_meta(number) {
                 Ok(meta) if meta.file == *file => Some(meta),
                 Ok(_) | Err(StoreError::CorruptMeta { .. } | StoreError::NotFound(_)) => {
-                    let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
+                    let _guard = self.lock(number);
                     let checked = self.rebuild_if_needed(number, buckets)?;
                     if checked.as_ref().is_some_and(|(_, rebuilt)| *rebuilt) {
                         report.rebuilt_meta += 1;
@@ -498,7 +554,7 @@ impl BlockStore {
 
     /// [`rebuild_if_needed`](Self::rebuild_if_needed) under block `number`'s lock.
     fn repair_meta(&self, number: u64) -> Result<Option<BlockMeta>, StoreError> {
-        let _guard = self.stripes[(number % STRIPES as u64) as usize].locked();
+        let _guard = self.lock(number);
         Ok(self.rebuild_if_needed(number, &[])?.map(|(meta, _)| meta))
     }
 
@@ -512,7 +568,7 @@ impl BlockStore {
         else {
             return Ok(None);
         };
-        match self.read_meta(number) {
+        match self.load_meta(number) {
             Ok(meta) if meta.file == file => return Ok(Some((meta, false))),
             Ok(meta) => tracing::warn!(block = number, "rebuilding metadata: it names {} instead of {file}", meta.file),
             Err(e) => tracing::warn!(block = number, "rebuilding metadata: {e}"),
@@ -901,6 +957,35 @@ mod tests {
             0
         );
         assert_eq!(seen, written.iter().map(|m| m.md5.clone()).collect::<Vec<_>>());
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn outcomes_are_written_in_place_and_read_back_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), Compression::None).unwrap();
+        store.write_block(1, b"block", &buckets()).unwrap();
+        let inode = || fs::metadata(store.meta_path(1)).unwrap().ino();
+        let before = inode();
+        let failed = |error: &str| BucketStatus::Failed { attempts: 1, last_error: error.into(), permanent: false };
+        // Longer, then shorter (padded with spaces), then a mismatch flag: the same file each time.
+        let long = store.record_outcome(1, |m| drop(m.buckets.insert("a".into(), failed(&"x".repeat(300))))).unwrap();
+        assert_eq!(store.read_meta(1).unwrap(), long);
+        let short = store
+            .record_outcome(1, |m| {
+                m.buckets.insert("a".into(), BucketStatus::Uploaded { at_ms: 2, version: None, confirmed: None });
+                m.hash_mismatch = true;
+            })
+            .unwrap();
+        assert_eq!(store.read_meta(1).unwrap(), short);
+        assert_eq!(inode(), before, "written in place, no temporary file renamed over it");
+        let text = fs::read(store.meta_path(1)).unwrap();
+        assert!(text.ends_with(b" "), "padded to the longer text's length");
+        // Past one page the `.meta` is replaced whole, and read back the same.
+        let huge = store.record_outcome(1, |m| drop(m.buckets.insert("b".into(), failed(&"y".repeat(5000))))).unwrap();
+        assert_eq!(store.read_meta(1).unwrap(), huge);
+        assert_ne!(inode(), before, "replaced by a new file");
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
     }
 }

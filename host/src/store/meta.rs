@@ -1,5 +1,6 @@
 //! A block's `.meta` file: what the store knows about one block and where it
-//! has been uploaded. Always replaced atomically (temporary file, fsync, rename).
+//! has been uploaded. Written whole (temporary file, rename); an upload's
+//! outcome is written over it in place (`BlockStore::record_outcome`).
 
 use std::collections::BTreeMap;
 
