@@ -340,21 +340,46 @@ impl BlockStore {
     /// and another process (`blockferry status`, `verify`) may read it in
     /// the microseconds of that write.
     fn load_meta(&self, number: u64) -> Result<BlockMeta, StoreError> {
-        let path = self.meta_path(number);
-        let read = || match fs::read(&path) {
-            Ok(text) => {
-                BlockMeta::parse(&text, number).map_err(|detail| StoreError::CorruptMeta { path: path.clone(), detail })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(number)),
-            Err(e) => Err(io_err("reading", &path)(e)),
-        };
-        match read() {
+        match self.load_meta_once(number) {
             Err(StoreError::CorruptMeta { .. }) => {
                 std::thread::sleep(std::time::Duration::from_millis(2));
-                read()
+                self.load_meta_once(number)
             }
             other => other,
         }
+    }
+
+    /// Read and parse block `number`'s `.meta` once.
+    fn load_meta_once(&self, number: u64) -> Result<BlockMeta, StoreError> {
+        let path = self.meta_path(number);
+        match fs::read(&path) {
+            Ok(text) => BlockMeta::parse(&text, number).map_err(|detail| StoreError::CorruptMeta { path, detail }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(number)),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// [`meta`](Self::meta) in the common case only, cheap enough for an
+    /// async task to call in place (one small read of a cached file): the
+    /// `.meta` read and parsed at once. `None` when the block needs more (a
+    /// repair, or it is missing, or the read failed): the caller then calls
+    /// [`meta`](Self::meta) on the blocking pool.
+    pub fn meta_at_once(&self, number: u64) -> Option<BlockMeta> {
+        let _guard = self.lock(number);
+        self.load_meta_once(number).ok()
+    }
+
+    /// [`record_outcome`](Self::record_outcome) in the common case only, cheap
+    /// enough for an async task to call in place: the `.meta` read and
+    /// parsed at once, changed with `f` and written over in place. `false`
+    /// (nothing done, `f` not called) when the block needs more: the caller
+    /// then calls [`record_outcome`](Self::record_outcome) on the blocking pool.
+    pub fn record_outcome_at_once(&self, number: u64, f: impl FnOnce(&mut BlockMeta)) -> Result<bool, StoreError> {
+        let _guard = self.lock(number);
+        let Ok(mut meta) = self.load_meta_once(number) else { return Ok(false) };
+        f(&mut meta);
+        self.overwrite_meta(&meta)?;
+        Ok(true)
     }
 
     /// Replace block `number`'s metadata with `f` applied to it, atomically
@@ -987,5 +1012,14 @@ mod tests {
         assert_eq!(store.read_meta(1).unwrap(), huge);
         assert_ne!(inode(), before, "replaced by a new file");
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        // The at-once forms do the common case and leave a torn `.meta` to the repairing ones.
+        assert_eq!(store.meta_at_once(1), Some(huge));
+        fs::write(store.meta_path(1), b"{\"numb").unwrap();
+        assert_eq!(store.meta_at_once(1), None);
+        assert!(!store.record_outcome_at_once(1, |_| panic!("not called on a torn .meta")).unwrap());
+        let repaired = store.record_outcome(1, |m| m.hash_mismatch = true).unwrap();
+        assert!(repaired.hash_mismatch && repaired.status("b") == BucketStatus::Pending, "rebuilt, then recorded");
+        assert!(store.record_outcome_at_once(1, |m| m.hash_mismatch = false).unwrap());
+        assert!(!store.read_meta(1).unwrap().hash_mismatch);
     }
 }

@@ -168,7 +168,11 @@ async fn try_upload(
     alert_after: u32,
     n: u64,
 ) -> Result<Attempt, StoreError> {
-    let meta = match blocking(store, move |s| s.meta(n)).await {
+    let meta = match store.meta_at_once(n) {
+        Some(meta) => Ok(meta),
+        None => blocking(store, move |s| s.meta(n)).await,
+    };
+    let meta = match meta {
         Err(StoreError::NotFound(_)) => {
             tracing::warn!(bucket = %target.name, block = n, "block vanished from the store before upload");
             return Ok(Attempt::Done);
@@ -239,13 +243,15 @@ async fn try_upload(
     };
     let name = target.name.clone();
     let mismatch = matches!(status, BucketStatus::HashMismatch { .. });
-    blocking(store, move |s| {
-        s.record_outcome(n, |m| {
-            m.buckets.insert(name, status);
-            m.hash_mismatch |= mismatch;
-        })
-    })
-    .await?;
+    let record = move |m: &mut crate::store::BlockMeta| {
+        m.buckets.insert(name, status);
+        m.hash_mismatch |= mismatch;
+    };
+    // In place when the `.meta` reads at once (a few microseconds); on the
+    // blocking pool when it needs a repair first.
+    if !store.record_outcome_at_once(n, record.clone())? {
+        blocking(store, move |s| s.record_outcome(n, record)).await?;
+    }
     Ok(attempt)
 }
 
