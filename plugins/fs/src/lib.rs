@@ -391,7 +391,11 @@ impl FsBucket {
         self.root.join(STATE_DIR).join("meta").join(format!("{key}.json"))
     }
 
-    /// Records the content MD5 and size of `key`, atomically (temp file + rename).
+    /// Records the content MD5 and size of `key`, atomically (temp file +
+    /// rename) but not fsynced: the record only saves `stat` a read of the
+    /// object, and one a power cut loses or leaves empty does not parse, so
+    /// `stat` hashes the object instead. (A record of one key is written once:
+    /// objects are never replaced.)
     fn write_meta(&self, key: &str, size: u64, md5: &[u8]) -> io::Result<()> {
         let path = self.meta_path(key);
         if let Some(parent) = path.parent() {
@@ -399,7 +403,6 @@ impl FsBucket {
         }
         let (mut file, tmp) = self.temp_file(0)?;
         writeln!(file, "{{\"md5\":\"{}\",\"size\":{size}}}", hex(md5))?;
-        file.sync_all()?;
         fs::rename(&tmp.0, &path)
     }
 
