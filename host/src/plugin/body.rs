@@ -6,11 +6,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::io::{Read, Seek, SeekFrom};
+
 use bytes::Bytes;
-use tokio::io::AsyncSeekExt;
+use futures::FutureExt;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::pipe::{AsyncReadStream, MemoryInputPipe};
-use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::blockferry::uploader::host::HostBlockBody;
 use super::sandbox::{StoreState, StreamSlot};
@@ -107,15 +109,111 @@ impl BlockBody {
                 Ok(Box::new(MemoryInputPipe::new(bytes)))
             }
             Source::File { path, .. } => {
-                let mut file = tokio::fs::File::open(&**path)
-                    .await
-                    .map_err(|e| format!("streaming block body {}: {e}", path.display()))?;
-                file.seek(std::io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(|e| format!("streaming block body from offset {offset}: {e}"))?;
-                Ok(Box::new(AsyncReadStream::new(file)))
+                let path = path.clone();
+                let file = tokio::task::spawn_blocking(move || {
+                    let mut file =
+                        File::open(&path).map_err(|e| format!("streaming block body {}: {e}", path.display()))?;
+                    file.seek(SeekFrom::Start(offset))
+                        .map_err(|e| format!("streaming block body from offset {offset}: {e}"))?;
+                    Ok::<_, String>(file)
+                })
+                .await
+                .map_err(|e| format!("streaming block body: {e}"))??;
+                Ok(Box::new(FileStream::new(file, self.size.saturating_sub(offset))))
             }
         }
+    }
+}
+
+/// A chunk read on the blocking pool, with the file to read the next one from.
+type ChunkRead = tokio::task::JoinHandle<(File, std::io::Result<Bytes>)>;
+
+/// A stream over the rest of a block file: chunks of [`STREAM_IN_ONE_READ`]
+/// read on the blocking pool, the next one started when the last is handed
+/// over (one read ahead), each handed on as read, without a copy.
+struct FileStream {
+    /// The file, between reads (`None` while one is in flight).
+    file: Option<File>,
+    /// Bytes still to read from the file.
+    left: u64,
+    /// Read and not yet taken.
+    ready: Bytes,
+    pending: Option<ChunkRead>,
+    /// Why the last read failed, once.
+    failed: Option<std::io::Error>,
+}
+
+impl FileStream {
+    /// The next `left` bytes of `file`, from its position.
+    fn new(file: File, left: u64) -> Self {
+        let mut stream = FileStream { file: Some(file), left, ready: Bytes::new(), pending: None, failed: None };
+        stream.start();
+        stream
+    }
+
+    /// Start reading the next chunk, unless one is in flight or all is read.
+    fn start(&mut self) {
+        if self.left == 0 || self.pending.is_some() {
+            return;
+        }
+        let Some(file) = self.file.take() else { return };
+        let len = self.left.min(STREAM_IN_ONE_READ);
+        self.left -= len;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(len as usize);
+            let read = (&file).take(len).read_to_end(&mut chunk).map(|_| Bytes::from(chunk));
+            (file, read)
+        }));
+    }
+
+    /// Take in a finished read, and start the next.
+    fn settle(&mut self, joined: Result<(File, std::io::Result<Bytes>), tokio::task::JoinError>) {
+        self.pending = None;
+        match joined {
+            Ok((file, Ok(chunk))) => {
+                // A file shorter than its size ends the stream there.
+                if chunk.is_empty() {
+                    self.left = 0;
+                }
+                self.ready = chunk;
+                self.file = Some(file);
+            }
+            Ok((_, Err(e))) => self.failed = Some(e),
+            Err(e) => self.failed = Some(std::io::Error::other(e)),
+        }
+        self.start();
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for FileStream {
+    async fn ready(&mut self) {
+        if self.ready.is_empty()
+            && self.failed.is_none()
+            && let Some(pending) = &mut self.pending
+        {
+            let joined = pending.await;
+            self.settle(joined);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for FileStream {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.ready.is_empty()
+            && let Some(joined) = self.pending.as_mut().and_then(|pending| pending.now_or_never())
+        {
+            self.settle(joined);
+        }
+        if !self.ready.is_empty() {
+            let n = size.min(self.ready.len());
+            return Ok(self.ready.split_to(n));
+        }
+        if let Some(e) = self.failed.take() {
+            return Err(StreamError::LastOperationFailed(wasmtime::format_err!("reading block body: {e}")));
+        }
+        if self.pending.is_none() { Err(StreamError::Closed) } else { Ok(Bytes::new()) }
     }
 }
 
