@@ -166,7 +166,7 @@ pub(super) async fn run(ctx: &Ctx, node: &BlockNodeConfig, start: u64, mut stop:
                         break ended;
                     }
                 }
-                Err(_) => break Ended::Failed("the request stream closed".into()),
+                Err(_) => break w.after_request_stream_closed(&mut responses).await,
             },
             _ = latest.changed() => {}
             _ = sleep_until(send_deadline.unwrap_or(reset_at)), if send_deadline.is_some() => {
@@ -426,6 +426,25 @@ impl Worker<'_> {
                 Ok(())
             }
             _ => Err(()),
+        }
+    }
+
+    /// The request stream closed under us. The node may have ended the
+    /// stream with a response still on its way (an `EndOfStream` sent just
+    /// before it closed, which the request side can see closed first): read
+    /// what is left, bounded by the pipeline timeout, before calling it a
+    /// failure, so that the node's own reason decides the failover.
+    async fn after_request_stream_closed(&mut self, responses: &mut Responses) -> Ended {
+        let deadline = Instant::now() + self.ctx.pipeline_timeout();
+        loop {
+            match tokio::time::timeout_at(deadline, responses.message()).await {
+                Ok(message) => {
+                    if let Some(ended) = self.on_response(message).await {
+                        return ended;
+                    }
+                }
+                Err(_) => return Ended::Failed("the request stream closed".into()),
+            }
         }
     }
 
