@@ -43,6 +43,11 @@ fn thousands(n: u64) -> String {
 }
 
 fn main() {
+    // What goes wrong during a drain shows (RUST_LOG, default: warnings).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let n = env("BACKLOG_BLOCKS", 100_000);
     let concurrency = env("BACKLOG_CONCURRENCY", 8) as usize;
     let n_s3 = env("BACKLOG_S3_BLOCKS", 20_000);
@@ -198,10 +203,11 @@ async fn drain(store_dir: &Path, target: Target, n: u64) -> f64 {
     let rate = n as f64 / drained.as_secs_f64();
     println!(
         "backlog of {n} blocks of 8 KiB to {name} (concurrency {concurrency}): recovery scan {:.2} s ({} blocks), \
-         drain {:.2} s = {rate:.0} blocks/s",
+         drain {:.2} s = {rate:.0} blocks/s, {} failed attempts",
         recovery.as_secs_f64(),
         recovered.blocks,
         drained.as_secs_f64(),
+        stats.failures.load(std::sync::atomic::Ordering::Relaxed),
     );
     rate
 }

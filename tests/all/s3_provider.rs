@@ -590,6 +590,29 @@ async fn uploads_to_one_endpoint_reuse_their_connections() {
     assert!(reused >= 19, "every request after the first reuses it: {reused} reused");
 }
 
+#[tokio::test]
+async fn one_bucket_serves_more_uploads_than_an_instance_s_resource_table_holds() {
+    // wasmtime-wasi-http keeps the `request-options` of every request in
+    // the instance's resource table: an instance used for more requests than
+    // the table holds trapped (and its bucket paused) until the host retired
+    // instances whose table had grown.
+    use std::sync::atomic::Ordering::Relaxed;
+    let server = S3sFs::start("long");
+    let runtime = runtime();
+    let client = open(&runtime, "blockferry_s3", settings(&server.endpoint(), "long", &[])).await;
+    let uploads = blockferry::plugin::sandbox::MAX_TABLE_ENTRIES as u64 + 100;
+    for n in 0..uploads {
+        let bytes = crate::common::bytes(1024, n);
+        let outcome = put(&client, n, &format!("many/{n}.blk"), &bytes).await;
+        assert_eq!(outcome.unwrap_or_else(|e| panic!("upload {n}: {e}")), Outcome::Uploaded, "upload {n}");
+    }
+    assert_eq!(client.stats.traps.load(Relaxed), 0, "no instance trapped");
+    let retired = client.stats.retired.load(Relaxed);
+    let at = blockferry::plugin::RETIRE_AT_TABLE_ENTRIES as u64;
+    assert!(retired >= uploads / at - 1, "{retired} instances retired over {uploads} uploads");
+    assert_eq!(std::fs::read_dir(server.root.join("long/many")).unwrap().count() as u64, uploads);
+}
+
 /// A proxy that answers one request per connection as if it kept the
 /// connection alive (no `connection: close`), then closes it: a server whose
 /// idle timeout ends every kept-alive connection at once.

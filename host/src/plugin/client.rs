@@ -25,6 +25,15 @@ use super::sink::{BlockSink, Received};
 use super::{BlockBody, BlockInfo, Outcome, Plugin, RemoteObject};
 use crate::sync::Locked;
 
+/// An instance whose resource table holds more entries than this after a
+/// call is retired (a fresh one serves the next call) before it could fill
+/// the table ([`super::sandbox::MAX_TABLE_ENTRIES`]) and trap. Between calls
+/// a well-behaved instance holds a handful; what grows it is a leak, the
+/// plugin's or the host's: wasmtime-wasi-http 48 keeps every
+/// `request-options` a plugin hands to `outgoing-handler.handle`, one per
+/// request of the S3 and GCS providers.
+pub const RETIRE_AT_TABLE_ENTRIES: usize = super::sandbox::MAX_TABLE_ENTRIES / 4;
+
 /// Extra time the host allows past a call's deadline for the guest to notice
 /// its epoch deadline before the host drops the call outright.
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
@@ -131,6 +140,9 @@ pub struct CallStats {
     pub out_of_memory: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
+    /// Instances retired after a call because their resource table had
+    /// grown past [`RETIRE_AT_TABLE_ENTRIES`].
+    pub retired: AtomicU64,
     /// Time of each call (waiting for a free instance not included).
     pub call_seconds: crate::telemetry::Histogram,
 }
@@ -474,7 +486,12 @@ impl BucketClient {
             let (instance, result) = f(instance).await;
             match result {
                 Ok(value) => {
-                    self.idle.locked().push(instance);
+                    let mut instance = instance;
+                    if instance.store.data_mut().table.iter_mut().count() <= RETIRE_AT_TABLE_ENTRIES {
+                        self.idle.locked().push(instance);
+                    } else {
+                        self.stats.retired.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(value)
                 }
                 Err(e) => Err(self.classify(name, &instance, e)),

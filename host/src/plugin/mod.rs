@@ -48,7 +48,7 @@ pub use cache::{ArtifactCache, Provenance};
 #[cfg(feature = "runtime")]
 pub use check::{CONTRACT_VERSION, ComponentReport};
 #[cfg(feature = "runtime")]
-pub use client::{BucketClient, BucketSpec, CallStats, PutReport};
+pub use client::{BucketClient, BucketSpec, CallStats, PutReport, RETIRE_AT_TABLE_ENTRIES};
 pub use config::PluginsConfig;
 #[cfg(feature = "runtime")]
 pub use engine::EngineSettings;
