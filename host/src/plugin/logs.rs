@@ -23,6 +23,8 @@ const MIN_SECRET: usize = 4;
 /// Short-lived secrets the host issued (`host.credentials`) kept for redaction:
 /// the latest ones, enough for the credentials in use and those before them.
 const MAX_ISSUED: usize = 16;
+/// At most one "lines dropped" summary per this long, per plugin of a bucket.
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One bucket's plugin log: shared by all of the bucket's instances.
 #[derive(Debug)]
@@ -45,9 +47,22 @@ struct Budget {
     refilled: Instant,
     /// Lines dropped since the last summary.
     dropped: u64,
+    /// When drops were last summarised.
+    summarised: Option<Instant>,
 }
 
 impl Budget {
+    /// The lines dropped since the last summary, when one is due (the first
+    /// at once, then at most one per [`SUMMARY_EVERY`]); 0 otherwise.
+    fn take_summary(&mut self) -> u64 {
+        let due = self.summarised.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY);
+        if self.dropped == 0 || !due {
+            return 0;
+        }
+        self.summarised = Some(Instant::now());
+        std::mem::take(&mut self.dropped)
+    }
+
     fn take(&mut self) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
@@ -71,8 +86,14 @@ impl PluginLog {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
         let capacity = f64::from(lines_per_minute.max(1));
-        let budget =
-            Budget { tokens: capacity, capacity, per_second: capacity / 60.0, refilled: Instant::now(), dropped: 0 };
+        let budget = Budget {
+            tokens: capacity,
+            capacity,
+            per_second: capacity / 60.0,
+            refilled: Instant::now(),
+            dropped: 0,
+            summarised: None,
+        };
         Self { label: label.to_string(), secrets, issued: Mutex::new(Vec::new()), budget: Mutex::new(budget) }
     }
 
@@ -105,6 +126,11 @@ impl PluginLog {
     /// for `host.log`), if the bucket's budget allows; `cut` says the plugin's
     /// line went on past what the host kept.
     pub fn line(&self, level: tracing::Level, stream: Option<&'static str>, text: &str, cut: bool) {
+        // A line the host's log filter would not show costs nothing, and
+        // is not counted as dropped.
+        if !enabled(level) {
+            return;
+        }
         let mut line = escape_controls(&self.redact(cut_to(text, MAX_LINE)));
         if cut || text.len() > MAX_LINE {
             line.push_str(&format!(" … (line cut at {MAX_LINE} bytes by the host)"));
@@ -115,7 +141,7 @@ impl PluginLog {
                 budget.dropped += 1;
                 return;
             }
-            std::mem::take(&mut budget.dropped)
+            budget.take_summary()
         };
         self.summarise(dropped);
         let plugin = self.label.as_str();
@@ -129,10 +155,11 @@ impl PluginLog {
         }
     }
 
-    /// Log how many lines were dropped since the last such line, if any (at
-    /// the end of each call, so a flood that stops is still reported).
+    /// Log how many lines were dropped since the last such line, if any and
+    /// one is due (at the end of each call, so a flood that stops is still
+    /// reported; at most one such line per [`SUMMARY_EVERY`]).
     pub fn flush_dropped(&self) {
-        let dropped = std::mem::take(&mut self.budget.locked().dropped);
+        let dropped = self.budget.locked().take_summary();
         self.summarise(dropped);
     }
 
@@ -143,6 +170,17 @@ impl PluginLog {
                 "{dropped} lines dropped: the plugin logs faster than its bucket's log_lines_per_minute allows"
             );
         }
+    }
+}
+
+/// Whether the host's log filter shows lines of `level` from plugins.
+fn enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
     }
 }
 
@@ -196,5 +234,28 @@ mod tests {
         let taken = (0..100).filter(|_| budget.take()).count();
         // A minute's worth at once (plus at most a token refilled meanwhile).
         assert!((60..=61).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn lines_the_filter_hides_are_not_dropped_and_summaries_are_spaced() {
+        let subscriber =
+            tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::sink).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let log = PluginLog::new("p/b", Vec::<String>::new(), 1);
+            let dropped = || log.budget.locked().dropped;
+            for _ in 0..10 {
+                log.line(tracing::Level::DEBUG, None, "hidden", false);
+            }
+            assert_eq!(dropped(), 0, "a line the filter hides is not dropped");
+            for _ in 0..10 {
+                log.line(tracing::Level::WARN, None, "shown", false);
+            }
+            assert_eq!(dropped(), 9, "a budget of one line");
+            log.flush_dropped();
+            assert_eq!(dropped(), 0, "the first summary at once");
+            log.line(tracing::Level::WARN, None, "shown", false);
+            log.flush_dropped();
+            assert_eq!(dropped(), 1, "the next one waits for its interval");
+        });
     }
 }
