@@ -203,13 +203,7 @@ fn drain_with_blockferry(run: &Path, cache: &Path, server: &S3sFs, prefix: &str,
         server.endpoint(),
     );
     std::fs::write(run.join("blockferry.toml"), config).unwrap();
-    let creds = run.join("credentials.toml");
-    std::fs::write(
-        &creds,
-        format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    servers::write_s3_credentials(run, &["cloud"]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_blockferry"));
     command
         .args(["run", "--config", run.join("blockferry.toml").to_str().unwrap(), "--exit-when-drained"])

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use blockferry::store::{BlockMeta, BucketStatus, Confirmed};
 use md5::{Digest, Md5};
 use report::{Goal, row};
-use servers::{ACCESS_KEY, S3sFs, SECRET_KEY, free_port};
+use servers::{S3sFs, free_port};
 
 fn main() {
     let runs: usize = std::env::var("STARTUP_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
@@ -169,10 +169,7 @@ fn start_to_ready(root: &Path, i: usize, cache: &Path, endpoint: &str) -> f64 {
         remote("minio", "blockferry_minio"),
     );
     std::fs::write(run.join("blockferry.toml"), config).unwrap();
-    let creds = run.join("credentials.toml");
-    let secrets = format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n");
-    std::fs::write(&creds, format!("[buckets.s3]\n{secrets}[buckets.minio]\n{secrets}")).unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    servers::write_s3_credentials(&run, &["s3", "minio"]);
     let mut sidecar = spawn(&run);
     let ready = sidecar.wait_ready();
     sidecar.stop();

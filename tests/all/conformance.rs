@@ -4,11 +4,10 @@
 //! fake-gcs-server), and a deliberately flawed provider fails exactly the
 //! checks its flaw breaks — no more, no fewer.
 
-use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY};
+use crate::common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY, write_s3_credentials};
 use crate::common::*;
 
 /// `blockferry plugin test PLUGIN --json ARGS`: exit status and the names of
@@ -51,14 +50,7 @@ fn conforms_but(plugin: &str, args: &[&str], server_gaps: &[&str]) -> Vec<String
 
 /// A credentials file in `dir` for bucket `plugin-test` with the S3 test keys.
 fn s3_credentials(dir: &Path) -> String {
-    let path = dir.join("credentials.toml");
-    fs::write(
-        &path,
-        format!("[buckets.plugin-test]\naccess_key_id = {ACCESS_KEY:?}\nsecret_access_key = {SECRET_KEY:?}\n"),
-    )
-    .unwrap();
-    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path.display().to_string()
+    write_s3_credentials(dir, &["plugin-test"]).display().to_string()
 }
 
 #[test]

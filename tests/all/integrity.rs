@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::servers::{ACCESS_KEY, Fault, FaultProxy, Moto, SECRET_KEY, boto};
+use crate::common::servers::{Fault, FaultProxy, Moto, boto, write_s3_credentials};
 use crate::common::sidecar::{Sidecar, http_get as get};
 use crate::common::*;
 use base64::Engine as _;
@@ -26,13 +26,7 @@ fn key(n: u64) -> String {
 /// Writes a config with one `s3` bucket `cloud` (bucket `blocks` at `endpoint`) and
 /// the `[upload]` table `upload`.
 fn write_config(dir: &Path, endpoint: &str, upload: &str) -> PathBuf {
-    let creds = dir.join("credentials.toml");
-    std::fs::write(
-        &creds,
-        format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_s3_credentials(dir, &["cloud"]);
     let path = dir.join("blockferry.toml");
     std::fs::write(
         &path,

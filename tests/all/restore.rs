@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::common::servers::{ACCESS_KEY, Moto, SECRET_KEY, boto};
+use crate::common::servers::{Moto, boto, write_s3_credentials};
 use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -213,10 +213,7 @@ fn restore_from_s3_reproduces_gzip_blocks_and_verify_deep_finds_rewritten_conten
     moto.create_bucket("blocks");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let creds = dir.join("credentials.toml");
-    fs::write(&creds, format!("[buckets.s3]\naccess_key_id = {ACCESS_KEY:?}\nsecret_access_key = {SECRET_KEY:?}\n"))
-        .unwrap();
-    fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_s3_credentials(dir, &["s3"]);
     let bucket = format!(
         "[[buckets]]\nname = \"s3\"\nplugin = {:?}\ncall_timeout_ms = 60000\nconcurrency = 4\n\
          [buckets.settings]\nendpoint = {:?}\nbucket = \"blocks\"\nregion = \"us-east-1\"\naddressing = \"path\"\n",

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::servers::{ACCESS_KEY, FakeGcs, Moto, S3sFs, SECRET_KEY, serve_on_loopback};
+use crate::common::servers::{FakeGcs, Moto, S3sFs, serve_on_loopback, write_s3_credentials};
 use crate::common::sidecar::Sidecar;
 use crate::common::tls::{FrontOptions, TestCa, TlsFront, bucket_tls};
 use crate::common::*;
@@ -358,13 +358,7 @@ fn write_config(dir: &Path, endpoint: &str, tls: &str) -> std::path::PathBuf {
         ),
     )
     .unwrap();
-    let creds = dir.join("credentials.toml");
-    std::fs::write(
-        &creds,
-        format!("[buckets.cloud]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_s3_credentials(dir, &["cloud"]);
     path
 }
 

@@ -22,6 +22,19 @@ pub const ACCESS_KEY: &str = "blockferry-test";
 /// Secret key the tests use with every server.
 pub const SECRET_KEY: &str = "blockferry-test-secret";
 
+/// Writes `dir/credentials.toml` giving each of `buckets` the test keys,
+/// readable by its owner only (as blockferry requires); returns its path.
+pub fn write_s3_credentials(dir: &Path, buckets: &[&str]) -> PathBuf {
+    let path = dir.join("credentials.toml");
+    let text: String = buckets
+        .iter()
+        .map(|b| format!("[buckets.{b}]\naccess_key_id = {ACCESS_KEY:?}\nsecret_access_key = {SECRET_KEY:?}\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
