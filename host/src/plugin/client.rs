@@ -483,10 +483,9 @@ impl BucketClient {
             };
             instance.store.data_mut().begin_call(deadline);
             instance.store.set_epoch_deadline(1);
-            let (instance, result) = f(instance).await;
+            let (mut instance, result) = f(instance).await;
             match result {
                 Ok(value) => {
-                    let mut instance = instance;
                     if instance.store.data_mut().table.iter_mut().count() <= RETIRE_AT_TABLE_ENTRIES {
                         self.idle.locked().push(instance);
                     } else {
