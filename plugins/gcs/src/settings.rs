@@ -193,7 +193,10 @@ mod tests {
 
     #[test]
     fn the_platform_token_of_the_host_needs_no_key_and_allows_none() {
-        let host = [("bucket".to_string(), "blocks".to_string()), ("credentials_source".into(), "gcp-metadata".into())];
+        let host = blockferry_guest::settings::owned_settings(
+            &[("bucket", "blocks"), ("credentials_source", "gcp-metadata")],
+            &[],
+        );
         let (c, _) = Config::parse(&host).unwrap();
         assert!(matches!(&c.auth, Auth::Host(source) if source == "gcp-metadata"));
         let err =

@@ -498,11 +498,10 @@ mod tests {
 
     #[test]
     fn host_credentials_replace_the_keys_and_exclude_them() {
-        let host: Vec<(String, String)> = [("endpoint", "http://127.0.0.1:9000"), ("bucket", "blocks")]
-            .iter()
-            .chain(&[("credentials_source", "aws-instance")])
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let host = blockferry_guest::settings::owned_settings(
+            &[("endpoint", "http://127.0.0.1:9000"), ("bucket", "blocks")],
+            &[("credentials_source", "aws-instance")],
+        );
         let (c, unknown) = Config::parse(&host, &MINIO).unwrap();
         assert!(matches!(&c.credentials, Keys::Host(source) if source == "aws-instance"), "{:?}", c.credentials);
         assert!(unknown.is_empty());
